@@ -1,0 +1,72 @@
+"""Settings shared by the API, the worker and the CLI: where the database is, and pgq's schema."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import psycopg.conninfo
+
+from pgq.errors import ConfigError
+
+DEFAULT_SCHEMA = "pgq"
+DSN_ENV_VARS = ("PGQ_DSN", "DATABASE_URL")
+SCHEMA_ENV_VAR = "PGQ_SCHEMA"
+
+# The schema name is the only identifier pgq puts into SQL, and it also names
+# the LISTEN channel: a plain lower-case identifier keeps both unambiguous.
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    """The database to use: ``dsn`` if given, else ``$PGQ_DSN``, else ``$DATABASE_URL``."""
+    if dsn:
+        return dsn
+    for name in DSN_ENV_VARS:
+        value = os.environ.get(name)
+        if value:
+            return value
+    raise ConfigError(
+        "no database configured: pass --dsn, or set PGQ_DSN (or DATABASE_URL), "
+        "for example PGQ_DSN='postgresql://user@localhost:5432/app'"
+    )
+
+
+def resolve_schema(schema: str | None = None) -> str:
+    """pgq's schema: ``schema`` if given, else ``$PGQ_SCHEMA``, else ``pgq``."""
+    name = schema or os.environ.get(SCHEMA_ENV_VAR) or DEFAULT_SCHEMA
+    if not _SCHEMA_NAME.match(name):
+        raise ConfigError(
+            f"invalid schema name {name!r}: use lower-case letters, digits and "
+            "underscores, starting with a letter or underscore, at most 40 characters"
+        )
+    return name
+
+
+def wakeup_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which enqueues wake idle workers."""
+    return f"{schema}_wakeup"
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN as it is safe to print: every password removed."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    params.pop("password", None)
+    shown = {key: value for key, value in params.items() if value is not None}
+    return psycopg.conninfo.make_conninfo("", **shown) or "<libpq defaults>"
+
+
+def redact(text: str, dsn: str | None) -> str:
+    """``text`` with the DSN's password (if any) replaced, for error messages."""
+    if not dsn:
+        return text
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return text.replace(dsn, "<DSN>")
+    if password:
+        text = text.replace(str(password), "****")
+    return text

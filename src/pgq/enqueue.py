@@ -1,0 +1,313 @@
+"""Transactional enqueue: jobs written on the caller's own connection, in its transaction.
+
+If the caller's transaction rolls back, the job never existed; if it commits, the
+job is stored and idle workers are woken at that commit. pgq never commits or
+rolls back the caller's connection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+import psycopg
+
+from pgq.config import resolve_schema, wakeup_channel
+from pgq.errors import InvalidJobError
+from pgq.queries import query
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 5
+MAX_PRIORITY = 2**31 - 1
+MAX_ATTEMPTS_LIMIT = 1_000_000
+MAX_DEDUPE_KEY_LENGTH = 500
+# One INSERT per chunk keeps each statement's parameters a few MB at most, and
+# lets enqueue_many stream from a generator with bounded memory.
+ENQUEUE_MANY_CHUNK = 5_000
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """What ``enqueue`` did: the job's id, and whether it was created now.
+
+    ``created`` is False when an unfinished job already held the dedupe key:
+    ``id`` is then that existing job's.
+    """
+
+    id: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job for ``enqueue_many``; the fields mean what ``enqueue``'s arguments mean."""
+
+    task: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    run_at: datetime | None = None
+    delay: timedelta | float | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A validated job, ready to be bound as parameters."""
+
+    task: str
+    args_json: str
+    queue: str
+    priority: int
+    run_at: datetime | None
+    delay_seconds: float
+    max_attempts: int
+    dedupe_key: str | None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "args": self.args_json,
+            "queue": self.queue,
+            "priority": self.priority,
+            "run_at": self.run_at,
+            "delay_seconds": self.delay_seconds,
+            "max_attempts": self.max_attempts,
+            "dedupe_key": self.dedupe_key,
+        }
+
+
+def encode_args(args: Mapping[str, Any] | None) -> str:
+    """Job args as JSON text, or InvalidJobError naming what cannot be stored."""
+    if args is None:
+        return "{}"
+    if not isinstance(args, Mapping):
+        raise InvalidJobError(
+            f"job args must be a dict of keyword arguments, got {type(args).__name__}"
+        )
+    for key in args:
+        if not isinstance(key, str):
+            raise InvalidJobError(f"job args keys must be strings, got {key!r}")
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON and jsonb refuses them.
+        text = json.dumps(args, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise InvalidJobError(f"job args must be JSON-serialisable: {error}") from None
+    if "\\u0000" in text:
+        raise InvalidJobError("job args contain a NUL character (\\u0000), which jsonb cannot store")
+    return text
+
+
+def _check_name(kind: str, value: object, pattern: re.Pattern[str], limit: int) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise InvalidJobError(
+            f"invalid {kind} name {value!r}: use 1 to {limit} letters, digits, '_', '.', ':' or '-'"
+        )
+    return value
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJobError(f"{name} must be an int, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidJobError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _delay_seconds(delay: timedelta | float | None) -> float:
+    if delay is None:
+        return 0.0
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise InvalidJobError(f"delay must be a timedelta or a number of seconds, got {delay!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidJobError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    return float(seconds)
+
+
+def _validate(
+    task: str,
+    args: Mapping[str, Any] | None,
+    *,
+    queue: str,
+    priority: int,
+    run_at: datetime | None,
+    delay: timedelta | float | None,
+    max_attempts: int,
+    dedupe_key: str | None,
+) -> _Row:
+    task_name = getattr(task, "name", task)  # a pgq Task object is accepted too
+    if run_at is not None:
+        if delay is not None:
+            raise InvalidJobError("pass run_at or delay, not both")
+        if not isinstance(run_at, datetime):
+            raise InvalidJobError(f"run_at must be a datetime, got {run_at!r}")
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise InvalidJobError(
+                f"run_at must be timezone-aware, got naive {run_at.isoformat()}: "
+                "use datetime.now(timezone.utc) or attach a tzinfo"
+            )
+    if dedupe_key is not None and (
+        not isinstance(dedupe_key, str)
+        or not 1 <= len(dedupe_key) <= MAX_DEDUPE_KEY_LENGTH
+        or "\x00" in dedupe_key
+    ):
+        raise InvalidJobError(
+            f"dedupe_key must be a string of 1 to {MAX_DEDUPE_KEY_LENGTH} characters "
+            f"without NUL, got {dedupe_key!r:.80}"
+        )
+    return _Row(
+        task=_check_name("task", task_name, _TASK_NAME, 200),
+        args_json=encode_args(args),
+        queue=_check_name("queue", queue, _QUEUE_NAME, 128),
+        priority=_check_int("priority", priority, 0, MAX_PRIORITY),
+        run_at=run_at,
+        delay_seconds=_delay_seconds(delay),
+        max_attempts=_check_int("max_attempts", max_attempts, 1, MAX_ATTEMPTS_LIMIT),
+        dedupe_key=dedupe_key,
+    )
+
+
+def enqueue(
+    conn: psycopg.Connection[Any],
+    task: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    run_at: datetime | None = None,
+    delay: timedelta | float | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    dedupe_key: str | None = None,
+    schema: str | None = None,
+) -> EnqueueResult:
+    """Enqueue one job in ``conn``'s current transaction; never commits.
+
+    ``priority``: higher runs first. ``run_at`` (timezone-aware) or ``delay``
+    (seconds or timedelta) schedule it later. ``dedupe_key``: while a job with this
+    key is queued or running, enqueueing another returns that job instead.
+
+    Example::
+
+        with conn.transaction():
+            conn.execute("INSERT INTO orders (id) VALUES (%s)", [order_id])
+            pgq.enqueue(conn, "send_confirmation", {"order_id": order_id})
+    """
+    row = _validate(
+        task, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
+        max_attempts=max_attempts, dedupe_key=dedupe_key,
+    )  # fmt: skip
+    result = conn.execute(query("enqueue_job", resolve_schema(schema)), row.params()).fetchone()
+    assert result is not None, "pgq.enqueue() always returns a row"
+    return EnqueueResult(id=int(result[0]), created=bool(result[1]))
+
+
+async def enqueue_async(
+    conn: psycopg.AsyncConnection[Any],
+    task: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    run_at: datetime | None = None,
+    delay: timedelta | float | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    dedupe_key: str | None = None,
+    schema: str | None = None,
+) -> EnqueueResult:
+    """``enqueue`` for an ``AsyncConnection``: same arguments, same contract."""
+    row = _validate(
+        task, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
+        max_attempts=max_attempts, dedupe_key=dedupe_key,
+    )  # fmt: skip
+    cursor = await conn.execute(query("enqueue_job", resolve_schema(schema)), row.params())
+    result = await cursor.fetchone()
+    assert result is not None, "pgq.enqueue() always returns a row"
+    return EnqueueResult(id=int(result[0]), created=bool(result[1]))
+
+
+def _spec_rows(jobs: Iterable[JobSpec]) -> Iterator[_Row]:
+    for spec in jobs:
+        if not isinstance(spec, JobSpec):
+            raise InvalidJobError(f"enqueue_many takes JobSpec items, got {type(spec).__name__}")
+        yield _validate(
+            spec.task, spec.args, queue=spec.queue, priority=spec.priority, run_at=spec.run_at,
+            delay=spec.delay, max_attempts=spec.max_attempts, dedupe_key=spec.dedupe_key,
+        )  # fmt: skip
+
+
+def _chunks(jobs: Iterable[JobSpec]) -> Iterator[list[_Row]]:
+    rows = _spec_rows(jobs)
+    while chunk := list(islice(rows, ENQUEUE_MANY_CHUNK)):
+        yield chunk
+
+
+def _batch_params(chunk: list[_Row]) -> dict[str, Any]:
+    return {
+        "tasks": [row.task for row in chunk],
+        "args": [row.args_json for row in chunk],
+        "queues": [row.queue for row in chunk],
+        "priorities": [row.priority for row in chunk],
+        "run_ats": [row.run_at for row in chunk],
+        "delays_seconds": [row.delay_seconds for row in chunk],
+        "max_attempts": [row.max_attempts for row in chunk],
+        "dedupe_keys": [row.dedupe_key for row in chunk],
+    }
+
+
+def enqueue_many(
+    conn: psycopg.Connection[Any], jobs: Iterable[JobSpec], *, schema: str | None = None
+) -> list[int]:
+    """Enqueue many jobs in ``conn``'s current transaction, a few thousand per statement.
+
+    Returns the ids of the jobs created; a job whose dedupe key is held by an
+    unfinished job is skipped. ``jobs`` may be a generator: it is consumed in
+    chunks. Wakes workers with one notification per queue, not per job.
+
+    If any job is invalid, InvalidJobError is raised; rows of earlier chunks
+    are already written in the caller's transaction, so roll it back.
+    """
+    schema = resolve_schema(schema)
+    ids: list[int] = []
+    queues: set[str] = set()
+    with conn.cursor() as cursor:
+        for chunk in _chunks(jobs):
+            cursor.execute(query("enqueue_jobs", schema), _batch_params(chunk))
+            ids.extend(row[0] for row in cursor.fetchall())
+            queues.update(row.queue for row in chunk)
+        if queues:
+            cursor.execute(
+                query("notify_queues", schema),
+                {"channel": wakeup_channel(schema), "queues": sorted(queues)},
+            )
+    return ids
+
+
+async def enqueue_many_async(
+    conn: psycopg.AsyncConnection[Any], jobs: Iterable[JobSpec], *, schema: str | None = None
+) -> list[int]:
+    """``enqueue_many`` for an ``AsyncConnection``."""
+    schema = resolve_schema(schema)
+    ids: list[int] = []
+    queues: set[str] = set()
+    async with conn.cursor() as cursor:
+        for chunk in _chunks(jobs):
+            await cursor.execute(query("enqueue_jobs", schema), _batch_params(chunk))
+            ids.extend(row[0] for row in await cursor.fetchall())
+            queues.update(row.queue for row in chunk)
+        if queues:
+            await cursor.execute(
+                query("notify_queues", schema),
+                {"channel": wakeup_channel(schema), "queues": sorted(queues)},
+            )
+    return ids

@@ -1,0 +1,65 @@
+"""The exception tree. Each message names the problem and, where there is one, the fix.
+
+``PgqError`` and its children are failures. ``JobSignal`` and its children are
+outcomes a handler raises on purpose (snooze, give up): they are not failures,
+so they live outside ``PgqError``.
+"""
+
+from __future__ import annotations
+
+
+class PgqError(Exception):
+    """Base class of every error pgq raises."""
+
+
+class ConfigError(PgqError):
+    """A setting is missing or malformed (DSN, schema name, worker options)."""
+
+
+class SchemaError(PgqError):
+    """The database has no pgq schema, or one at another revision."""
+
+
+class UnknownTaskError(PgqError):
+    """A task name that no handler is registered for."""
+
+
+class InvalidJobError(PgqError, ValueError):
+    """A job that would be refused: args not JSON, max_attempts < 1, naive datetime..."""
+
+
+class JobNotFoundError(PgqError, LookupError):
+    """No job has this id."""
+
+
+class JobSignal(Exception):  # noqa: N818 - signals, not errors
+    """Raised by a handler to choose its job's outcome. Not a failure."""
+
+
+class Snooze(JobSignal):
+    """Run the job again after ``seconds``, without using up an attempt.
+
+    Example::
+
+        @app.task()
+        def sync_account(account_id: int, ctx: pgq.JobContext) -> None:
+            if rate_limited():
+                raise pgq.Snooze(30)
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise InvalidJobError(f"Snooze needs seconds >= 0, got {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)
+
+
+class GiveUp(JobSignal):
+    """Stop retrying: the job goes to ``dead`` at once with ``reason`` as its error.
+
+    Use it for failures a retry cannot fix, such as a malformed payload.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,202 @@
+"""Runs pgq's Alembic revisions and checks the schema revision at startup.
+
+pgq keeps its own revision history: the version table is ``<schema>.alembic_version``,
+apart from any ``alembic_version`` the application keeps for itself.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgq.config import resolve_schema
+from pgq.errors import SchemaError
+from pgq.queries import query
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.engine import Connection as SAConnection
+
+log = logging.getLogger("pgq.migrate")
+
+VERSION_TABLE = "alembic_version"
+MIGRATION_LOCK_POLL_SECONDS = 0.2
+
+
+def ensure_schema_sql(schema: str) -> str:
+    """DDL that creates pgq's schema; ``schema`` is validated by ``resolve_schema``."""
+    return f"CREATE SCHEMA IF NOT EXISTS {resolve_schema(schema)}"
+
+
+def migrations_dir() -> Path:
+    """Where the revisions are: inside the installed package, else the source checkout."""
+    packaged = Path(str(resources.files("pgq").joinpath("migrations")))
+    if (packaged / "env.py").is_file():
+        return packaged
+    # An editable install runs from src/: the revisions are the top-level migrations/.
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise SchemaError(f"pgq's migrations are missing (looked in {packaged} and {checkout})")
+
+
+def alembic_config(schema: str, connection: SAConnection | None = None) -> Config:
+    """An Alembic Config built in code: no alembic.ini needed, in a wheel or a checkout."""
+    from alembic.config import Config
+
+    config = Config(stdout=io.StringIO())
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
+    config.attributes["pgq_schema"] = resolve_schema(schema)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    # Without alembic.ini there is no logging config; keep Alembic's INFO lines out.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this version of pgq ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("pgq")).get_current_head()
+    assert head is not None, "pgq ships at least one revision"
+    return head
+
+
+def upgrade(connection: SAConnection, *, revision: str = "head", schema: str | None = None) -> None:
+    """Apply pgq's revisions on ``connection``, inside its transaction.
+
+    This is how an application that already uses Alembic applies pgq from its own
+    revision::
+
+        def upgrade() -> None:
+            import pgq.migrate
+            pgq.migrate.upgrade(op.get_bind())
+    """
+    from alembic import command
+
+    command.upgrade(alembic_config(resolve_schema(schema), connection), revision)
+
+
+def downgrade(connection: SAConnection, *, revision: str, schema: str | None = None) -> None:
+    """Revert pgq's revisions down to ``revision`` (``base`` removes everything)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(resolve_schema(schema), connection), revision)
+
+
+def offline_sql(*, revision: str = "head", schema: str | None = None) -> str:
+    """The upgrade as a SQL script, produced without a database (``pgq migrate --sql``)."""
+    from alembic import command
+
+    config = alembic_config(resolve_schema(schema))
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    command.upgrade(config, revision, sql=True)
+    return buffer.getvalue()
+
+
+@contextmanager
+def _sqlalchemy_connection(dsn: str) -> Iterator[SAConnection]:
+    import sqlalchemy
+
+    # creator= hands SQLAlchemy a ready psycopg connection, so libpq DSNs
+    # (key=value, ?host=/socket) are never re-parsed as SQLAlchemy URLs.
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=sqlalchemy.NullPool
+    )
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _migration_lock(dsn: str, schema: str, timeout_seconds: float) -> Iterator[None]:
+    # Polled in autocommit: a blocking advisory lock inside a transaction can
+    # deadlock against DDL that another migrator is running.
+    with psycopg.connect(dsn, autocommit=True) as lock_conn:
+        deadline = time.monotonic() + timeout_seconds
+        params = {"schema_name": schema}
+        while True:
+            row = lock_conn.execute(query("try_migration_lock", schema), params).fetchone()
+            if row and row[0]:
+                break
+            if time.monotonic() > deadline:
+                raise SchemaError(
+                    f"another `pgq migrate` held the migration lock for {timeout_seconds:g}s"
+                )
+            time.sleep(MIGRATION_LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            lock_conn.execute(query("release_migration_lock", schema), params)
+
+
+def migrate(
+    dsn: str,
+    *,
+    revision: str = "head",
+    downgrade_to: str | None = None,
+    schema: str | None = None,
+    lock_timeout_seconds: float = 300.0,
+) -> tuple[str | None, str | None]:
+    """Upgrade (or downgrade) pgq's schema; safe when several processes run it at once.
+
+    Returns the revision before and after.
+    """
+    schema = resolve_schema(schema)
+    with _migration_lock(dsn, schema, lock_timeout_seconds):
+        before = current_revision(dsn, schema=schema)
+        with _sqlalchemy_connection(dsn) as connection:
+            if downgrade_to is not None:
+                downgrade(connection, revision=downgrade_to, schema=schema)
+            else:
+                upgrade(connection, revision=revision, schema=schema)
+            connection.commit()
+        return before, current_revision(dsn, schema=schema)
+
+
+def current_revision(dsn_or_conn: str | psycopg.Connection[Any], *, schema: str | None = None) -> str | None:
+    """The revision applied to the database, or None when pgq was never migrated there."""
+    schema = resolve_schema(schema)
+    if isinstance(dsn_or_conn, str):
+        with psycopg.connect(dsn_or_conn, autocommit=True) as conn:
+            return _read_revision(conn, schema)
+    return _read_revision(dsn_or_conn, schema)
+
+
+def _read_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
+    if conn.execute(query("find_schema", schema), {"schema_name": schema}).fetchone() is None:
+        return None
+    try:
+        with conn.transaction():
+            row = conn.execute(query("read_schema_revision", schema)).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return str(row[0]) if row else None
+
+
+def check_schema(conn: psycopg.Connection[Any], *, schema: str | None = None) -> None:
+    """Raise SchemaError unless the database is at the revision this pgq ships."""
+    schema = resolve_schema(schema)
+    found = _read_revision(conn, schema)
+    wanted = head_revision()
+    if found is None:
+        raise SchemaError(
+            f"pgq's schema {schema!r} is not in this database: run `pgq migrate` first"
+        )
+    if found != wanted:
+        raise SchemaError(
+            f"pgq's schema {schema!r} is at revision {found}, this pgq needs {wanted}: "
+            "run `pgq migrate`"
+        )

@@ -1,0 +1,180 @@
+-- Every statement pgq runs at runtime. Each block starts with "-- name: purpose".
+-- {schema} is pgq's schema and {channel} the wake-up channel, both quoted as
+-- identifiers by pgq.queries; %(name)s are parameters. Literal braces are doubled.
+-- The schema (tables, indexes, functions) lives in migrations/, not here.
+
+-- enqueue_job: insert one job through the SQL function (edge: new -> queued)
+SELECT id, created
+FROM {schema}.enqueue(
+    task => %(task)s,
+    args => %(args)s::jsonb,
+    queue => %(queue)s,
+    priority => %(priority)s,
+    run_at => coalesce(%(run_at)s::timestamptz, now() + %(delay_seconds)s * interval '1 second'),
+    max_attempts => %(max_attempts)s,
+    dedupe_key => %(dedupe_key)s
+);
+
+-- enqueue_jobs: insert a batch of jobs in one statement; a taken dedupe key skips its row (edge: new -> queued)
+INSERT INTO {schema}.jobs AS j (task, args, queue, priority, run_at, max_attempts, dedupe_key)
+SELECT batch.task,
+       batch.args::jsonb,
+       batch.queue,
+       batch.priority,
+       coalesce(batch.run_at, now() + batch.delay_seconds * interval '1 second'),
+       batch.max_attempts,
+       batch.dedupe_key
+FROM unnest(
+    %(tasks)s::text[],
+    %(args)s::text[],
+    %(queues)s::text[],
+    %(priorities)s::integer[],
+    %(run_ats)s::timestamptz[],
+    %(delays_seconds)s::float8[],
+    %(max_attempts)s::integer[],
+    %(dedupe_keys)s::text[]
+) AS batch(task, args, queue, priority, run_at, delay_seconds, max_attempts, dedupe_key)
+ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
+DO NOTHING
+RETURNING j.id;
+
+-- notify_queues: wake idle workers serving these queues, once per queue, at commit
+SELECT pg_notify(%(channel)s, queue_name)
+FROM unnest(%(queues)s::text[]) AS queue_name;
+
+-- listen_for_jobs: subscribe this connection to enqueue wake-ups
+LISTEN {channel};
+
+-- claim_jobs: lease up to %(limit)s due jobs of known tasks from any queue; the claim counts the attempt (edge: queued -> running)
+WITH due AS (
+    SELECT id
+    FROM {schema}.jobs
+    WHERE status = 'queued'
+      AND run_at <= now()
+      AND task = ANY(%(tasks)s::text[])
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET status = 'running',
+    attempts = j.attempts + 1,
+    locked_until = now() + %(lease_seconds)s * interval '1 second',
+    locked_by = %(worker)s,
+    lease_token = gen_random_uuid(),
+    started_at = now()
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.lease_token, j.created_at;
+
+-- claim_jobs_from_queue: as claim_jobs, from one named queue (edge: queued -> running)
+WITH due AS (
+    SELECT id
+    FROM {schema}.jobs
+    WHERE status = 'queued'
+      AND queue = %(queue)s
+      AND run_at <= now()
+      AND task = ANY(%(tasks)s::text[])
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET status = 'running',
+    attempts = j.attempts + 1,
+    locked_until = now() + %(lease_seconds)s * interval '1 second',
+    locked_by = %(worker)s,
+    lease_token = gen_random_uuid(),
+    started_at = now()
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.lease_token, j.created_at;
+
+-- extend_leases: heartbeat; push locked_until forward for every job this worker still holds, returning those it holds
+UPDATE {schema}.jobs AS j
+SET locked_until = now() + %(lease_seconds)s * interval '1 second'
+FROM unnest(%(ids)s::bigint[], %(lease_tokens)s::uuid[]) AS held(id, lease_token)
+WHERE j.id = held.id
+  AND j.lease_token = held.lease_token
+  AND j.status = 'running'
+RETURNING j.id;
+
+-- finish_jobs: record a batch of outcomes, each fenced by its lease token (edges: running -> succeeded | queued | dead)
+-- A row whose token no longer matches (lease lost, job rescued) is left alone and not returned.
+-- refund_attempt gives the attempt back (snooze, hand back at shutdown): those were not the job's fault.
+UPDATE {schema}.jobs AS j
+SET status = outcome.status::{schema}.job_status,
+    run_at = coalesce(now() + outcome.delay_seconds * interval '1 second', j.run_at),
+    attempts = j.attempts - CASE WHEN outcome.refund_attempt THEN 1 ELSE 0 END,
+    locked_until = NULL,
+    locked_by = NULL,
+    finished_at = CASE WHEN outcome.status IN ('succeeded', 'dead') THEN now() END,
+    last_error = coalesce(outcome.error, j.last_error),
+    errors = CASE
+        WHEN outcome.error IS NULL THEN j.errors
+        ELSE j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts,
+            'at', now(),
+            'worker', j.locked_by,
+            'error', outcome.error,
+            'traceback', outcome.traceback))
+    END
+FROM unnest(
+    %(ids)s::bigint[],
+    %(lease_tokens)s::uuid[],
+    %(statuses)s::text[],
+    %(delays_seconds)s::float8[],
+    %(refund_attempts)s::boolean[],
+    %(errors)s::text[],
+    %(tracebacks)s::text[]
+) AS outcome(id, lease_token, status, delay_seconds, refund_attempt, error, traceback)
+WHERE j.id = outcome.id
+  AND j.lease_token = outcome.lease_token
+  AND j.status = 'running'
+RETURNING j.id;
+
+-- rescue_stale_jobs: requeue (with backoff) or kill running jobs whose lease expired; SKIP LOCKED keeps two rescuers apart (edges: running -> queued | dead)
+WITH stale AS (
+    SELECT id
+    FROM {schema}.jobs
+    WHERE status = 'running'
+      AND locked_until < now()
+    ORDER BY locked_until
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END::{schema}.job_status,
+    run_at = now() + least(%(cap_seconds)s, %(base_seconds)s * 2 ^ least(j.attempts - 1, 30))
+                     * (0.5 + random() / 2) * interval '1 second',
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    locked_until = NULL,
+    locked_by = NULL,
+    last_error = 'worker lost: ' || coalesce(j.locked_by, 'unknown worker')
+                 || ' stopped renewing its lease (it crashed, was killed, or lost the database)',
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempts,
+        'at', now(),
+        'worker', j.locked_by,
+        'error', 'worker lost: lease expired at ' || j.locked_until::text))
+FROM stale
+WHERE j.id = stale.id
+RETURNING j.id, j.task, j.queue, j.attempts, j.status::text AS status;
+
+-- try_migration_lock: serialise concurrent `pgq migrate` runs (session-level, polled)
+SELECT pg_try_advisory_lock(hashtext('pgq.migrate:' || %(schema_name)s));
+
+-- release_migration_lock: let the next migrator in
+SELECT pg_advisory_unlock(hashtext('pgq.migrate:' || %(schema_name)s));
+
+-- read_schema_revision: the pgq revision applied to this database, or no row
+SELECT version_num
+FROM {schema}.alembic_version;
+
+-- find_schema: does pgq's schema exist at all
+SELECT 1
+FROM pg_namespace
+WHERE nspname = %(schema_name)s;
+
+-- job_statuses: the statuses the database allows, in order (checked against JobStatus by tests)
+SELECT unnest(enum_range(NULL::{schema}.job_status))::text;

@@ -1,0 +1,48 @@
+"""Backoff with jitter, as pure functions so that tests can check the arithmetic."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from pgq.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How long a failed job waits before its next attempt.
+
+    The delay before attempt ``n + 1`` is ``min(cap, base * 2 ** (n - 1))``, then
+    jittered down by up to half so that jobs that failed together (an outage) do
+    not all come back in the same instant.
+
+    Example: ``@app.task(retry=pgq.Retry(base_seconds=2, cap_seconds=600))``.
+    """
+
+    base_seconds: float = 1.0
+    cap_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.base_seconds > 0:
+            raise ConfigError(f"Retry base_seconds must be > 0, got {self.base_seconds!r}")
+        if not self.cap_seconds >= self.base_seconds:
+            raise ConfigError(
+                f"Retry cap_seconds ({self.cap_seconds!r}) must be >= base_seconds "
+                f"({self.base_seconds!r})"
+            )
+
+
+def backoff_ceiling(attempt: int, policy: Retry) -> float:
+    """The un-jittered delay after failed attempt number ``attempt`` (1-based)."""
+    if attempt < 1:
+        raise ValueError(f"attempt is 1-based, got {attempt}")
+    # Cap the exponent first: 2 ** 10_000 is a valid int but not a valid float.
+    exponent = min(attempt - 1, 64)
+    return min(policy.cap_seconds, policy.base_seconds * 2.0**exponent)
+
+
+def backoff_seconds(attempt: int, policy: Retry, rng: random.Random | None = None) -> float:
+    """The delay before retrying after failed attempt ``attempt``: in [ceiling/2, ceiling]."""
+    ceiling = backoff_ceiling(attempt, policy)
+    draw = (rng or random).random()
+    return ceiling / 2 + draw * ceiling / 2
