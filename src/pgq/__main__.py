@@ -1,0 +1,5 @@
+"""`python -m pgq` runs the CLI."""
+
+from pgq.cli import main
+
+main()
