@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from pgq.migrate import revision_schema
+
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = None
@@ -15,10 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    schema = op.get_context().config.attributes["pgq_schema"]
+    schema = revision_schema()
     op.execute(f"")
 
 
 def downgrade() -> None:
-    schema = op.get_context().config.attributes["pgq_schema"]
+    schema = revision_schema()
     op.execute(f"")

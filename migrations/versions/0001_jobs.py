@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from pgq.migrate import revision_schema
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -143,10 +145,10 @@ DROP TYPE {schema}.job_status;
 
 
 def upgrade() -> None:
-    schema = op.get_context().config.attributes["pgq_schema"]
+    schema = revision_schema()
     op.execute(UPGRADE.format(schema=schema))
 
 
 def downgrade() -> None:
-    schema = op.get_context().config.attributes["pgq_schema"]
+    schema = revision_schema()
     op.execute(DOWNGRADE.format(schema=schema))

@@ -21,13 +21,17 @@ from pgq.errors import (
 )
 from pgq.job import ClaimedJob, JobStatus
 from pgq.retry import Retry
+from pgq.tasks import App, JobContext, Task
+from pgq.worker import Worker
 
 __all__ = [
+    "App",
     "ClaimedJob",
     "ConfigError",
     "EnqueueResult",
     "GiveUp",
     "InvalidJobError",
+    "JobContext",
     "JobNotFoundError",
     "JobSignal",
     "JobSpec",
@@ -36,7 +40,9 @@ __all__ = [
     "Retry",
     "SchemaError",
     "Snooze",
+    "Task",
     "UnknownTaskError",
+    "Worker",
     "enqueue",
     "enqueue_async",
     "enqueue_many",

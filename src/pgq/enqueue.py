@@ -31,8 +31,8 @@ MAX_DEDUPE_KEY_LENGTH = 500
 # lets enqueue_many stream from a generator with bounded memory.
 ENQUEUE_MANY_CHUNK = 5_000
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_TASK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+TASK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,9 @@ def encode_args(args: Mapping[str, Any] | None) -> str:
     except (TypeError, ValueError) as error:
         raise InvalidJobError(f"job args must be JSON-serialisable: {error}") from None
     if "\\u0000" in text:
-        raise InvalidJobError("job args contain a NUL character (\\u0000), which jsonb cannot store")
+        raise InvalidJobError(
+            "job args contain a NUL character (\\u0000), which jsonb cannot store"
+        )
     return text
 
 
@@ -167,9 +169,9 @@ def _validate(
             f"without NUL, got {dedupe_key!r:.80}"
         )
     return _Row(
-        task=_check_name("task", task_name, _TASK_NAME, 200),
+        task=_check_name("task", task_name, TASK_NAME, 200),
         args_json=encode_args(args),
-        queue=_check_name("queue", queue, _QUEUE_NAME, 128),
+        queue=_check_name("queue", queue, QUEUE_NAME, 128),
         priority=_check_int("priority", priority, 0, MAX_PRIORITY),
         run_at=run_at,
         delay_seconds=_delay_seconds(delay),

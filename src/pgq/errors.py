@@ -32,7 +32,7 @@ class JobNotFoundError(PgqError, LookupError):
     """No job has this id."""
 
 
-class JobSignal(Exception):  # noqa: N818 - signals, not errors
+class JobSignal(Exception):
     """Raised by a handler to choose its job's outcome. Not a failure."""
 
 

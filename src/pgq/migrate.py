@@ -166,7 +166,9 @@ def migrate(
         return before, current_revision(dsn, schema=schema)
 
 
-def current_revision(dsn_or_conn: str | psycopg.Connection[Any], *, schema: str | None = None) -> str | None:
+def current_revision(
+    dsn_or_conn: str | psycopg.Connection[Any], *, schema: str | None = None
+) -> str | None:
     """The revision applied to the database, or None when pgq was never migrated there."""
     schema = resolve_schema(schema)
     if isinstance(dsn_or_conn, str):
@@ -200,3 +202,12 @@ def check_schema(conn: psycopg.Connection[Any], *, schema: str | None = None) ->
             f"pgq's schema {schema!r} is at revision {found}, this pgq needs {wanted}: "
             "run `pgq migrate`"
         )
+
+
+def revision_schema() -> str:
+    """The schema an Alembic revision is applied to (called from migrations/versions)."""
+    from alembic import op
+
+    config = op.get_context().config
+    assert config is not None, "pgq revisions run through pgq.migrate's Config"
+    return str(config.attributes["pgq_schema"])

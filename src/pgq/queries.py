@@ -38,13 +38,14 @@ QUERIES: Final[dict[str, str]] = _parse(
 
 
 @functools.cache
-def query(name: str, schema: str) -> sql.Composed:
+def query(name: str, schema: str, database: str | None = None) -> sql.Composed:
     """The statement called ``name`` in queries.sql, for pgq's ``schema``."""
     try:
         text = QUERIES[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in queries.sql") from None
-    return sql.SQL(text).format(  # type: ignore[arg-type]  # text comes from our own file
+    return sql.SQL(text).format(
         schema=sql.Identifier(schema),
         channel=sql.Identifier(wakeup_channel(schema)),
+        database=sql.Identifier(database or "unused"),
     )

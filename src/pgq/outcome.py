@@ -1,0 +1,95 @@
+"""What a finished attempt means for its job: the row of the batched ``finish_jobs`` write.
+
+Pure functions of (job, what happened, retry policy), so tests can check every edge.
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from dataclasses import dataclass
+
+from pgq.job import ClaimedJob, JobStatus
+from pgq.retry import Retry, backoff_seconds
+
+MAX_ERROR_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The next state of one job, fenced by the lease token of the claim that ran it."""
+
+    job_id: int
+    lease_token: uuid.UUID
+    status: JobStatus
+    #: succeeded, retried, dead, gave_up, snoozed or handed_back: for logs and counts.
+    kind: str
+    delay_seconds: float | None = None
+    refund_attempt: bool = False
+    error: str | None = None
+    traceback: str | None = None
+
+
+def describe_error(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+def format_traceback(error: BaseException) -> str:
+    text = "".join(traceback.format_exception(error))
+    # Keep the end: the innermost frames say where it failed.
+    return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
+
+
+def succeeded(job: ClaimedJob) -> Outcome:
+    return Outcome(job.id, job.lease_token, JobStatus.SUCCEEDED, "succeeded")
+
+
+def failed(job: ClaimedJob, error: BaseException, policy: Retry) -> Outcome:
+    """Retry after backoff while attempts remain, else dead (the dead-letter queue)."""
+    if job.attempt >= job.max_attempts:
+        return Outcome(
+            job.id, job.lease_token, JobStatus.DEAD, "dead",
+            error=describe_error(error), traceback=format_traceback(error),
+        )  # fmt: skip
+    return Outcome(
+        job.id, job.lease_token, JobStatus.QUEUED, "retried",
+        delay_seconds=backoff_seconds(job.attempt, policy),
+        error=describe_error(error), traceback=format_traceback(error),
+    )  # fmt: skip
+
+
+def gave_up(job: ClaimedJob, reason: str) -> Outcome:
+    """The handler said a retry cannot help: dead now."""
+    return Outcome(
+        job.id,
+        job.lease_token,
+        JobStatus.DEAD,
+        "gave_up",
+        error=f"GiveUp: {reason}"[:MAX_ERROR_CHARS],
+    )
+
+
+def snoozed(job: ClaimedJob, seconds: float) -> Outcome:
+    """Run again later; the attempt is given back."""
+    return Outcome(
+        job.id,
+        job.lease_token,
+        JobStatus.QUEUED,
+        "snoozed",
+        delay_seconds=seconds,
+        refund_attempt=True,
+    )
+
+
+def handed_back(job: ClaimedJob) -> Outcome:
+    """The worker is shutting down: queued again at once, the attempt given back."""
+    return Outcome(
+        job.id,
+        job.lease_token,
+        JobStatus.QUEUED,
+        "handed_back",
+        delay_seconds=0.0,
+        refund_attempt=True,
+    )

@@ -1,0 +1,115 @@
+"""`pgq work --processes N`: N worker processes under one parent that restarts any that die.
+
+Python handlers are often CPU-bound, and one process per core is how a Python
+fleet uses a machine. The supervisor holds no jobs and no database connection:
+it only keeps N children alive and passes signals on. Jobs of a child that dies
+come back through rescue when their lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+log = logging.getLogger("pgq.supervisor")
+
+POLL_SECONDS = 0.2
+# A child that lived this long before dying is restarted at once; one that
+# keeps dying young waits longer each time, up to MAX_RESTART_DELAY_SECONDS.
+HEALTHY_LIFETIME_SECONDS = 30.0
+MAX_RESTART_DELAY_SECONDS = 30.0
+
+
+class Supervisor:
+    def __init__(
+        self, child_argv: Sequence[str], processes: int, *, env: dict[str, str] | None = None,
+        grace_seconds: float = 30.0,
+    ) -> None:  # fmt: skip
+        self.child_argv = list(child_argv)
+        self.processes = processes
+        self.env = env
+        self.grace_seconds = grace_seconds
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.started_at: dict[int, float] = {}
+        self.quick_deaths: dict[int, int] = {}
+        self.restart_at: dict[int, float] = {}
+        self.signals = 0
+
+    def _spawn(self, slot: int) -> None:
+        child = subprocess.Popen(self.child_argv, env=self.env)
+        self.children[slot] = child
+        self.started_at[slot] = time.monotonic()
+        log.info("worker process %d started (pid %d)", slot, child.pid)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+        # The first signal asks children for a graceful stop; a second one is
+        # passed on too, and children exit at once on their second.
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        if self.signals == 1:
+            log.info(
+                "%s: stopping %d worker processes", signal.Signals(signum).name, len(self.children)
+            )
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for slot in range(self.processes):
+            self._spawn(slot)
+        while not self.signals:
+            time.sleep(POLL_SECONDS)
+            for slot, child in list(self.children.items()):
+                if child.poll() is None or self.signals:
+                    continue
+                self._schedule_restart(slot, child.returncode)
+            now = time.monotonic()
+            for slot, when in list(self.restart_at.items()):
+                if now >= when and not self.signals:
+                    del self.restart_at[slot]
+                    self._spawn(slot)
+        return self._wait_for_children()
+
+    def _schedule_restart(self, slot: int, returncode: int) -> None:
+        if slot in self.restart_at:
+            return
+        lived = time.monotonic() - self.started_at[slot]
+        self.quick_deaths[slot] = (
+            0 if lived > HEALTHY_LIFETIME_SECONDS else self.quick_deaths.get(slot, 0) + 1
+        )
+        delay = min(MAX_RESTART_DELAY_SECONDS, 0.5 * 2 ** max(0, self.quick_deaths[slot] - 1))
+        if self.quick_deaths[slot] == 0:
+            delay = 0.0
+        log.warning(
+            "worker process %d (pid %d) exited with code %s; restarting in %.1fs",
+            slot, self.children[slot].pid, returncode, delay,
+        )  # fmt: skip
+        self.restart_at[slot] = time.monotonic() + delay
+
+    def _wait_for_children(self) -> int:
+        deadline = time.monotonic() + self.grace_seconds + 20
+        for child in self.children.values():
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                child.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in time; killing it", child.pid)
+                child.kill()
+                child.wait()
+        failed = [c.returncode for c in self.children.values() if c.returncode not in (0, None)]
+        if failed:
+            log.warning("worker processes exited with codes %s", failed)
+        return 0
+
+
+def child_environment(dsn: str) -> dict[str, str]:
+    """The children get the DSN by environment, so no password shows up in `ps`."""
+    env = dict(os.environ)
+    env["PGQ_DSN"] = dsn
+    return env

@@ -1,0 +1,218 @@
+"""Tasks: the app object that registers handlers, and the context a handler receives."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn, overload
+
+import psycopg
+
+from pgq.enqueue import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    QUEUE_NAME,
+    TASK_NAME,
+    EnqueueResult,
+    enqueue,
+    enqueue_async,
+)
+from pgq.errors import ConfigError, GiveUp, Snooze
+from pgq.retry import Retry
+
+DEFAULT_RETRY = Retry()
+
+Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a handler knows about the job it runs. Declare a ``ctx`` parameter to get it.
+
+    Example::
+
+        @app.task()
+        def charge(order_id: int, ctx: pgq.JobContext) -> None:
+            if ctx.attempt > 1:
+                log.info("retrying order %s", order_id)
+    """
+
+    job_id: int
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    worker: str
+    enqueued_at: datetime
+
+    def snooze(self, seconds: float) -> NoReturn:
+        """Run this job again in ``seconds`` without using up an attempt."""
+        raise Snooze(seconds)
+
+    def give_up(self, reason: str) -> NoReturn:
+        """Fail this job for good: it goes to ``dead`` now, whatever attempts remain."""
+        raise GiveUp(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A registered handler and its defaults. Calling it calls the handler directly."""
+
+    name: str
+    handler: Handler
+    queue: str = DEFAULT_QUEUE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_seconds: float | None = None
+    retry: Retry = DEFAULT_RETRY
+    is_async: bool = False
+    wants_context: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.handler(*args, **kwargs)
+
+    def enqueue(
+        self,
+        conn: psycopg.Connection[Any],
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        schema: str | None = None,
+    ) -> EnqueueResult:
+        """``pgq.enqueue`` with this task's name, queue and max_attempts as defaults."""
+        return enqueue(
+            conn, self.name, args, queue=queue or self.queue, priority=priority, run_at=run_at,
+            delay=delay, max_attempts=max_attempts or self.max_attempts, dedupe_key=dedupe_key,
+            schema=schema,
+        )  # fmt: skip
+
+    async def enqueue_async(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        schema: str | None = None,
+    ) -> EnqueueResult:
+        """``enqueue`` for an ``AsyncConnection``."""
+        return await enqueue_async(
+            conn, self.name, args, queue=queue or self.queue, priority=priority, run_at=run_at,
+            delay=delay, max_attempts=max_attempts or self.max_attempts, dedupe_key=dedupe_key,
+            schema=schema,
+        )  # fmt: skip
+
+
+class App:
+    """The registry of tasks a worker can run.
+
+    Example::
+
+        app = pgq.App()
+
+        @app.task(max_attempts=3, timeout=60)
+        async def send_email(to: str) -> None: ...
+
+    Run it with ``pgq work myproject.tasks:app``. The database is not part of the
+    app: it comes from ``--dsn``, ``$PGQ_DSN`` or ``$DATABASE_URL`` when the worker runs.
+    """
+
+    def __init__(self, *, schema: str | None = None) -> None:
+        self.schema = schema
+        self.tasks: dict[str, Task] = {}
+
+    @overload
+    def task(self, handler: Handler) -> Task: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+    ) -> Callable[[Handler], Task]: ...
+
+    def task(
+        self,
+        handler: Handler | None = None,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+    ) -> Task | Callable[[Handler], Task]:
+        """Register a handler; usable as ``@app.task`` or ``@app.task(...)``.
+
+        ``name`` defaults to the function's name (stable when you move the code
+        between modules). ``timeout`` is in seconds. ``retry`` sets the backoff.
+        """
+
+        def register(function: Handler) -> Task:
+            task = Task(
+                name=name or function.__name__,
+                handler=function,
+                queue=queue,
+                max_attempts=max_attempts,
+                timeout_seconds=timeout,
+                retry=retry or Retry(),
+                is_async=inspect.iscoroutinefunction(function),
+                wants_context="ctx" in inspect.signature(function).parameters,
+            )
+            self._check(task)
+            self.tasks[task.name] = task
+            return task
+
+        return register(handler) if handler is not None else register
+
+    def _check(self, task: Task) -> None:
+        if not TASK_NAME.match(task.name):
+            raise ConfigError(
+                f"invalid task name {task.name!r}: use letters, digits, '_', '.', ':' or '-'"
+            )
+        if task.name in self.tasks:
+            raise ConfigError(f"two handlers are registered as task {task.name!r}: pass name=")
+        if not QUEUE_NAME.match(task.queue):
+            raise ConfigError(f"task {task.name!r}: invalid queue name {task.queue!r}")
+        if isinstance(task.max_attempts, bool) or not (
+            isinstance(task.max_attempts, int) and task.max_attempts >= 1
+        ):
+            raise ConfigError(f"task {task.name!r}: max_attempts must be an int >= 1")
+        if task.timeout_seconds is not None and not task.timeout_seconds > 0:
+            raise ConfigError(f"task {task.name!r}: timeout must be > 0 seconds")
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` (like ``myproject.tasks:app``) and return the App."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"APP must look like 'package.module:app', got {spec!r}")
+    # Like uvicorn and celery: the current directory is importable.
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"cannot import {module_name!r} for APP {spec!r}: {error}") from error
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{spec!r} is not a pgq.App (found {type(app).__name__})")
+    if not app.tasks:
+        raise ConfigError(f"{spec!r} has no tasks registered")
+    return app

@@ -1,0 +1,629 @@
+"""The worker: claim due jobs in batches, run their handlers, record outcomes in batches.
+
+One asyncio loop per process. Claims are sized to free slots (one round trip
+for many jobs), outcomes are written by one flusher in batches (whatever
+finished while the previous write was in flight), and leases are extended by a
+separate thread (lease.py). Every outcome is fenced by its lease token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from pgq import outcome as outcomes
+from pgq.config import resolve_schema, wakeup_channel
+from pgq.errors import ConfigError, GiveUp, Snooze
+from pgq.job import ClaimedJob
+from pgq.lease import LeaseKeeper
+from pgq.migrate import check_schema
+from pgq.outcome import Outcome
+from pgq.queries import query
+from pgq.tasks import App, JobContext, Task
+
+log = logging.getLogger("pgq.worker")
+
+# Errors that mean "the database is unreachable right now": retried with backoff.
+DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+MAX_BACKOFF_SECONDS = 10.0
+STARTUP_TIMEOUT_SECONDS = 60.0
+FINAL_FLUSH_SECONDS = 15.0
+
+
+class HandlerTimeout(TimeoutError):
+    """A handler ran past its task's timeout."""
+
+
+@dataclass(eq=False, slots=True)
+class RunningJob:
+    """A claimed job from claim to outcome."""
+
+    job: ClaimedJob
+    task: Task
+    future: asyncio.Task[None] | None = None
+    thread_future: concurrent.futures.Future[Any] | None = None
+    started: bool = False
+    handing_back: bool = False
+    lease_lost: bool = False
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What this worker did, by outcome (for logs, tests and the demo)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def worker_name() -> str:
+    """``host:pid:random``: who holds a lease, as shown in ``locked_by``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def backoff(failures: int) -> float:
+    return float(min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** min(failures, 10)))
+
+
+class Worker:
+    """Runs an App's tasks until stopped.
+
+    ``queues`` maps queue name to its own concurrency limit (None: no limit but
+    the total); None serves every queue. ``listen=False`` is the poll-only mode
+    for PgBouncer in transaction mode (no LISTEN, no prepared statements).
+
+    Example::
+
+        worker = pgq.Worker(app, dsn, concurrency=20)
+        asyncio.run(worker.run())
+    """
+
+    def __init__(
+        self,
+        app: App,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        queues: Mapping[str, int | None] | None = None,
+        concurrency: int = 10,
+        poll_seconds: float = 1.0,
+        lease_seconds: float = 30.0,
+        listen: bool = True,
+        shutdown_grace_seconds: float = 30.0,
+        rescue_interval_seconds: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not app.tasks:
+            raise ConfigError("the app has no tasks: register handlers with @app.task")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if not poll_seconds > 0:
+            raise ConfigError(f"poll interval must be > 0 seconds, got {poll_seconds}")
+        if not lease_seconds >= 0.5:
+            raise ConfigError(f"lease must be >= 0.5 seconds, got {lease_seconds}")
+        if not shutdown_grace_seconds >= 0:
+            raise ConfigError(f"shutdown grace must be >= 0 seconds, got {shutdown_grace_seconds}")
+        for queue, limit in (queues or {}).items():
+            if limit is not None and limit < 1:
+                raise ConfigError(f"queue {queue!r}: concurrency must be >= 1, got {limit}")
+        self.app = app
+        self.dsn = dsn
+        self.schema = resolve_schema(schema or app.schema)
+        self.queues = dict(queues) if queues else None
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.lease_seconds = lease_seconds
+        self.listen = listen
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.rescue_interval_seconds = rescue_interval_seconds or max(1.0, lease_seconds / 2)
+        self.name = name or worker_name()
+        self.stats = WorkerStats()
+        self.task_names = sorted(app.tasks)
+
+        self._running: dict[int, RunningJob] = {}
+        self._held: dict[int, uuid.UUID] = {}  # leases to extend: running or outcome unwritten
+        self._held_lock = threading.Lock()
+        self._pending: list[Outcome] = []
+        self._stuck_threads = 0  # sync handlers past their deadline, still holding a thread
+        self._backlog = True  # the last claim filled its batch: more may be due
+        self._stopping = False
+        self._signals = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._flush_wakeup: asyncio.Event | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="pgq-handler"
+        )
+        self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def stuck_threads(self) -> int:
+        """Sync handlers still running after their job timed out or was handed back."""
+        return self._stuck_threads
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown: stop claiming, let running jobs finish."""
+        if not self._stopping:
+            self._stopping = True
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Work until ``request_stop()`` (or SIGTERM/SIGINT with ``handle_signals``)."""
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._flush_wakeup = asyncio.Event()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        await self._wait_for_database()
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=4,
+            kwargs={"autocommit": True, "prepare_threshold": 5 if self.listen else None},
+            open=False,
+            name="pgq-worker",
+            reconnect_timeout=3600,
+        )
+        await self._pool.open(wait=False)
+        keeper = LeaseKeeper(
+            dsn=self.dsn,
+            schema=self.schema,
+            lease_seconds=self.lease_seconds,
+            rescue_interval_seconds=self.rescue_interval_seconds,
+            held=self._held_leases,
+            on_lost=self._lease_lost_threadsafe,
+        )
+        keeper.start()
+        flusher = asyncio.create_task(self._flush_loop(), name="pgq-flush")
+        listener = (
+            asyncio.create_task(self._listen_loop(), name="pgq-listen") if self.listen else None
+        )
+        log.info(
+            "worker %s started: tasks %s, queues %s, concurrency %d, lease %gs, %s",
+            self.name, ", ".join(self.task_names),
+            ", ".join(self.queues) if self.queues else "all", self.concurrency,
+            self.lease_seconds,
+            "listening" if self.listen else f"polling every {self.poll_seconds:g}s",
+        )  # fmt: skip
+        try:
+            await self._claim_loop()
+        finally:
+            await self._shutdown(flusher, listener, keeper)
+
+    # -- claiming ------------------------------------------------------------
+
+    async def _wait_for_database(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        failures = 0
+        while True:
+            try:
+                await asyncio.to_thread(self._check_schema)
+                return
+            except DATABASE_DOWN as error:
+                failures += 1
+                if time.monotonic() > deadline or self._stopping:
+                    raise ConfigError(
+                        f"cannot reach the database after {STARTUP_TIMEOUT_SECONDS:g}s: {error}"
+                    ) from error
+                log.warning("database unreachable (%s); retrying", error)
+                await asyncio.sleep(backoff(failures))
+
+    def _check_schema(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            check_schema(conn, schema=self.schema)
+
+    async def _claim_loop(self) -> None:
+        assert self._wakeup is not None
+        failures = 0
+        while not self._stopping:
+            try:
+                more_due = await self._claim()
+                if failures:
+                    log.info("database reachable again; claiming resumed")
+                failures = 0
+            except DATABASE_DOWN as error:
+                failures += 1
+                delay = backoff(failures)
+                log.warning(
+                    "claim failed, database unreachable (%s); retrying in %.1fs", error, delay
+                )
+                await self._sleep_unless_stopping(delay)
+                continue
+            if more_due and self._free_slots() > 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+            self._wakeup.clear()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        assert self._wakeup is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        self._wakeup.clear()
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._running) - self._stuck_threads
+
+    def _claim_targets(self) -> list[tuple[str | None, int]]:
+        free = self._free_slots()
+        if free <= 0:
+            return []
+        if self.queues is None:
+            return [(None, free)]
+        busy = Counter(run.job.queue for run in self._running.values())
+        targets: list[tuple[str | None, int]] = []
+        for queue, limit in self.queues.items():
+            room = free if limit is None else min(free, limit - busy[queue])
+            if room > 0:
+                targets.append((queue, room))
+        return targets
+
+    async def _claim(self) -> bool:
+        """Claim into free slots; True if some queue filled its batch (more may be due)."""
+        assert self._pool is not None
+        more_due = False
+        targets = self._claim_targets()
+        if not targets:
+            return False
+        params: dict[str, Any] = {
+            "tasks": self.task_names,
+            "lease_seconds": self.lease_seconds,
+            "worker": self.name,
+        }
+        async with self._pool.connection() as conn:
+            for queue, limit in targets:
+                if queue is None:
+                    statement = query("claim_jobs", self.schema)
+                else:
+                    statement = query("claim_jobs_from_queue", self.schema)
+                    params["queue"] = queue
+                params["limit"] = limit
+                cursor = await conn.execute(statement, params)
+                rows = await cursor.fetchall()
+                for row in rows:
+                    self._start(ClaimedJob(*row))
+                more_due = more_due or len(rows) == limit
+        self._backlog = more_due
+        return more_due
+
+    def _start(self, job: ClaimedJob) -> None:
+        run = RunningJob(job=job, task=self.app.tasks[job.task])
+        self._running[job.id] = run
+        with self._held_lock:
+            self._held[job.id] = job.lease_token
+        self.stats.counts["claimed"] += 1
+        run.future = asyncio.create_task(self._execute(run))
+
+    # -- running -------------------------------------------------------------
+
+    async def _execute(self, run: RunningJob) -> None:
+        job, task = run.job, run.task
+        kwargs: dict[str, Any] = job.args
+        if task.wants_context:
+            kwargs = {**job.args, "ctx": self._context(job)}
+        result: Outcome | None
+        try:
+            if task.is_async:
+                run.started = True
+                await self._run_async(task, kwargs)
+            else:
+                await self._run_in_thread(run, kwargs)
+            result = outcomes.succeeded(job)
+        except asyncio.CancelledError:
+            if run.handing_back:
+                result = outcomes.handed_back(job)
+            elif run.lease_lost:
+                result = None
+            else:
+                raise
+        except Snooze as signal_:
+            result = outcomes.snoozed(job, signal_.seconds)
+        except GiveUp as signal_:
+            result = outcomes.gave_up(job, signal_.reason)
+        except HandlerTimeout as error:
+            result = outcomes.failed(job, error, task.retry)
+        except TypeError as error:
+            # Args that cannot bind to the handler will never work: no retry.
+            if _args_mismatch(task, kwargs):
+                result = outcomes.gave_up(
+                    job, f"args do not match {task.name}'s signature: {error}"
+                )
+            else:
+                result = outcomes.failed(job, error, task.retry)
+        except (Exception, SystemExit) as error:
+            result = outcomes.failed(job, error, task.retry)
+        finally:
+            self._running.pop(job.id, None)
+            if self._backlog and self._wakeup is not None:
+                self._wakeup.set()
+        if result is None or run.lease_lost:
+            self._release([job.id])
+            self.stats.counts["discarded"] += 1
+            log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
+            return
+        self._log_outcome(job, result)
+        self._pending.append(result)
+        assert self._flush_wakeup is not None
+        self._flush_wakeup.set()
+
+    def _context(self, job: ClaimedJob) -> JobContext:
+        return JobContext(
+            job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+            max_attempts=job.max_attempts, worker=self.name, enqueued_at=job.created_at,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _run_async(task: Task, kwargs: dict[str, Any]) -> None:
+        if task.timeout_seconds is None:
+            await task.handler(**kwargs)
+            return
+        try:
+            async with asyncio.timeout(task.timeout_seconds):
+                await task.handler(**kwargs)
+        except TimeoutError as error:
+            raise HandlerTimeout(
+                f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
+            ) from error
+
+    async def _run_in_thread(self, run: RunningJob, kwargs: dict[str, Any]) -> None:
+        task = run.task
+
+        def call() -> Any:
+            run.started = True
+            return task.handler(**kwargs)
+
+        thread_future = self._executor.submit(call)
+        run.thread_future = thread_future
+        waiter = asyncio.wrap_future(thread_future)
+        try:
+            # asyncio.wait never cancels the thread's future: a thread cannot be
+            # interrupted, so at the deadline we fail the job and let the fence
+            # discard whatever the thread returns later.
+            done, _ = await asyncio.wait({waiter}, timeout=task.timeout_seconds)
+        except asyncio.CancelledError:
+            if not thread_future.cancel():
+                self._count_stuck(thread_future)
+            raise
+        if not done:
+            self._count_stuck(thread_future)
+            raise HandlerTimeout(
+                f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
+                " (the thread is still running; its result will be discarded)"
+            )
+        waiter.result()
+
+    def _count_stuck(self, thread_future: concurrent.futures.Future[Any]) -> None:
+        """Keep a timed-out sync handler's thread counted as busy until it really ends."""
+        self._stuck_threads += 1
+        loop = self._loop
+        assert loop is not None
+
+        def release(_: concurrent.futures.Future[Any]) -> None:
+            loop.call_soon_threadsafe(self._thread_ended)
+
+        thread_future.add_done_callback(release)
+
+    def _thread_ended(self) -> None:
+        self._stuck_threads -= 1
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _log_outcome(self, job: ClaimedJob, result: Outcome) -> None:
+        kind = result.kind
+        self.stats.counts[kind] += 1
+        if kind == "succeeded":
+            log.debug("job %s (%s) succeeded on attempt %s", job.id, job.task, job.attempt)
+        elif kind == "retried":
+            log.warning(
+                "job %s (%s) failed on attempt %s/%s, retrying in %.1fs: %s",
+                job.id, job.task, job.attempt, job.max_attempts, result.delay_seconds, result.error,
+            )  # fmt: skip
+        elif kind in ("dead", "gave_up"):
+            log.error(
+                "job %s (%s) is dead after attempt %s/%s: %s",
+                job.id, job.task, job.attempt, job.max_attempts, result.error,
+            )  # fmt: skip
+        else:
+            log.info("job %s (%s) %s", job.id, job.task, kind.replace("_", " "))
+
+    # -- leases --------------------------------------------------------------
+
+    def _held_leases(self) -> list[tuple[int, uuid.UUID]]:
+        with self._held_lock:
+            return list(self._held.items())
+
+    def _release(self, job_ids: list[int]) -> None:
+        with self._held_lock:
+            for job_id in job_ids:
+                self._held.pop(job_id, None)
+
+    def _lease_lost_threadsafe(self, job_ids: list[int]) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._lease_lost, job_ids)
+
+    def _lease_lost(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            run = self._running.get(job_id)
+            if run is None or run.handing_back:
+                continue  # finished meanwhile: its outcome write is fenced anyway
+            run.lease_lost = True
+            log.warning(
+                "job %s (%s): lease lost (rescued or changed by an operator); %s",
+                job_id, run.task.name,
+                "cancelling it" if run.task.is_async else "its result will be discarded",
+            )  # fmt: skip
+            if run.task.is_async and run.future is not None:
+                run.future.cancel()
+
+    # -- recording outcomes --------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        assert self._flush_wakeup is not None
+        failures = 0
+        while True:
+            await self._flush_wakeup.wait()
+            self._flush_wakeup.clear()
+            try:
+                await self._flush()
+                failures = 0
+            except DATABASE_DOWN as error:
+                failures += 1
+                delay = backoff(failures)
+                log.warning(
+                    "recording %d outcomes failed, database unreachable (%s); retrying in %.1fs",
+                    len(self._pending), error, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                self._flush_wakeup.set()
+
+    async def _flush(self) -> None:
+        """Write every pending outcome in one fenced statement."""
+        assert self._pool is not None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        params = {
+            "ids": [o.job_id for o in batch],
+            "lease_tokens": [o.lease_token for o in batch],
+            "statuses": [o.status.value for o in batch],
+            "delays_seconds": [o.delay_seconds for o in batch],
+            "refund_attempts": [o.refund_attempt for o in batch],
+            "errors": [o.error for o in batch],
+            "tracebacks": [o.traceback for o in batch],
+        }
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(query("finish_jobs", self.schema), params)
+                applied = {row[0] for row in await cursor.fetchall()}
+        except BaseException:
+            self._pending[:0] = batch  # keep them for the retry
+            raise
+        self._release([o.job_id for o in batch])
+        for o in batch:
+            if o.job_id not in applied:
+                self.stats.counts["discarded"] += 1
+                log.warning(
+                    "job %s: result discarded, this worker no longer holds its lease "
+                    "(it was rescued or finished elsewhere)", o.job_id,
+                )  # fmt: skip
+
+    # -- wake-ups ------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        assert self._wakeup is not None
+        channel = wakeup_channel(self.schema)
+        failures = 0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                    await conn.execute(query("listen_for_jobs", self.schema))
+                    failures = 0
+                    self._wakeup.set()  # notifications may have been missed while away
+                    async for notify in conn.notifies():
+                        if notify.channel == channel and (
+                            self.queues is None or notify.payload in self.queues
+                        ):
+                            self._backlog = True
+                            self._wakeup.set()
+            except DATABASE_DOWN as error:
+                failures += 1
+                delay = backoff(failures)
+                log.warning("listen connection lost (%s); polling meanwhile, retrying in %.1fs",
+                            error, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+
+    # -- shutdown ------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info(
+                "%s: stopping; waiting up to %gs for %d running jobs (signal again to exit now)",
+                signal.Signals(signum).name, self.shutdown_grace_seconds, len(self._running),
+            )  # fmt: skip
+            self.request_stop()
+        else:
+            log.warning("second signal: exiting now; leases will return unfinished jobs")
+            logging.shutdown()
+            os._exit(1)
+
+    async def _shutdown(
+        self,
+        flusher: asyncio.Task[None],
+        listener: asyncio.Task[None] | None,
+        keeper: LeaseKeeper,
+    ) -> None:
+        # Claimed but not started (waiting for a thread): hand back at once.
+        for run in list(self._running.values()):
+            if not run.started:
+                self._hand_back(run)
+        waiting = [run.future for run in self._running.values() if run.future is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.shutdown_grace_seconds)
+        leftovers = [run for run in self._running.values() if run.future is not None]
+        if leftovers:
+            log.warning(
+                "grace period over: handing back %d running jobs to the queue", len(leftovers)
+            )
+            for run in leftovers:
+                self._hand_back(run)
+            await asyncio.wait(
+                [run.future for run in leftovers if run.future is not None], timeout=5
+            )
+        await self._final_flush(flusher)
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        keeper.stop()
+        if self._pool is not None:
+            await self._pool.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped: %s", self.name, dict(self.stats.counts))
+
+    def _hand_back(self, run: RunningJob) -> None:
+        run.handing_back = True
+        if run.future is not None:
+            run.future.cancel()
+
+    async def _final_flush(self, flusher: asyncio.Task[None]) -> None:
+        deadline = time.monotonic() + FINAL_FLUSH_SECONDS
+        assert self._flush_wakeup is not None
+        self._flush_wakeup.set()
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        if self._pending:
+            log.error(
+                "could not record %d outcomes before exiting; their leases will expire and "
+                "rescue will return them to the queue", len(self._pending),
+            )  # fmt: skip
+
+
+def _args_mismatch(task: Task, kwargs: dict[str, Any]) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(task.handler).bind(**kwargs)
+    except TypeError:
+        return True
+    return False

@@ -1,0 +1,523 @@
+"""Transactional enqueue: jobs live and die with the caller's transaction, wake workers at
+commit, deduplicate, and refuse bad input before anything is written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+from psycopg.rows import dict_row
+
+import pgq
+from pgq import InvalidJobError, JobSpec
+from pgq.config import wakeup_channel
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+CHANNEL = wakeup_channel("pgq")
+QUIET_SECONDS = 0.3  # how long "no notification arrives" is waited for
+
+
+def count_jobs(conn: Conn) -> int:
+    row = conn.execute("SELECT count(*) FROM pgq.jobs").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def fetch_job(conn: Conn, job_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute("SELECT * FROM pgq.jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None, f"job {job_id} not found"
+    return row
+
+
+@pytest.fixture
+def listener(dsn: str) -> Iterator[Conn]:
+    """A second connection LISTENing on pgq's wake-up channel, as an idle worker does."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        yield connection
+
+
+def wakeups(listener: Conn, *, expected: int | None = None) -> list[str]:
+    """Payloads (queue names) of the wake-ups that arrive; waits for ``expected`` of them,
+    or for QUIET_SECONDS when none are expected."""
+    timeout = 5.0 if expected else QUIET_SECONDS
+    found = listener.notifies(timeout=timeout, stop_after=expected or None)
+    payloads = []
+    for notify in found:
+        assert notify.channel == CHANNEL
+        payloads.append(notify.payload)
+    # Anything beyond the expected ones would arrive right after: look briefly.
+    if expected:
+        payloads.extend(n.payload for n in listener.notifies(timeout=QUIET_SECONDS))
+    return payloads
+
+
+# --- the caller's transaction decides ---------------------------------------------------
+
+
+def test_enqueue_in_a_rolled_back_transaction_leaves_no_job(conn: Conn) -> None:
+    pgq.enqueue(conn, "send_email", {"to": "a@example.com"})
+    conn.rollback()
+
+    assert count_jobs(conn) == 0
+
+
+def test_enqueue_rolled_back_with_the_apps_own_rows(conn: Conn) -> None:
+    conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    conn.commit()
+    with pytest.raises(RuntimeError), conn.transaction():
+        conn.execute("INSERT INTO orders VALUES (1)")
+        pgq.enqueue(conn, "send_confirmation", {"order_id": 1})
+        raise RuntimeError("the app fails after enqueueing")
+
+    assert count_jobs(conn) == 0
+    assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+
+
+def test_enqueue_in_a_committed_transaction_stores_one_job_with_the_given_fields(
+    conn: Conn, dsn: str
+) -> None:
+    result = pgq.enqueue(
+        conn, "send_email", {"to": "a@example.com", "n": [1, 2]},
+        queue="emails", priority=7, delay=60, max_attempts=3,
+    )  # fmt: skip
+    conn.commit()
+
+    with psycopg.connect(dsn) as other:
+        assert count_jobs(other) == 1
+        job = fetch_job(other, result.id)
+    assert result.created is True
+    assert job["task"] == "send_email"
+    assert job["args"] == {"to": "a@example.com", "n": [1, 2]}
+    assert job["queue"] == "emails"
+    assert job["priority"] == 7
+    assert job["max_attempts"] == 3
+    assert job["status"] == "queued"
+    assert job["attempts"] == 0
+    assert job["dedupe_key"] is None
+    # run_at and created_at both come from the transaction's now().
+    assert job["run_at"] - job["created_at"] == timedelta(seconds=60)
+
+
+def test_enqueue_defaults_to_the_default_queue_and_runs_now(conn: Conn) -> None:
+    job = fetch_job(conn, pgq.enqueue(conn, "cleanup").id)
+
+    assert job["queue"] == "default"
+    assert job["args"] == {}
+    assert job["priority"] == 0
+    assert job["max_attempts"] == 5
+    assert job["run_at"] == job["created_at"]
+
+
+def test_enqueue_with_run_at_stores_that_instant(conn: Conn) -> None:
+    when = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    job = fetch_job(conn, pgq.enqueue(conn, "report", run_at=when).id)
+
+    assert job["run_at"] == when
+
+
+def test_enqueue_with_a_timedelta_delay(conn: Conn) -> None:
+    job = fetch_job(conn, pgq.enqueue(conn, "report", delay=timedelta(minutes=5)).id)
+
+    assert job["run_at"] - job["created_at"] == timedelta(minutes=5)
+
+
+def test_enqueue_never_commits_or_rolls_back_the_callers_transaction(conn: Conn) -> None:
+    pgq.enqueue(conn, "report")
+
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+# --- waking workers ------------------------------------------------------------------------
+
+
+def test_workers_are_woken_at_commit_and_not_before(conn: Conn, listener: Conn) -> None:
+    pgq.enqueue(conn, "send_email", queue="emails")
+    assert wakeups(listener) == []
+
+    conn.commit()
+
+    assert wakeups(listener, expected=1) == ["emails"]
+
+
+def test_no_wakeup_after_rollback(conn: Conn, listener: Conn) -> None:
+    pgq.enqueue(conn, "send_email")
+    conn.rollback()
+
+    assert wakeups(listener) == []
+
+
+# --- deduplication -------------------------------------------------------------------------
+
+
+def test_dedupe_key_held_by_a_queued_job_returns_that_job(conn: Conn) -> None:
+    first = pgq.enqueue(conn, "sync_account", {"id": 1}, dedupe_key="sync:1")
+    conn.commit()
+    second = pgq.enqueue(conn, "sync_account", {"id": 1}, dedupe_key="sync:1")
+    conn.commit()
+
+    assert first.created is True
+    assert second == pgq.EnqueueResult(id=first.id, created=False)
+    assert count_jobs(conn) == 1
+
+
+def test_dedupe_key_is_free_again_once_the_job_finished(conn: Conn) -> None:
+    first = pgq.enqueue(conn, "sync_account", dedupe_key="sync:1")
+    conn.execute(
+        "UPDATE pgq.jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", [first.id]
+    )
+    conn.commit()
+
+    again = pgq.enqueue(conn, "sync_account", dedupe_key="sync:1")
+
+    assert again.created is True
+    assert again.id != first.id
+    assert count_jobs(conn) == 2
+
+
+def test_different_dedupe_keys_do_not_collide(conn: Conn) -> None:
+    a = pgq.enqueue(conn, "sync_account", dedupe_key="sync:1")
+    b = pgq.enqueue(conn, "sync_account", dedupe_key="sync:2")
+
+    assert a.created and b.created
+    assert a.id != b.id
+
+
+# --- enqueue_many --------------------------------------------------------------------------
+
+
+def test_enqueue_many_stores_ten_thousand_jobs_from_a_generator_and_wakes_once_per_queue(
+    conn: Conn, listener: Conn
+) -> None:
+    specs = (
+        JobSpec("resize_image", {"n": n}, queue="images" if n % 2 else "thumbnails")
+        for n in range(10_000)
+    )
+
+    ids = pgq.enqueue_many(conn, specs)
+    assert wakeups(listener) == []
+    conn.commit()
+
+    assert len(ids) == len(set(ids)) == 10_000
+    assert sorted(wakeups(listener, expected=2)) == ["images", "thumbnails"]
+    stored = conn.execute("SELECT id, args->>'n', queue, status FROM pgq.jobs").fetchall()
+    assert {row[0] for row in stored} == set(ids)
+    assert {int(row[1]) for row in stored} == set(range(10_000))
+    assert {row[3] for row in stored} == {"queued"}
+
+
+def test_enqueue_many_keeps_each_jobs_fields(conn: Conn) -> None:
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    ids = pgq.enqueue_many(
+        conn,
+        [
+            JobSpec("a", {"x": 1}, queue="q1", priority=3, run_at=when, max_attempts=2),
+            JobSpec("b", delay=30),
+        ],
+    )
+
+    first, second = (fetch_job(conn, job_id) for job_id in ids)
+    assert (first["task"], first["args"], first["queue"]) == ("a", {"x": 1}, "q1")
+    assert (first["priority"], first["run_at"], first["max_attempts"]) == (3, when, 2)
+    assert (second["task"], second["args"], second["queue"]) == ("b", {}, "default")
+    assert second["run_at"] - second["created_at"] == timedelta(seconds=30)
+
+
+def test_enqueue_many_skips_jobs_whose_dedupe_key_is_taken(conn: Conn) -> None:
+    existing = pgq.enqueue(conn, "sync_account", dedupe_key="sync:1")
+
+    ids = pgq.enqueue_many(
+        conn,
+        [
+            JobSpec("sync_account", dedupe_key="sync:1"),  # held by the existing job
+            JobSpec("sync_account", dedupe_key="sync:2"),
+            JobSpec("sync_account", dedupe_key="sync:2"),  # repeated within the batch
+            JobSpec("sync_account"),
+        ],
+    )
+
+    assert len(ids) == 2
+    assert existing.id not in ids
+    keys = conn.execute("SELECT dedupe_key FROM pgq.jobs ORDER BY id").fetchall()
+    assert keys == [("sync:1",), ("sync:2",), (None,)]
+
+
+def test_enqueue_many_of_nothing_writes_nothing_and_wakes_nobody(
+    conn: Conn, listener: Conn
+) -> None:
+    assert pgq.enqueue_many(conn, []) == []
+    conn.commit()
+
+    assert count_jobs(conn) == 0
+    assert wakeups(listener) == []
+
+
+def test_enqueue_many_rolled_back_leaves_no_jobs(conn: Conn, listener: Conn) -> None:
+    pgq.enqueue_many(conn, [JobSpec("a"), JobSpec("b")])
+    conn.rollback()
+
+    assert count_jobs(conn) == 0
+    assert wakeups(listener) == []
+
+
+# --- async twins ---------------------------------------------------------------------------
+
+
+def test_async_enqueue_and_enqueue_many_follow_the_transaction(dsn: str) -> None:
+    async def scenario() -> tuple[int, list[int], int]:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            await pgq.enqueue_async(aconn, "dropped")
+            await pgq.enqueue_many_async(aconn, [JobSpec("dropped")])
+            await aconn.rollback()
+
+            one = await pgq.enqueue_async(aconn, "send_email", {"to": "x"}, queue="emails")
+            again = await pgq.enqueue_async(aconn, "send_email", dedupe_key="k")
+            same = await pgq.enqueue_async(aconn, "send_email", dedupe_key="k")
+            assert (again.id, again.created, same.created) == (same.id, True, False)
+            many = await pgq.enqueue_many_async(
+                aconn, (JobSpec("resize", {"n": n}) for n in range(3))
+            )
+            await aconn.commit()
+            cursor = await aconn.execute("SELECT count(*) FROM pgq.jobs")
+            row = await cursor.fetchone()
+            assert row is not None
+            return one.id, many, int(row[0])
+
+    one_id, many_ids, total = asyncio.run(scenario())
+
+    assert total == 5
+    assert len(many_ids) == 3
+    with psycopg.connect(dsn) as check:
+        job = fetch_job(check, one_id)
+        assert (job["task"], job["args"], job["queue"]) == ("send_email", {"to": "x"}, "emails")
+        assert count_jobs(check) == 5
+
+
+def test_async_enqueue_wakes_workers_at_commit(dsn: str, listener: Conn) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            await pgq.enqueue_async(aconn, "send_email", queue="emails")
+            await pgq.enqueue_many_async(aconn, [JobSpec("resize", queue="images")] * 3)
+            await aconn.commit()
+
+    asyncio.run(scenario())
+
+    assert sorted(wakeups(listener, expected=2)) == ["emails", "images"]
+
+
+def test_async_enqueue_refuses_bad_input(dsn: str) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            with pytest.raises(InvalidJobError, match="priority"):
+                await pgq.enqueue_async(aconn, "a", priority=-1)
+            with pytest.raises(InvalidJobError, match="queue"):
+                await pgq.enqueue_many_async(aconn, [JobSpec("a", queue="bad queue")])
+
+    asyncio.run(scenario())
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+NAIVE = datetime(2030, 1, 1, 12, 0)
+AWARE = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
+    ("args_with_a_set", {"args": {"tags": {1, 2}}}, "JSON-serialisable"),
+    ("args_with_an_object", {"args": {"when": object()}}, "JSON-serialisable"),
+    ("args_with_a_datetime", {"args": {"when": AWARE}}, "JSON-serialisable"),
+    ("args_with_nan", {"args": {"x": float("nan")}}, "JSON-serialisable"),
+    ("args_with_infinity", {"args": {"x": [float("inf")]}}, "JSON-serialisable"),
+    ("args_with_nul_in_a_value", {"args": {"s": "a\x00b"}}, "NUL"),
+    ("args_with_nul_in_a_key", {"args": {"a\x00": 1}}, "NUL"),
+    ("args_a_list", {"args": [1, 2]}, "dict"),
+    ("args_a_string", {"args": "to=a@example.com"}, "dict"),
+    ("args_an_int", {"args": 42}, "dict"),
+    ("args_with_an_int_key", {"args": {1: "a"}}, "keys must be strings"),
+    ("args_with_a_nested_non_str_key", {"args": {"a": {(1, 2): 3}}}, "JSON-serialisable"),
+    ("empty_task", {"task": ""}, "invalid task name"),
+    ("task_with_a_space", {"task": "send email"}, "invalid task name"),
+    ("task_with_a_quote", {"task": "send'email"}, "invalid task name"),
+    ("task_with_sql", {"task": "'; DROP TABLE x; --"}, "invalid task name"),
+    ("task_too_long", {"task": "t" * 201}, "invalid task name"),
+    ("task_not_a_string", {"task": 42}, "invalid task name"),
+    ("empty_queue", {"queue": ""}, "invalid queue name"),
+    ("queue_with_a_space", {"queue": "my queue"}, "invalid queue name"),
+    ("queue_with_a_single_quote", {"queue": "it's"}, "invalid queue name"),
+    ("queue_with_a_double_quote", {"queue": 'say"hi'}, "invalid queue name"),
+    ("queue_with_a_semicolon", {"queue": "a;b"}, "invalid queue name"),
+    ("queue_with_sql", {"queue": "'; DROP TABLE x; --"}, "invalid queue name"),
+    ("queue_with_a_newline", {"queue": "emails\n"}, "invalid queue name"),
+    ("queue_too_long", {"queue": "q" * 129}, "invalid queue name"),
+    ("queue_none", {"queue": None}, "invalid queue name"),
+    ("negative_priority", {"priority": -1}, "priority"),
+    ("bool_priority", {"priority": True}, "priority must be an int"),
+    ("float_priority", {"priority": 1.5}, "priority must be an int"),
+    ("priority_over_int4", {"priority": 2**31}, "priority"),
+    ("zero_max_attempts", {"max_attempts": 0}, "max_attempts"),
+    ("negative_max_attempts", {"max_attempts": -3}, "max_attempts"),
+    ("bool_max_attempts", {"max_attempts": True}, "max_attempts must be an int"),
+    ("naive_run_at", {"run_at": NAIVE}, "timezone-aware"),
+    ("run_at_a_string", {"run_at": "2030-01-01T12:00:00Z"}, "run_at must be a datetime"),
+    ("run_at_and_delay", {"run_at": AWARE, "delay": 5}, "not both"),
+    ("negative_delay", {"delay": -1}, "delay"),
+    ("negative_timedelta_delay", {"delay": timedelta(seconds=-1)}, "delay"),
+    ("nan_delay", {"delay": float("nan")}, "delay"),
+    ("infinite_delay", {"delay": float("inf")}, "delay"),
+    ("string_delay", {"delay": "5"}, "delay"),
+    ("empty_dedupe_key", {"dedupe_key": ""}, "dedupe_key"),
+    ("dedupe_key_too_long", {"dedupe_key": "k" * 501}, "dedupe_key"),
+    ("dedupe_key_not_a_string", {"dedupe_key": 7}, "dedupe_key"),
+    ("dedupe_key_with_nul", {"dedupe_key": "a\x00"}, "dedupe_key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [pytest.param(overrides, message, id=name) for name, overrides, message in BAD_INPUTS],
+)
+def test_bad_input_is_refused_with_a_message_naming_the_problem_and_nothing_is_written(
+    conn: Conn, overrides: dict[str, Any], message: str
+) -> None:
+    call: dict[str, Any] = {"task": "send_email", "args": {"to": "a@example.com"}, **overrides}
+    task = call.pop("task")
+
+    with pytest.raises(InvalidJobError, match=message):
+        pgq.enqueue(conn, task, **call)
+
+    # Nothing written, and the caller's transaction is still usable.
+    assert count_jobs(conn) == 0
+    conn.commit()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [pytest.param(overrides, message, id=name) for name, overrides, message in BAD_INPUTS],
+)
+def test_bad_job_spec_in_enqueue_many_is_refused_and_nothing_is_written(
+    conn: Conn, overrides: dict[str, Any], message: str
+) -> None:
+    bad = JobSpec(**{"task": "send_email", **overrides})
+    jobs = [JobSpec("ok", {"n": 1}), JobSpec("ok", {"n": 2}), bad, JobSpec("ok", {"n": 3})]
+
+    with pytest.raises(InvalidJobError, match=message):
+        pgq.enqueue_many(conn, jobs)
+
+    assert count_jobs(conn) == 0
+    conn.commit()
+
+
+def test_enqueue_many_refuses_items_that_are_not_job_specs(conn: Conn) -> None:
+    jobs: list[Any] = [JobSpec("ok"), {"task": "not a JobSpec"}]
+
+    with pytest.raises(InvalidJobError, match="JobSpec"):
+        pgq.enqueue_many(conn, jobs)
+
+    assert count_jobs(conn) == 0
+
+
+def test_bad_job_after_the_first_chunk_raises_and_rollback_leaves_nothing(conn: Conn) -> None:
+    def specs() -> Iterator[JobSpec]:
+        for n in range(7_000):
+            yield JobSpec("ok", {"n": n})
+        yield JobSpec("ok", priority=-1)
+
+    with pytest.raises(InvalidJobError, match="priority"):
+        pgq.enqueue_many(conn, specs())
+    conn.rollback()
+
+    assert count_jobs(conn) == 0
+
+
+def test_names_at_the_length_limits_are_accepted(conn: Conn) -> None:
+    result = pgq.enqueue(
+        conn, "t" * 200, queue="q" * 128, dedupe_key="k" * 500,
+        priority=2**31 - 1, max_attempts=1,
+    )  # fmt: skip
+
+    job = fetch_job(conn, result.id)
+    assert (len(job["task"]), len(job["queue"]), len(job["dedupe_key"])) == (200, 128, 500)
+
+
+def test_names_with_every_allowed_punctuation_are_accepted(conn: Conn) -> None:
+    result = pgq.enqueue(conn, "billing.invoices:send-reminder_v2", queue="eu-west.1:high_prio")
+
+    job = fetch_job(conn, result.id)
+    assert job["task"] == "billing.invoices:send-reminder_v2"
+    assert job["queue"] == "eu-west.1:high_prio"
+
+
+# --- args round-trip -----------------------------------------------------------------------
+
+
+def test_one_megabyte_of_args_round_trips_exactly(conn: Conn) -> None:
+    args = {
+        "blob": "é☃x" * 350_000,
+        "rows": [{"id": n, "score": n / 7, "ok": n % 2 == 0, "note": None} for n in range(2_000)],
+    }
+
+    job = fetch_job(conn, pgq.enqueue(conn, "import_rows", args).id)
+
+    assert job["args"] == args
+
+
+def test_args_with_a_literal_backslash_u0000_text_are_accepted(conn: Conn) -> None:
+    # The six characters \u0000 (not a NUL): a Windows path or an escaped log line.
+    args = {"path": "C:\\u0000\\file", "escaped": "\\u0000"}
+
+    job = fetch_job(conn, pgq.enqueue(conn, "index_file", args).id)
+
+    assert job["args"] == args
+
+
+def test_args_with_a_lone_surrogate_are_refused_before_the_transaction_breaks(
+    conn: Conn,
+) -> None:
+    with pytest.raises(InvalidJobError):
+        pgq.enqueue(conn, "send_email", {"name": "\ud800"})
+
+    # The caller's transaction must still be usable.
+    assert count_jobs(conn) == 0
+
+
+# Floats within ±1e15: jsonb keeps numbers as numeric, so a float written with an
+# exponent (1e+308) comes back as the integer that decimal names, not the float.
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(min_value=-1e15, max_value=1e15, allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+)
+json_keys = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(json_keys, children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    # One connection for every example is the point: each example rolls back.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(args=st.dictionaries(json_keys, json_values, max_size=6))
+def test_json_args_round_trip_exactly(conn: Conn, args: dict[str, Any]) -> None:
+    try:
+        job_id = pgq.enqueue(conn, "echo", args).id
+        row = conn.execute("SELECT args FROM pgq.jobs WHERE id = %s", [job_id]).fetchone()
+    finally:
+        conn.rollback()
+
+    assert row is not None
+    assert row[0] == args
