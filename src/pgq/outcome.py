@@ -31,13 +31,18 @@ class Outcome:
     traceback: str | None = None
 
 
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; an error message built from data might.
+    return text.replace("\x00", "\\x00")
+
+
 def describe_error(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return text[:MAX_ERROR_CHARS]
+    return _storable(text[:MAX_ERROR_CHARS])
 
 
 def format_traceback(error: BaseException) -> str:
-    text = "".join(traceback.format_exception(error))
+    text = _storable("".join(traceback.format_exception(error)))
     # Keep the end: the innermost frames say where it failed.
     return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
 
@@ -67,7 +72,7 @@ def gave_up(job: ClaimedJob, reason: str) -> Outcome:
         job.lease_token,
         JobStatus.DEAD,
         "gave_up",
-        error=f"GiveUp: {reason}"[:MAX_ERROR_CHARS],
+        error=_storable(f"GiveUp: {reason}"[:MAX_ERROR_CHARS]),
     )
 
 

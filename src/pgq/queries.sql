@@ -15,25 +15,36 @@ FROM {schema}.enqueue(
     dedupe_key => %(dedupe_key)s
 );
 
--- enqueue_jobs: insert a batch of jobs in one statement; a taken dedupe key skips its row (edge: new -> queued)
+-- create_enqueue_staging: a session-local table that COPY fills before enqueue_staged_jobs moves the rows into jobs
+CREATE TEMPORARY TABLE IF NOT EXISTS pgq_enqueue_staging (
+    task text,
+    args text,
+    queue text,
+    priority integer,
+    run_at timestamptz,
+    delay_seconds float8,
+    max_attempts integer,
+    dedupe_key text
+) ON COMMIT DELETE ROWS;
+
+-- copy_to_enqueue_staging: stream validated jobs into the staging table (COPY is the fastest way in)
+COPY pgq_enqueue_staging (task, args, queue, priority, run_at, delay_seconds, max_attempts, dedupe_key)
+FROM STDIN;
+
+-- enqueue_staged_jobs: move staged jobs into jobs; a taken dedupe key skips its row (edge: new -> queued)
+WITH staged AS (
+    DELETE FROM pgq_enqueue_staging
+    RETURNING *
+)
 INSERT INTO {schema}.jobs AS j (task, args, queue, priority, run_at, max_attempts, dedupe_key)
-SELECT batch.task,
-       batch.args::jsonb,
-       batch.queue,
-       batch.priority,
-       coalesce(batch.run_at, now() + batch.delay_seconds * interval '1 second'),
-       batch.max_attempts,
-       batch.dedupe_key
-FROM unnest(
-    %(tasks)s::text[],
-    %(args)s::text[],
-    %(queues)s::text[],
-    %(priorities)s::integer[],
-    %(run_ats)s::timestamptz[],
-    %(delays_seconds)s::float8[],
-    %(max_attempts)s::integer[],
-    %(dedupe_keys)s::text[]
-) AS batch(task, args, queue, priority, run_at, delay_seconds, max_attempts, dedupe_key)
+SELECT staged.task,
+       staged.args::jsonb,
+       staged.queue,
+       staged.priority,
+       coalesce(staged.run_at, now() + staged.delay_seconds * interval '1 second'),
+       staged.max_attempts,
+       staged.dedupe_key
+FROM staged
 ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
 DO NOTHING
 RETURNING j.id;

@@ -27,7 +27,7 @@ import psycopg
 import psycopg_pool
 
 from pgq import outcome as outcomes
-from pgq.config import resolve_schema, wakeup_channel
+from pgq.config import resolve_schema, wakeup_channel, worker_conninfo
 from pgq.errors import ConfigError, GiveUp, Snooze
 from pgq.job import ClaimedJob
 from pgq.lease import LeaseKeeper
@@ -120,7 +120,7 @@ class Worker:
             if limit is not None and limit < 1:
                 raise ConfigError(f"queue {queue!r}: concurrency must be >= 1, got {limit}")
         self.app = app
-        self.dsn = dsn
+        self.dsn = worker_conninfo(dsn)
         self.schema = resolve_schema(schema or app.schema)
         self.queues = dict(queues) if queues else None
         self.concurrency = concurrency
@@ -137,6 +137,7 @@ class Worker:
         self._held: dict[int, uuid.UUID] = {}  # leases to extend: running or outcome unwritten
         self._held_lock = threading.Lock()
         self._pending: list[Outcome] = []
+        self._flushing = 0  # outcomes in the write now in flight
         self._stuck_threads = 0  # sync handlers past their deadline, still holding a thread
         self._backlog = True  # the last claim filled its batch: more may be due
         self._stopping = False
@@ -226,7 +227,7 @@ class Worker:
                 await asyncio.sleep(backoff(failures))
 
     def _check_schema(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
             check_schema(conn, schema=self.schema)
 
     async def _claim_loop(self) -> None:
@@ -244,6 +245,14 @@ class Worker:
                 log.warning(
                     "claim failed, database unreachable (%s); retrying in %.1fs", error, delay
                 )
+                await self._sleep_unless_stopping(delay)
+                continue
+            except psycopg.Error as error:
+                # Not an outage (a dropped table, a revoked grant): say so loudly,
+                # but stay alive for when an operator fixes it.
+                failures += 1
+                delay = backoff(failures)
+                log.error("claim failed: %s; retrying in %.1fs", error, delay)
                 await self._sleep_unless_stopping(delay)
                 continue
             if more_due and self._free_slots() > 0:
@@ -362,6 +371,10 @@ class Worker:
         self._pending.append(result)
         assert self._flush_wakeup is not None
         self._flush_wakeup.set()
+        if result.delay_seconds is not None and result.delay_seconds < self.poll_seconds:
+            # A short retry or snooze would otherwise wait for the next poll.
+            assert self._loop is not None
+            self._loop.call_later(result.delay_seconds + 0.005, self._wake_for_due_job)
 
     def _context(self, job: ClaimedJob) -> JobContext:
         return JobContext(
@@ -419,6 +432,11 @@ class Worker:
             loop.call_soon_threadsafe(self._thread_ended)
 
         thread_future.add_done_callback(release)
+
+    def _wake_for_due_job(self) -> None:
+        self._backlog = True
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _thread_ended(self) -> None:
         self._stuck_threads -= 1
@@ -492,6 +510,15 @@ class Worker:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 self._flush_wakeup.set()
+            except psycopg.Error as error:
+                # Retrying a write the database refuses would hold these leases
+                # forever: drop the outcomes and let rescue return the jobs.
+                dropped, self._pending = self._pending, []
+                self._release([o.job_id for o in dropped])
+                log.error(
+                    "could not record %d outcomes (%s); rescue will return their jobs "
+                    "when the leases expire", len(dropped), error,
+                )  # fmt: skip
 
     async def _flush(self) -> None:
         """Write every pending outcome in one fenced statement."""
@@ -499,6 +526,7 @@ class Worker:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        self._flushing = len(batch)
         params = {
             "ids": [o.job_id for o in batch],
             "lease_tokens": [o.lease_token for o in batch],
@@ -515,6 +543,8 @@ class Worker:
         except BaseException:
             self._pending[:0] = batch  # keep them for the retry
             raise
+        finally:
+            self._flushing = 0
         self._release([o.job_id for o in batch])
         for o in batch:
             if o.job_id not in applied:
@@ -542,7 +572,7 @@ class Worker:
                         ):
                             self._backlog = True
                             self._wakeup.set()
-            except DATABASE_DOWN as error:
+            except psycopg.Error as error:
                 failures += 1
                 delay = backoff(failures)
                 log.warning("listen connection lost (%s); polling meanwhile, retrying in %.1fs",
@@ -607,7 +637,7 @@ class Worker:
         deadline = time.monotonic() + FINAL_FLUSH_SECONDS
         assert self._flush_wakeup is not None
         self._flush_wakeup.set()
-        while self._pending and time.monotonic() < deadline:
+        while (self._pending or self._flushing) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
