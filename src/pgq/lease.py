@@ -42,6 +42,7 @@ class LeaseKeeper(threading.Thread):
         rescue_interval_seconds: float,
         held: Callable[[], list[tuple[int, uuid.UUID]]],
         on_lost: Callable[[list[int]], None],
+        prepare_statements: bool = True,
     ) -> None:
         super().__init__(name="pgq-lease", daemon=True)
         self.dsn = dsn
@@ -51,6 +52,8 @@ class LeaseKeeper(threading.Thread):
         self.rescue_interval_seconds = rescue_interval_seconds
         self.held = held
         self.on_lost = on_lost
+        # PgBouncer in transaction mode may not keep prepared statements.
+        self.prepare_threshold = 5 if prepare_statements else None
         self.last_heartbeat = time.monotonic()
         self.failures = 0
         self._stop_event = threading.Event()
@@ -82,7 +85,9 @@ class LeaseKeeper(threading.Thread):
 
     def _connection(self) -> psycopg.Connection[tuple[int]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.dsn, autocommit=True)
+            self._conn = psycopg.connect(
+                self.dsn, autocommit=True, prepare_threshold=self.prepare_threshold
+            )
         return self._conn
 
     def _close(self) -> None:

@@ -180,6 +180,9 @@ class Worker:
             kwargs={"autocommit": True, "prepare_threshold": 5 if self.listen else None},
             open=False,
             name="pgq-worker",
+            # Fail a claim or a write after 10 s without a connection, and retry
+            # it with backoff, rather than hang while the database is away.
+            timeout=10,
             reconnect_timeout=3600,
         )
         await self._pool.open(wait=False)
@@ -190,6 +193,7 @@ class Worker:
             rescue_interval_seconds=self.rescue_interval_seconds,
             held=self._held_leases,
             on_lost=self._lease_lost_threadsafe,
+            prepare_statements=self.listen,
         )
         keeper.start()
         flusher = asyncio.create_task(self._flush_loop(), name="pgq-flush")
