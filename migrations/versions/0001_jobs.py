@@ -146,9 +146,10 @@ DROP TYPE {schema}.job_status;
 
 def upgrade() -> None:
     schema = revision_schema()
-    op.execute(UPGRADE.format(schema=schema))
+    # Alembic adds the final ';' itself in --sql output.
+    op.execute(UPGRADE.format(schema=schema).strip().removesuffix(";"))
 
 
 def downgrade() -> None:
     schema = revision_schema()
-    op.execute(DOWNGRADE.format(schema=schema))
+    op.execute(DOWNGRADE.format(schema=schema).strip().removesuffix(";"))

@@ -12,12 +12,10 @@ from pgq.errors import (
     ConfigError,
     GiveUp,
     InvalidJobError,
-    JobNotFoundError,
     JobSignal,
     PgqError,
     SchemaError,
     Snooze,
-    UnknownTaskError,
 )
 from pgq.job import ClaimedJob, JobStatus
 from pgq.retry import Retry
@@ -32,7 +30,6 @@ __all__ = [
     "GiveUp",
     "InvalidJobError",
     "JobContext",
-    "JobNotFoundError",
     "JobSignal",
     "JobSpec",
     "JobStatus",
@@ -41,7 +38,6 @@ __all__ = [
     "SchemaError",
     "Snooze",
     "Task",
-    "UnknownTaskError",
     "Worker",
     "enqueue",
     "enqueue_async",

@@ -184,8 +184,9 @@ def work(
     setup_logging(log_level)
     try:
         dsn = resolve_dsn(dsn)
-        schema = resolve_schema(schema)
         parsed_queues = parse_queues(queues)
+        app_object = load_app(app_path)  # fail here, not in N restarting children
+        schema = resolve_schema(schema or app_object.schema)
         if processes < 1:
             raise ConfigError(f"--processes must be >= 1, got {processes}")
         if processes > 1:
@@ -202,7 +203,7 @@ def work(
             )
             raise typer.Exit(supervisor.run())
         worker = Worker(
-            load_app(app_path), dsn, schema=schema, queues=parsed_queues, concurrency=concurrency,
+            app_object, dsn, schema=schema, queues=parsed_queues, concurrency=concurrency,
             poll_seconds=poll_seconds, lease_seconds=lease_seconds, listen=not poll_only,
             shutdown_grace_seconds=shutdown_grace_seconds,
         )  # fmt: skip
@@ -227,7 +228,7 @@ def demo(
     """Run pgq end to end on a real database and print what happened.
 
     With no DSN configured it uses a local PostgreSQL on 127.0.0.1:5432 if one
-    answers, else an embedded one (pip install 'pgq-jobs[embedded]').
+    answers, else an embedded one (pip install 'pgq-jobs\\[embedded]').
     """
     from pgq.demo import run_demo
 

@@ -202,7 +202,10 @@ def run_demo(dsn: str | None = None) -> None:
         dsn = find_database(console, dsn)
         console.print(f"database: {describe_dsn(dsn)}")
         before, after = migrate(dsn, schema=SCHEMA)
-        console.print(f"schema: pgq migrated ({before or 'none'} -> {after})")
+        if before == after:
+            console.print(f"schema: pgq already at revision {after}")
+        else:
+            console.print(f"schema: pgq migrated ({before or 'none'} -> {after})")
         app = build_app(dsn)
         ids, story = enqueue_shop_jobs(dsn, app)
         for line in story:

@@ -285,8 +285,9 @@ def enqueue_many(
     length. Returns the ids of the jobs created; a job whose dedupe key is held by
     an unfinished job is skipped. Workers get one wake-up per queue, not per job.
 
-    If a job is invalid, InvalidJobError is raised before its chunk is written;
-    earlier chunks are already in the caller's transaction: roll it back.
+    All or nothing: if any job is invalid, InvalidJobError is raised and none of
+    this call's jobs is written (the caller's own earlier writes stay). On an
+    autocommit connection the call is one transaction of its own.
 
     Example::
 
@@ -296,7 +297,10 @@ def enqueue_many(
     schema = resolve_schema(schema)
     ids: list[int] = []
     queues: set[str] = set()
-    with conn.cursor() as cursor:
+    # A savepoint inside the caller's transaction (a transaction of its own on an
+    # autocommit connection): all of the jobs or none, and the staging table,
+    # emptied at commit, lives as long as the call.
+    with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(query("create_enqueue_staging", schema))
         for chunk in _chunks(jobs):
             with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
@@ -320,7 +324,7 @@ async def enqueue_many_async(
     schema = resolve_schema(schema)
     ids: list[int] = []
     queues: set[str] = set()
-    async with conn.cursor() as cursor:
+    async with conn.transaction(), conn.cursor() as cursor:
         await cursor.execute(query("create_enqueue_staging", schema))
         for chunk in _chunks(jobs):
             async with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:

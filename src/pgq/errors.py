@@ -20,16 +20,8 @@ class SchemaError(PgqError):
     """The database has no pgq schema, or one at another revision."""
 
 
-class UnknownTaskError(PgqError):
-    """A task name that no handler is registered for."""
-
-
 class InvalidJobError(PgqError, ValueError):
     """A job that would be refused: args not JSON, max_attempts < 1, naive datetime..."""
-
-
-class JobNotFoundError(PgqError, LookupError):
-    """No job has this id."""
 
 
 class JobSignal(Exception):

@@ -21,7 +21,7 @@ class JobStatus(enum.StrEnum):
     #: Leased to one worker until ``locked_until``. Left by that worker's finish
     #: (``finish_jobs``), its hand back at shutdown, or rescue when the lease expires.
     RUNNING = "running"
-    #: Finished. Terminal; removed only by pruning.
+    #: Finished. Terminal.
     SUCCEEDED = "succeeded"
     #: Attempts exhausted or given up: the dead-letter queue. Left only when an
     #: operator requeues it.

@@ -71,6 +71,26 @@ def head_revision() -> str:
     return head
 
 
+@contextmanager
+def _restore_alembic_proxies() -> Iterator[None]:
+    """Give back ``alembic.op`` and ``alembic.context`` to an enclosing Alembic run.
+
+    Alembic keeps one module-level ``op``/``context`` per process; running pgq's
+    revisions from inside an application's own revision would otherwise leave
+    that revision's ``op`` pointing at nothing.
+    """
+    from alembic import context as alembic_context
+    from alembic import op as alembic_op
+
+    saved = [getattr(module, "_proxy", None) for module in (alembic_op, alembic_context)]
+    try:
+        yield
+    finally:
+        for proxy in saved:
+            if proxy is not None:
+                proxy._install_proxy()
+
+
 def upgrade(connection: SAConnection, *, revision: str = "head", schema: str | None = None) -> None:
     """Apply pgq's revisions on ``connection``, inside its transaction.
 
@@ -83,14 +103,16 @@ def upgrade(connection: SAConnection, *, revision: str = "head", schema: str | N
     """
     from alembic import command
 
-    command.upgrade(alembic_config(resolve_schema(schema), connection), revision)
+    with _restore_alembic_proxies():
+        command.upgrade(alembic_config(resolve_schema(schema), connection), revision)
 
 
 def downgrade(connection: SAConnection, *, revision: str, schema: str | None = None) -> None:
     """Revert pgq's revisions down to ``revision`` (``base`` removes everything)."""
     from alembic import command
 
-    command.downgrade(alembic_config(resolve_schema(schema), connection), revision)
+    with _restore_alembic_proxies():
+        command.downgrade(alembic_config(resolve_schema(schema), connection), revision)
 
 
 def offline_sql(*, revision: str = "head", schema: str | None = None) -> str:

@@ -71,6 +71,8 @@ class Task:
     retry: Retry = DEFAULT_RETRY
     is_async: bool = False
     wants_context: bool = False
+    #: The app's schema, if it names one; else PGQ_SCHEMA or "pgq".
+    schema: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -92,7 +94,7 @@ class Task:
         return enqueue(
             conn, self.name, args, queue=queue or self.queue, priority=priority, run_at=run_at,
             delay=delay, max_attempts=max_attempts or self.max_attempts, dedupe_key=dedupe_key,
-            schema=schema,
+            schema=schema or self.schema,
         )  # fmt: skip
 
     async def enqueue_async(
@@ -112,7 +114,7 @@ class Task:
         return await enqueue_async(
             conn, self.name, args, queue=queue or self.queue, priority=priority, run_at=run_at,
             delay=delay, max_attempts=max_attempts or self.max_attempts, dedupe_key=dedupe_key,
-            schema=schema,
+            schema=schema or self.schema,
         )  # fmt: skip
 
 
@@ -174,6 +176,7 @@ class App:
                 retry=retry or Retry(),
                 is_async=inspect.iscoroutinefunction(function),
                 wants_context="ctx" in inspect.signature(function).parameters,
+                schema=self.schema,
             )
             self._check(task)
             self.tasks[task.name] = task

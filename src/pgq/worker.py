@@ -43,6 +43,7 @@ DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.
 MAX_BACKOFF_SECONDS = 10.0
 STARTUP_TIMEOUT_SECONDS = 60.0
 FINAL_FLUSH_SECONDS = 15.0
+DUPLICATE_SIGNAL_SECONDS = 1.0
 
 
 class HandlerTimeout(TimeoutError):
@@ -140,8 +141,10 @@ class Worker:
         self._flushing = 0  # outcomes in the write now in flight
         self._stuck_threads = 0  # sync handlers past their deadline, still holding a thread
         self._backlog = True  # the last claim filled its batch: more may be due
+        self._claim_rounds = 0
         self._stopping = False
         self._signals = 0
+        self._first_signal_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._flush_wakeup: asyncio.Event | None = None
@@ -274,45 +277,48 @@ class Worker:
     def _free_slots(self) -> int:
         return self.concurrency - len(self._running) - self._stuck_threads
 
-    def _claim_targets(self) -> list[tuple[str | None, int]]:
+    def _queue_room(self, queue: str, limit: int | None) -> int:
         free = self._free_slots()
-        if free <= 0:
-            return []
-        if self.queues is None:
-            return [(None, free)]
-        busy = Counter(run.job.queue for run in self._running.values())
-        targets: list[tuple[str | None, int]] = []
-        for queue, limit in self.queues.items():
-            room = free if limit is None else min(free, limit - busy[queue])
-            if room > 0:
-                targets.append((queue, room))
-        return targets
+        if limit is None:
+            return free
+        busy = sum(1 for run in self._running.values() if run.job.queue == queue)
+        return min(free, limit - busy)
 
     async def _claim(self) -> bool:
         """Claim into free slots; True if some queue filled its batch (more may be due)."""
         assert self._pool is not None
-        more_due = False
-        targets = self._claim_targets()
-        if not targets:
+        if self._free_slots() <= 0:
             return False
         params: dict[str, Any] = {
             "tasks": self.task_names,
             "lease_seconds": self.lease_seconds,
             "worker": self.name,
         }
+        more_due = False
         async with self._pool.connection() as conn:
-            for queue, limit in targets:
-                if queue is None:
-                    statement = query("claim_jobs", self.schema)
-                else:
-                    statement = query("claim_jobs_from_queue", self.schema)
-                    params["queue"] = queue
-                params["limit"] = limit
-                cursor = await conn.execute(statement, params)
+            if self.queues is None:
+                params["limit"] = self._free_slots()
+                cursor = await conn.execute(query("claim_jobs", self.schema), params)
                 rows = await cursor.fetchall()
                 for row in rows:
                     self._start(ClaimedJob(*row))
-                more_due = more_due or len(rows) == limit
+                more_due = len(rows) == params["limit"]
+            else:
+                # Room is recomputed after each queue's claim, so all queues
+                # together never exceed the total; the order rotates for fairness.
+                order = list(self.queues.items())
+                shift = self._claim_rounds % len(order)
+                self._claim_rounds += 1
+                for queue, limit in order[shift:] + order[:shift]:
+                    room = self._queue_room(queue, limit)
+                    if room <= 0:
+                        continue
+                    params["queue"], params["limit"] = queue, room
+                    cursor = await conn.execute(query("claim_jobs_from_queue", self.schema), params)
+                    rows = await cursor.fetchall()
+                    for row in rows:
+                        self._start(ClaimedJob(*row))
+                    more_due = more_due or len(rows) == room
         self._backlog = more_due
         return more_due
 
@@ -433,7 +439,9 @@ class Worker:
         assert loop is not None
 
         def release(_: concurrent.futures.Future[Any]) -> None:
-            loop.call_soon_threadsafe(self._thread_ended)
+            # The worker may be gone already (Python API, loop closed): nothing to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._thread_ended)
 
         thread_future.add_done_callback(release)
 
@@ -586,8 +594,15 @@ class Worker:
     # -- shutdown ------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        # A terminal's Ctrl-C or systemd signals every process of the group, and a
+        # supervisor passes the signal on too: a repeat within a second is the same
+        # request, not an impatient operator's second one.
+        if self._signals and now - self._first_signal_at < DUPLICATE_SIGNAL_SECONDS:
+            return
         self._signals += 1
         if self._signals == 1:
+            self._first_signal_at = now
             log.info(
                 "%s: stopping; waiting up to %gs for %d running jobs (signal again to exit now)",
                 signal.Signals(signum).name, self.shutdown_grace_seconds, len(self._running),
