@@ -139,7 +139,7 @@ def enqueue_shop_jobs(dsn: str, app: App) -> tuple[list[int], list[str]]:
             story.append("1 order rolled back by the application: its job was never stored")
         with conn.transaction():
             ids += enqueue_many(
-                conn, [JobSpec("sync_inventory", {"sku": f"SKU-{n}"}) for n in range(3)]
+                conn, [JobSpec(app.tasks["sync_inventory"], {"sku": f"SKU-{n}"}) for n in range(3)]
             )
             ids.append(
                 enqueue(conn, "import_legacy_record", {"record": "cust-0042"}, max_attempts=3).id

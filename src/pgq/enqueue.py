@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 
@@ -47,17 +47,30 @@ class EnqueueResult:
     created: bool
 
 
+class TaskDefaults(Protocol):
+    """What enqueue reads from a registered task (``pgq.Task``) passed instead of a name."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def max_attempts(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job for ``enqueue_many``; the fields mean what ``enqueue``'s arguments mean."""
 
-    task: str
+    task: str | TaskDefaults
     args: Mapping[str, Any] = field(default_factory=dict)
-    queue: str = DEFAULT_QUEUE
+    queue: str | None = None
     priority: int = 0
     run_at: datetime | None = None
     delay: timedelta | float | None = None
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_attempts: int | None = None
     dedupe_key: str | None = None
 
 
@@ -160,17 +173,24 @@ def _delay_seconds(delay: timedelta | float | None) -> float:
 
 
 def _validate(
-    task: str,
+    task: str | TaskDefaults,
     args: Mapping[str, Any] | None,
     *,
-    queue: str,
+    queue: str | None,
     priority: int,
     run_at: datetime | None,
     delay: timedelta | float | None,
-    max_attempts: int,
+    max_attempts: int | None,
     dedupe_key: str | None,
 ) -> _Row:
-    task_name = getattr(task, "name", task)  # a pgq Task object is accepted too
+    if isinstance(task, str):
+        task_name = task
+        queue = DEFAULT_QUEUE if queue is None else queue
+        max_attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
+    else:  # a registered Task: its queue and max_attempts are the defaults
+        task_name = task.name
+        queue = task.queue if queue is None else queue
+        max_attempts = task.max_attempts if max_attempts is None else max_attempts
     if run_at is not None:
         if delay is not None:
             raise InvalidJobError("pass run_at or delay, not both")
@@ -204,19 +224,21 @@ def _validate(
 
 def enqueue(
     conn: psycopg.Connection[Any],
-    task: str,
+    task: str | TaskDefaults,
     args: Mapping[str, Any] | None = None,
     *,
-    queue: str = DEFAULT_QUEUE,
+    queue: str | None = None,
     priority: int = 0,
     run_at: datetime | None = None,
     delay: timedelta | float | None = None,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int | None = None,
     dedupe_key: str | None = None,
     schema: str | None = None,
 ) -> EnqueueResult:
     """Enqueue one job in ``conn``'s current transaction; never commits.
 
+    ``task`` is a task name, or a registered ``pgq.Task`` whose queue and
+    max_attempts then are the defaults (else ``default`` and 5).
     ``priority``: higher runs first. ``run_at`` (timezone-aware) or ``delay``
     (seconds or timedelta) schedule it later. ``dedupe_key``: while a job with this
     key is queued or running, enqueueing another returns that job instead.
@@ -238,14 +260,14 @@ def enqueue(
 
 async def enqueue_async(
     conn: psycopg.AsyncConnection[Any],
-    task: str,
+    task: str | TaskDefaults,
     args: Mapping[str, Any] | None = None,
     *,
-    queue: str = DEFAULT_QUEUE,
+    queue: str | None = None,
     priority: int = 0,
     run_at: datetime | None = None,
     delay: timedelta | float | None = None,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int | None = None,
     dedupe_key: str | None = None,
     schema: str | None = None,
 ) -> EnqueueResult:

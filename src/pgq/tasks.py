@@ -92,8 +92,8 @@ class Task:
     ) -> EnqueueResult:
         """``pgq.enqueue`` with this task's name, queue and max_attempts as defaults."""
         return enqueue(
-            conn, self.name, args, queue=queue or self.queue, priority=priority, run_at=run_at,
-            delay=delay, max_attempts=max_attempts or self.max_attempts, dedupe_key=dedupe_key,
+            conn, self, args, queue=queue, priority=priority, run_at=run_at,
+            delay=delay, max_attempts=max_attempts, dedupe_key=dedupe_key,
             schema=schema or self.schema,
         )  # fmt: skip
 
@@ -112,8 +112,8 @@ class Task:
     ) -> EnqueueResult:
         """``enqueue`` for an ``AsyncConnection``."""
         return await enqueue_async(
-            conn, self.name, args, queue=queue or self.queue, priority=priority, run_at=run_at,
-            delay=delay, max_attempts=max_attempts or self.max_attempts, dedupe_key=dedupe_key,
+            conn, self, args, queue=queue, priority=priority, run_at=run_at,
+            delay=delay, max_attempts=max_attempts, dedupe_key=dedupe_key,
             schema=schema or self.schema,
         )  # fmt: skip
 
