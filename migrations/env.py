@@ -22,6 +22,9 @@ def run_offline() -> None:
         version_table=VERSION_TABLE,
         version_table_schema=schema,
         transactional_ddl=True,
+        # Named binds: with the default pyformat, every % in the SQL would be
+        # doubled (a RAISE's "got %" became "got %%").
+        dialect_opts={"paramstyle": "named"},
     )
     with context.begin_transaction():
         # The version table lives in the schema, so the schema comes first.

@@ -27,7 +27,7 @@ from psycopg.conninfo import make_conninfo
 
 import pgq.migrate
 from pgcluster import ClusterError, ThrowawayCluster
-from pgq.config import describe_dsn
+from pgq.config import describe_dsn, redact
 
 TEST_DSN_ENV_VAR = "PGQ_TEST_DSN"
 LOCAL_DSN = make_conninfo(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
@@ -54,7 +54,7 @@ def _connect_error(dsn: str, timeout_seconds: int | None = None) -> str | None:
         with psycopg.connect(dsn, autocommit=True, **params) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
-        return str(error).strip()
+        return redact(str(error).strip(), dsn)
     return None
 
 
@@ -121,24 +121,40 @@ class Databases:
     def __init__(self, admin_dsn: str) -> None:
         self.admin_dsn = admin_dsn
         self.prefix = f"pgq_test_{os.getpid()}_{secrets.token_hex(3)}"
+        self.template = f"pgq_test_tmpl_{os.getpid()}_{secrets.token_hex(3)}"
         self._numbers = itertools.count(1)
         self._admin = psycopg.connect(admin_dsn, autocommit=True)
         self._created: list[str] = []
-        self.template = f"pgq_test_tmpl_{os.getpid()}_{secrets.token_hex(3)}"
+        self._to_drop: list[str] = []
 
     def dsn(self, dbname: str) -> str:
         """``admin_dsn`` pointed at ``dbname`` (works for key=value and URL DSNs)."""
         return make_conninfo(self.admin_dsn, dbname=dbname)
 
     def create(self, *, template: str = "template0", name: str | None = None) -> str:
+        self._drop_pending()
         name = name or f"{self.prefix}_{next(self._numbers)}"
         self._admin.execute(
+            # The default strategy (WAL_LOG on 15+) on purpose: FILE_COPY checkpoints
+            # the whole server at every clone, several times slower on a busy one.
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(name), sql.Identifier(template)
             )
         )
         self._created.append(name)
         return name
+
+    def drop_later(self, name: str) -> None:
+        """Drop ``name`` before the next database is created, or at the end of the run.
+
+        Not at once: the backends of connections the test just closed take a moment
+        to exit, and DROP DATABASE waits for them in steps of 100 ms.
+        """
+        self._to_drop.append(name)
+
+    def _drop_pending(self) -> None:
+        while self._to_drop:
+            self.drop(self._to_drop.pop())
 
     def drop(self, name: str) -> None:
         # FORCE: a test that leaked a connection (or a killed worker's) must not
@@ -184,7 +200,7 @@ def make_dsn(databases: Databases) -> Iterator[Callable[..., str]]:
 
     yield make
     for name in made:
-        databases.drop(name)
+        databases.drop_later(name)
 
 
 @pytest.fixture
@@ -208,6 +224,29 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     finally:
         # close(), not the context manager: that would commit what the test left open.
         connection.close()
+
+
+@pytest.fixture(scope="module")
+def module_dsn(databases: Databases) -> Iterator[str]:
+    """DSN of a migrated database shared by the tests of one module (see ``rollback_conn``)."""
+    name = databases.create(template=databases.template)
+    yield databases.dsn(name)
+    databases.drop_later(name)
+
+
+@pytest.fixture
+def rollback_conn(module_dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """A connection to the module's shared migrated database, rolled back after the test.
+
+    For the many small tests that must commit nothing (bad input refused, a query
+    that prepares): they skip the cost of a database of their own. A test that
+    commits must use ``conn`` instead.
+    """
+    connection = psycopg.connect(module_dsn)
+    try:
+        yield connection
+    finally:
+        connection.close()  # without commit: the test's work is rolled back
 
 
 @pytest.fixture

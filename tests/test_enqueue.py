@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 import pgq
 from pgq import InvalidJobError, JobSpec
 from pgq.config import wakeup_channel
+from pgq.enqueue import ENQUEUE_MANY_CHUNK
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 CHANNEL = wakeup_channel("pgq")
@@ -260,12 +261,36 @@ def test_enqueue_many_of_nothing_writes_nothing_and_wakes_nobody(
     assert wakeups(listener) == []
 
 
-def test_enqueue_many_rolled_back_leaves_no_jobs(conn: Conn, listener: Conn) -> None:
+def test_enqueue_many_opening_the_transaction_does_not_commit_it(
+    conn: Conn, listener: Conn
+) -> None:
+    # The first statement on the connection: enqueue_many must not be the one to
+    # start (and so end) the transaction.
     pgq.enqueue_many(conn, [JobSpec("a"), JobSpec("b")])
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert wakeups(listener) == []
     conn.rollback()
 
     assert count_jobs(conn) == 0
     assert wakeups(listener) == []
+
+
+def test_enqueue_many_after_other_writes_rolls_back_with_them(conn: Conn) -> None:
+    pgq.enqueue(conn, "first")
+    pgq.enqueue_many(conn, [JobSpec("a"), JobSpec("b")])
+    conn.rollback()
+
+    assert count_jobs(conn) == 0
+
+
+def test_enqueue_many_on_an_autocommit_connection_is_one_transaction(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as auto:
+        ids = pgq.enqueue_many(auto, [JobSpec("a"), JobSpec("b")])
+        with pytest.raises(InvalidJobError):
+            pgq.enqueue_many(auto, [JobSpec("c"), JobSpec("d", priority=-1)])
+
+        assert len(ids) == 2
+        assert count_jobs(auto) == 2
 
 
 # --- async twins ---------------------------------------------------------------------------
@@ -347,7 +372,8 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("task_with_a_quote", {"task": "send'email"}, "invalid task name"),
     ("task_with_sql", {"task": "'; DROP TABLE x; --"}, "invalid task name"),
     ("task_too_long", {"task": "t" * 201}, "invalid task name"),
-    ("task_not_a_string", {"task": 42}, "invalid task name"),
+    ("task_not_a_string", {"task": 42}, "task"),
+    ("task_none", {"task": None}, "task"),
     ("empty_queue", {"queue": ""}, "invalid queue name"),
     ("queue_with_a_space", {"queue": "my queue"}, "invalid queue name"),
     ("queue_with_a_single_quote", {"queue": "it's"}, "invalid queue name"),
@@ -356,7 +382,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("queue_with_sql", {"queue": "'; DROP TABLE x; --"}, "invalid queue name"),
     ("queue_with_a_newline", {"queue": "emails\n"}, "invalid queue name"),
     ("queue_too_long", {"queue": "q" * 129}, "invalid queue name"),
-    ("queue_none", {"queue": None}, "invalid queue name"),
+    ("queue_an_int", {"queue": 7}, "invalid queue name"),
     ("negative_priority", {"priority": -1}, "priority"),
     ("bool_priority", {"priority": True}, "priority must be an int"),
     ("float_priority", {"priority": 1.5}, "priority must be an int"),
@@ -384,17 +410,18 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     [pytest.param(overrides, message, id=name) for name, overrides, message in BAD_INPUTS],
 )
 def test_bad_input_is_refused_with_a_message_naming_the_problem_and_nothing_is_written(
-    conn: Conn, overrides: dict[str, Any], message: str
+    rollback_conn: Conn, overrides: dict[str, Any], message: str
 ) -> None:
+    conn = rollback_conn
     call: dict[str, Any] = {"task": "send_email", "args": {"to": "a@example.com"}, **overrides}
     task = call.pop("task")
+    before = count_jobs(conn)
 
     with pytest.raises(InvalidJobError, match=message):
         pgq.enqueue(conn, task, **call)
 
     # Nothing written, and the caller's transaction is still usable.
-    assert count_jobs(conn) == 0
-    conn.commit()
+    assert count_jobs(conn) == before
 
 
 @pytest.mark.parametrize(
@@ -402,38 +429,44 @@ def test_bad_input_is_refused_with_a_message_naming_the_problem_and_nothing_is_w
     [pytest.param(overrides, message, id=name) for name, overrides, message in BAD_INPUTS],
 )
 def test_bad_job_spec_in_enqueue_many_is_refused_and_nothing_is_written(
-    conn: Conn, overrides: dict[str, Any], message: str
+    rollback_conn: Conn, overrides: dict[str, Any], message: str
 ) -> None:
+    conn = rollback_conn
     bad = JobSpec(**{"task": "send_email", **overrides})
     jobs = [JobSpec("ok", {"n": 1}), JobSpec("ok", {"n": 2}), bad, JobSpec("ok", {"n": 3})]
+    before = count_jobs(conn)
 
     with pytest.raises(InvalidJobError, match=message):
         pgq.enqueue_many(conn, jobs)
 
-    assert count_jobs(conn) == 0
-    conn.commit()
+    assert count_jobs(conn) == before
 
 
-def test_enqueue_many_refuses_items_that_are_not_job_specs(conn: Conn) -> None:
+def test_enqueue_many_refuses_items_that_are_not_job_specs(rollback_conn: Conn) -> None:
+    before = count_jobs(rollback_conn)
     jobs: list[Any] = [JobSpec("ok"), {"task": "not a JobSpec"}]
 
     with pytest.raises(InvalidJobError, match="JobSpec"):
-        pgq.enqueue_many(conn, jobs)
+        pgq.enqueue_many(rollback_conn, jobs)
 
-    assert count_jobs(conn) == 0
+    assert count_jobs(rollback_conn) == before
 
 
-def test_bad_job_after_the_first_chunk_raises_and_rollback_leaves_nothing(conn: Conn) -> None:
+def test_bad_job_after_the_first_chunk_writes_none_of_the_batch_and_keeps_earlier_work(
+    conn: Conn,
+) -> None:
+    earlier = pgq.enqueue(conn, "earlier")
+
     def specs() -> Iterator[JobSpec]:
-        for n in range(7_000):
+        for n in range(ENQUEUE_MANY_CHUNK + 10):
             yield JobSpec("ok", {"n": n})
         yield JobSpec("ok", priority=-1)
 
     with pytest.raises(InvalidJobError, match="priority"):
         pgq.enqueue_many(conn, specs())
-    conn.rollback()
+    conn.commit()
 
-    assert count_jobs(conn) == 0
+    assert conn.execute("SELECT id FROM pgq.jobs").fetchall() == [(earlier.id,)]
 
 
 def test_names_at_the_length_limits_are_accepted(conn: Conn) -> None:
@@ -494,13 +527,14 @@ json_scalars = (
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(min_value=-1e15, max_value=1e15, allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+    | st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]))
 )
-json_keys = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+json_keys = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]))
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(json_keys, children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(json_keys, children, max_size=5)
+    ),
     max_leaves=20,
 )
 

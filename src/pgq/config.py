@@ -15,7 +15,7 @@ SCHEMA_ENV_VAR = "PGQ_SCHEMA"
 
 # The schema name is the only identifier pgq puts into SQL, and it also names
 # the LISTEN channel: a plain lower-case identifier keeps both unambiguous.
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}\Z")
 
 
 def resolve_dsn(dsn: str | None = None) -> str:

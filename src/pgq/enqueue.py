@@ -31,8 +31,8 @@ MAX_DEDUPE_KEY_LENGTH = 500
 # table in one statement: memory stays bounded for a generator of any length.
 ENQUEUE_MANY_CHUNK = 10_000
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-TASK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
+TASK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +118,7 @@ def encode_args(args: Mapping[str, Any] | None) -> str:
             raise InvalidJobError(f"job args keys must be strings, got {key!r}")
     try:
         text = _JSON_ENCODER.encode(dict(args) if type(args) is not dict else args)
+        text.encode()  # a lone surrogate ("\ud800") is not UTF-8: PostgreSQL refuses it
     except (TypeError, ValueError, RecursionError) as error:
         raise InvalidJobError(f"job args must be JSON-serialisable: {error}") from None
     # JSON escapes control characters, so a NUL shows up as \u0000; confirm on the
@@ -187,10 +188,13 @@ def _validate(
         task_name = task
         queue = DEFAULT_QUEUE if queue is None else queue
         max_attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
-    else:  # a registered Task: its queue and max_attempts are the defaults
+    elif isinstance(getattr(task, "name", None), str):
+        # a registered Task: its queue and max_attempts are the defaults
         task_name = task.name
         queue = task.queue if queue is None else queue
         max_attempts = task.max_attempts if max_attempts is None else max_attempts
+    else:
+        raise InvalidJobError(f"task must be a task name or a registered pgq.Task, got {task!r}")
     if run_at is not None:
         if delay is not None:
             raise InvalidJobError("pass run_at or delay, not both")
@@ -322,20 +326,24 @@ def enqueue_many(
     # A savepoint inside the caller's transaction (a transaction of its own on an
     # autocommit connection): all of the jobs or none, and the staging table,
     # emptied at commit, lives as long as the call.
-    with conn.transaction(), conn.cursor() as cursor:
+    with conn.cursor() as cursor:
+        # Outside autocommit, this opens the caller's transaction if none is open
+        # yet, so conn.transaction() is a savepoint: on an idle connection it would
+        # BEGIN and COMMIT a transaction of its own, behind the caller's back.
         cursor.execute(query("create_enqueue_staging", schema))
-        for chunk in _chunks(jobs):
-            with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
-                for row in chunk:
-                    copy.write_row(row)
-            cursor.execute(query("enqueue_staged_jobs", schema))
-            ids.extend(row[0] for row in cursor.fetchall())
-            queues.update(row.queue for row in chunk)
-        if queues:
-            cursor.execute(
-                query("notify_queues", schema),
-                {"channel": wakeup_channel(schema), "queues": sorted(queues)},
-            )
+        with conn.transaction():
+            for chunk in _chunks(jobs):
+                with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
+                    for row in chunk:
+                        copy.write_row(row)
+                cursor.execute(query("enqueue_staged_jobs", schema))
+                ids.extend(row[0] for row in cursor.fetchall())
+                queues.update(row.queue for row in chunk)
+            if queues:
+                cursor.execute(
+                    query("notify_queues", schema),
+                    {"channel": wakeup_channel(schema), "queues": sorted(queues)},
+                )
     return ids
 
 
@@ -346,18 +354,22 @@ async def enqueue_many_async(
     schema = resolve_schema(schema)
     ids: list[int] = []
     queues: set[str] = set()
-    async with conn.transaction(), conn.cursor() as cursor:
+    async with conn.cursor() as cursor:
+        # Outside autocommit, this opens the caller's transaction if none is open
+        # yet, so conn.transaction() is a savepoint: on an idle connection it would
+        # BEGIN and COMMIT a transaction of its own, behind the caller's back.
         await cursor.execute(query("create_enqueue_staging", schema))
-        for chunk in _chunks(jobs):
-            async with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
-                for row in chunk:
-                    await copy.write_row(row)
-            await cursor.execute(query("enqueue_staged_jobs", schema))
-            ids.extend(row[0] for row in await cursor.fetchall())
-            queues.update(row.queue for row in chunk)
-        if queues:
-            await cursor.execute(
-                query("notify_queues", schema),
-                {"channel": wakeup_channel(schema), "queues": sorted(queues)},
-            )
+        async with conn.transaction():
+            for chunk in _chunks(jobs):
+                async with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
+                    for row in chunk:
+                        await copy.write_row(row)
+                await cursor.execute(query("enqueue_staged_jobs", schema))
+                ids.extend(row[0] for row in await cursor.fetchall())
+                queues.update(row.queue for row in chunk)
+            if queues:
+                await cursor.execute(
+                    query("notify_queues", schema),
+                    {"channel": wakeup_channel(schema), "queues": sorted(queues)},
+                )
     return ids

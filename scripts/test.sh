@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Lint, type-check and test pgq: the README's test command, and what CI runs.
+# Works on a fresh clone: it creates .venv and installs pgq with its dev extras.
+# Arguments go to pytest, e.g. `bash scripts/test.sh -k enqueue -x`.
+# The tests need PostgreSQL: $PGQ_TEST_DSN, else 127.0.0.1:5432 (user postgres),
+# else a throwaway cluster they start themselves (see tests/conftest.py).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+echo "== ruff check" >&2
+.venv/bin/ruff check .
+echo "== ruff format --check" >&2
+.venv/bin/ruff format --check .
+echo "== mypy" >&2
+.venv/bin/mypy
+echo "== pytest" >&2
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,378 @@
+"""`pgq migrate` as an operator runs it: the real console script, on real databases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import sqlalchemy
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import pgq.migrate
+from pgcluster import free_port
+
+HEAD = pgq.migrate.head_revision()
+
+
+def pgq_env() -> dict[str, str]:
+    """The environment with no pgq settings, so only the command line says where to go."""
+    env = dict(os.environ)
+    for name in ("PGQ_DSN", "DATABASE_URL", "PGQ_SCHEMA"):
+        env.pop(name, None)
+    return env
+
+
+def run_pgq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgq", *args],
+        capture_output=True, text=True, env=pgq_env(), timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout and stderr as one line: rich wraps long lines at the terminal width."""
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def migrate_ok(dsn: str, *extra: str) -> str:
+    result = run_pgq("migrate", "--dsn", dsn, *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return output(result)
+
+
+def relation_exists(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def schema_exists(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", [name]
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def schema_dump(dsn: str, schema: str = "pgq") -> str:
+    """pg_dump of one schema's DDL, without the lines that name the database or vary by run."""
+    result = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", "-n", schema, "-d", dsn],
+        capture_output=True, text=True, env=pgq_env(), timeout=60, check=True,
+    )  # fmt: skip
+    kept = [
+        line
+        for line in result.stdout.splitlines()
+        if line.strip()
+        and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config"))
+        and not line.startswith(("\\restrict", "\\unrestrict"))  # pg_dump >= 15.14: random keys
+    ]
+    return "\n".join(kept)
+
+
+# --- upgrade ------------------------------------------------------------------------------
+
+
+def test_migrate_brings_an_empty_database_to_head(empty_dsn: str) -> None:
+    text = migrate_ok(empty_dsn)
+
+    assert f"none -> {HEAD}" in text
+    assert pgq.migrate.current_revision(empty_dsn) == HEAD
+    assert relation_exists(empty_dsn, "pgq.jobs")
+
+
+def test_migrate_twice_is_a_no_op_that_says_so(empty_dsn: str) -> None:
+    migrate_ok(empty_dsn)
+    before = schema_dump(empty_dsn)
+
+    text = migrate_ok(empty_dsn)
+
+    assert f"already at revision {HEAD}" in text
+    assert schema_dump(empty_dsn) == before
+
+
+def test_three_concurrent_migrations_all_succeed_and_one_does_the_work(empty_dsn: str) -> None:
+    command = [sys.executable, "-m", "pgq", "migrate", "--dsn", empty_dsn]
+    processes = [
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=pgq_env()
+        )
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    texts = [" ".join((out + err).split()) for out, err in outputs]
+    assert sum(f"none -> {HEAD}" in text for text in texts) == 1, texts
+    assert sum("already at revision" in text for text in texts) == 2, texts
+    assert pgq.migrate.current_revision(empty_dsn) == HEAD
+
+
+def test_migrate_accepts_a_url_dsn(empty_dsn: str) -> None:
+    params = {key: str(value) for key, value in conninfo_to_dict(empty_dsn).items() if value}
+    user = quote(params.pop("user", "postgres"), safe="")
+    if "password" in params:
+        user += ":" + quote(params.pop("password"), safe="")
+    host = quote(params.pop("host", "127.0.0.1"), safe="")  # a socket dir is %-encoded
+    port, dbname = params.pop("port", "5432"), quote(params.pop("dbname"), safe="")
+    url = f"postgresql://{user}@{host}:{port}/{dbname}"
+
+    migrate_ok(url)
+
+    assert pgq.migrate.current_revision(empty_dsn) == HEAD
+
+
+def test_migrate_reads_the_dsn_from_pgq_dsn(empty_dsn: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pgq", "migrate"],
+        capture_output=True, text=True, env={**pgq_env(), "PGQ_DSN": empty_dsn},
+        timeout=60, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, output(result)
+    assert pgq.migrate.current_revision(empty_dsn) == HEAD
+
+
+def test_migrate_without_any_dsn_says_how_to_give_one() -> None:
+    result = run_pgq("migrate")
+
+    assert result.returncode != 0
+    assert "PGQ_DSN" in output(result)
+    assert "Traceback" not in result.stderr
+
+
+# --- offline SQL --------------------------------------------------------------------------
+
+
+def test_migrate_sql_needs_no_database_and_builds_the_same_schema(
+    make_dsn: Callable[..., str],
+) -> None:
+    offline_db, online_db = make_dsn(migrated=False), make_dsn(migrated=False)
+
+    script = run_pgq("migrate", "--sql")
+    assert script.returncode == 0, output(script)
+    assert "CREATE TABLE pgq.jobs" in script.stdout
+    applied = subprocess.run(
+        ["psql", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-d", offline_db],
+        input=script.stdout, capture_output=True, text=True,
+        env=pgq_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    migrate_ok(online_db)
+
+    assert schema_dump(offline_db) == schema_dump(online_db)
+    assert pgq.migrate.current_revision(offline_db) == HEAD
+
+
+def test_migrate_sql_with_a_schema_targets_that_schema() -> None:
+    result = run_pgq("migrate", "--sql", "--schema", "jobs_sql")
+
+    assert result.returncode == 0, output(result)
+    assert "CREATE SCHEMA IF NOT EXISTS jobs_sql" in result.stdout
+    assert "CREATE TABLE jobs_sql.jobs" in result.stdout
+    assert "pgq." not in result.stdout.replace("pgq.migrate", "")
+
+
+# --- downgrade ----------------------------------------------------------------------------
+
+
+def test_migrations_go_up_down_and_up_again(empty_dsn: str) -> None:
+    migrate_ok(empty_dsn)
+    at_head = schema_dump(empty_dsn)
+
+    text = migrate_ok(empty_dsn, "--downgrade", "base")
+
+    assert f"{HEAD} -> none" in text
+    assert not relation_exists(empty_dsn, "pgq.jobs")
+    with psycopg.connect(empty_dsn) as conn:
+        leftovers = conn.execute(
+            "SELECT typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+            " WHERE n.nspname = 'pgq' AND typname = 'job_status'"
+            " UNION ALL SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'pgq' AND proname = 'enqueue'"
+        ).fetchall()
+    assert leftovers == []
+    assert pgq.migrate.current_revision(empty_dsn) is None
+
+    migrate_ok(empty_dsn)
+
+    assert pgq.migrate.current_revision(empty_dsn) == HEAD
+    assert schema_dump(empty_dsn) == at_head
+
+
+# --- --current ----------------------------------------------------------------------------
+
+
+def test_migrate_current_shows_the_revision_and_changes_nothing(
+    make_dsn: Callable[..., str],
+) -> None:
+    migrated, empty = make_dsn(), make_dsn(migrated=False)
+
+    text = migrate_ok(migrated, "--current")
+    assert f"current revision: {HEAD}" in text
+    assert "up to date" in text
+
+    text = migrate_ok(empty, "--current")
+    assert "current revision: none" in text
+    assert "needs `pgq migrate`" in text
+    assert not schema_exists(empty, "pgq")
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+def test_migrate_into_a_custom_schema_keeps_the_version_table_there(empty_dsn: str) -> None:
+    migrate_ok(empty_dsn, "--schema", "custom_name")
+
+    assert relation_exists(empty_dsn, "custom_name.jobs")
+    assert relation_exists(empty_dsn, "custom_name.alembic_version")
+    assert not relation_exists(empty_dsn, "public.alembic_version")
+    assert not schema_exists(empty_dsn, "pgq")
+    assert pgq.migrate.current_revision(empty_dsn, schema="custom_name") == HEAD
+    assert pgq.migrate.current_revision(empty_dsn) is None  # the default schema's
+    assert f"current revision: {HEAD}" in migrate_ok(
+        empty_dsn, "--current", "--schema", "custom_name"
+    )
+
+
+def test_jobs_can_be_enqueued_into_a_custom_schema(empty_dsn: str) -> None:
+    migrate_ok(empty_dsn, "--schema", "custom_name")
+
+    with psycopg.connect(empty_dsn) as conn:
+        result = pgq.enqueue(conn, "send_email", {"to": "x"}, schema="custom_name")
+        ids = pgq.enqueue_many(conn, [pgq.JobSpec("a")], schema="custom_name")
+        rows = conn.execute("SELECT id FROM custom_name.jobs ORDER BY id").fetchall()
+
+    assert [row[0] for row in rows] == [result.id, *ids]
+
+
+def test_migrate_refuses_a_bad_schema_name_with_a_clear_error(empty_dsn: str) -> None:
+    result = run_pgq("migrate", "--dsn", empty_dsn, "--schema", "bad-name; drop")
+
+    assert result.returncode != 0
+    text = output(result)
+    assert "invalid schema name" in text
+    assert "Traceback" not in result.stderr
+    with psycopg.connect(empty_dsn) as conn:
+        schemas = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('public', 'information_schema')"
+        ).fetchall()
+    assert schemas == []
+
+
+@pytest.mark.parametrize("name", ["pgq\n", "Upper", "1st", "a" * 41, 'x"; DROP SCHEMA public; --'])
+def test_migrate_refuses_schema_names_that_are_not_plain_identifiers(
+    empty_dsn: str, name: str
+) -> None:
+    with pytest.raises(pgq.ConfigError, match="invalid schema name"):
+        pgq.migrate.migrate(empty_dsn, schema=name)
+
+
+# --- connection failures ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("form", "command"),
+    [("key_value", ["migrate"]), ("url", ["migrate"]), ("key_value", ["migrate", "--current"])],
+)
+def test_unreachable_server_fails_clearly_without_printing_the_password(
+    form: str, command: list[str]
+) -> None:
+    port = free_port()  # nothing listens there
+    if form == "url":
+        dsn = f"postgresql://postgres:hunter2@127.0.0.1:{port}/postgres?connect_timeout=2"
+    else:
+        dsn = make_conninfo(
+            host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+            connect_timeout=2, password="hunter2",
+        )  # fmt: skip
+
+    result = run_pgq(*command, "--dsn", dsn)
+
+    assert result.returncode != 0
+    text = output(result)
+    assert "cannot connect" in text, text
+    assert str(port) in text
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- living beside the application's own Alembic ------------------------------------------
+
+
+def test_migrate_leaves_the_apps_own_alembic_version_untouched(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn) as conn:
+        conn.execute(
+            "CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)"
+        )
+        conn.execute("INSERT INTO public.alembic_version VALUES ('app_rev_42')")
+
+    def app_revisions() -> list[tuple[str, ...]]:
+        with psycopg.connect(empty_dsn) as conn:
+            return conn.execute("SELECT version_num FROM public.alembic_version").fetchall()
+
+    migrate_ok(empty_dsn)
+    assert app_revisions() == [("app_rev_42",)]
+    assert pgq.migrate.current_revision(empty_dsn) == HEAD
+
+    migrate_ok(empty_dsn, "--downgrade", "base")
+    assert app_revisions() == [("app_rev_42",)]
+
+
+def _engine(dsn: str) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=sqlalchemy.NullPool
+    )
+
+
+def test_upgrade_runs_inside_the_apps_own_sqlalchemy_transaction(empty_dsn: str) -> None:
+    engine = _engine(empty_dsn)
+    try:
+        with engine.connect() as connection:
+            with connection.begin():
+                connection.execute(sqlalchemy.text("CREATE TABLE public.orders (id int)"))
+                pgq.migrate.upgrade(connection)
+                connection.execute(sqlalchemy.text("INSERT INTO public.orders VALUES (1)"))
+    finally:
+        engine.dispose()
+
+    assert pgq.migrate.current_revision(empty_dsn) == HEAD
+    assert relation_exists(empty_dsn, "public.orders")
+    with psycopg.connect(empty_dsn) as conn:
+        assert pgq.enqueue(conn, "after_upgrade").created
+
+
+def test_upgrade_is_undone_when_the_apps_transaction_rolls_back(empty_dsn: str) -> None:
+    engine = _engine(empty_dsn)
+    try:
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            connection.execute(sqlalchemy.text("CREATE TABLE public.orders (id int)"))
+            pgq.migrate.upgrade(connection)
+            transaction.rollback()
+    finally:
+        engine.dispose()
+
+    assert not relation_exists(empty_dsn, "public.orders")
+    assert not relation_exists(empty_dsn, "pgq.jobs")
+    assert pgq.migrate.current_revision(empty_dsn) is None
+
+
+def test_python_migrate_reports_revisions_before_and_after(empty_dsn: str) -> None:
+    assert pgq.migrate.migrate(empty_dsn) == (None, HEAD)
+    assert pgq.migrate.migrate(empty_dsn) == (HEAD, HEAD)
+    assert pgq.migrate.migrate(empty_dsn, downgrade_to="base") == (HEAD, None)
+
+
+def test_check_schema_names_the_fix_when_pgq_was_never_migrated(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn) as conn:
+        with pytest.raises(pgq.SchemaError, match="pgq migrate"):
+            pgq.migrate.check_schema(conn)
+        pgq.migrate.migrate(empty_dsn)
+        pgq.migrate.check_schema(conn)

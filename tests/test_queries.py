@@ -1,0 +1,165 @@
+"""Every runtime statement in queries.sql against the real schema, and the claim queries' plans."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import ClientCursor, sql
+
+from pgq.config import wakeup_channel
+from pgq.queries import QUERIES, query
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+_PLACEHOLDER = re.compile(r"%\((?P<name>\w+)\)s|%%")
+
+
+def to_server_syntax(text: str) -> tuple[str, list[str]]:
+    """psycopg's ``%(name)s`` placeholders as PostgreSQL's ``$n``, and the names in order."""
+    names: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name is None:
+            return "%"
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PLACEHOLDER.sub(replace, text), names
+
+
+def test_queries_sql_has_the_statements_pgq_runs() -> None:
+    expected = {"enqueue_job", "claim_jobs", "finish_jobs", "rescue_stale_jobs", "job_statuses"}
+
+    assert expected <= set(QUERIES)
+
+
+def compose(name: str) -> sql.Composed:
+    """``query(name, "pgq")``; identifiers other than {schema} and {channel} get test names."""
+    fields = {field for _, field, _, _ in string.Formatter().parse(QUERIES[name]) if field}
+    extra = fields - {"schema", "channel"}
+    if not extra:
+        return query(name, "pgq")
+    return sql.SQL(QUERIES[name]).format(
+        schema=sql.Identifier("pgq"),
+        channel=sql.Identifier(wakeup_channel("pgq")),
+        **{field: sql.Identifier(f"pgq_test_unused_{field}") for field in extra},
+    )
+
+
+# How each kind of statement is checked. Statements the server can PREPARE are parsed,
+# analysed and planned without running. Utility statements cannot be analysed that way:
+# they run (in a transaction that is rolled back) unless they cannot run in one.
+_COPY = re.compile(r"^\s*COPY\b", re.IGNORECASE)
+_OUTSIDE_TRANSACTION = re.compile(r"^\s*(CREATE|DROP)\s+DATABASE\b", re.IGNORECASE)
+_UTILITY = re.compile(
+    r"^\s*(CREATE|DROP|ALTER|COMMENT|TRUNCATE|LISTEN|UNLISTEN|SET|RESET|ANALYZE)\b", re.IGNORECASE
+)
+_DDL = re.compile(r"^\s*(CREATE|DROP|ALTER)\b", re.IGNORECASE)
+
+
+def prepare(conn: Conn, name: str, text: str, params: list[str]) -> None:
+    result = conn.pgconn.prepare(b"", text.encode(), None)
+    error = result.error_message.decode(errors="replace")
+    assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, f"{name}: {error}\n{text}"
+    described = conn.pgconn.describe_prepared(b"")
+    assert described.status == psycopg.pq.ExecStatus.COMMAND_OK
+    assert described.nparams == len(params), f"{name}: {params}"
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+def test_every_named_query_prepares_against_the_migrated_schema(
+    rollback_conn: Conn, name: str
+) -> None:
+    conn = rollback_conn
+    # Statements may rely on tables that other blocks create (a session's staging
+    # table, the demo's own table): create those first, in this same transaction.
+    for other in sorted(QUERIES):
+        text = QUERIES[other]
+        if _DDL.match(text) and not _OUTSIDE_TRANSACTION.match(text) and "%(" not in text:
+            conn.execute(compose(other))
+    statement = compose(name)
+    server_text, params = to_server_syntax(statement.as_string(conn))
+
+    if _COPY.match(server_text):
+        assert params == [], f"{name}: COPY takes no parameters"
+        with conn.cursor() as cursor, cursor.copy(statement):
+            pass  # zero rows: the table and columns must exist
+    elif _OUTSIDE_TRANSACTION.match(server_text):
+        prepare(conn, name, server_text, params)  # the syntax, at least
+    elif _UTILITY.match(server_text):
+        assert params == [], f"{name}: utility statements take no parameters"
+        conn.execute(statement)
+    else:
+        # Every table, column, function, cast and operator must resolve, with
+        # parameter types inferred as for a client that sends untyped values. A
+        # block holding more than one statement fails here too.
+        prepare(conn, name, server_text, params)
+    conn.rollback()
+
+
+# --- claim plans ---------------------------------------------------------------------------
+
+QUEUES = [f"queue_{n}" for n in range(10)]
+
+
+@pytest.fixture
+def busy_conn(conn: Conn) -> Iterator[Conn]:
+    """A database with a few thousand due jobs across ten queues, and a long finished history."""
+    conn.execute(
+        """
+        INSERT INTO pgq.jobs (task, queue, priority, status, finished_at)
+        SELECT 'task_' || (n % 5), 'queue_' || (n % 10), n % 3,
+               CASE WHEN n <= 4000 THEN 'queued' ELSE 'succeeded' END::pgq.job_status,
+               CASE WHEN n > 4000 THEN now() END
+        FROM generate_series(1, 40000) AS n
+        """
+    )
+    conn.commit()
+    conn.execute("ANALYZE pgq.jobs")
+    conn.commit()
+    yield conn
+
+
+def plan_index_names(conn: Conn, name: str, params: dict[str, Any]) -> set[str]:
+    """The indexes in the plan PostgreSQL picks for query ``name`` with ``params``."""
+    explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + query(name, "pgq")
+    with ClientCursor(conn) as cursor:
+        cursor.execute(explain, params)
+        row = cursor.fetchone()
+    conn.rollback()
+    assert row is not None
+    found: set[str] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        if "Index Name" in node:
+            found.add(node["Index Name"])
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(row[0][0]["Plan"])
+    return found
+
+
+CLAIM_PARAMS: dict[str, Any] = {
+    "tasks": [f"task_{n}" for n in range(5)],
+    "limit": 10,
+    "lease_seconds": 30,
+    "worker": "test-worker",
+}
+
+
+def test_claim_jobs_uses_the_partial_claim_index(busy_conn: Conn) -> None:
+    assert "jobs_claim_idx" in plan_index_names(busy_conn, "claim_jobs", CLAIM_PARAMS)
+
+
+def test_claim_jobs_from_queue_uses_the_per_queue_claim_index(busy_conn: Conn) -> None:
+    params = {**CLAIM_PARAMS, "queue": "queue_3"}
+
+    assert "jobs_queue_claim_idx" in plan_index_names(busy_conn, "claim_jobs_from_queue", params)
