@@ -10,6 +10,8 @@ from pathlib import Path
 import psycopg
 import psycopg.conninfo
 
+from pgq.migrate import head_revision
+
 APP_REVISION = '''
 """add pgq"""
 
@@ -86,7 +88,7 @@ def test_app_revision_applies_pgq_and_keeps_using_op(empty_dsn: str, tmp_path: P
         app_version = conn.execute("SELECT version_num FROM public.alembic_version").fetchall()
         pgq_version = conn.execute("SELECT version_num FROM pgq.alembic_version").fetchall()
     assert app_version == [("app0001",)]
-    assert pgq_version == [("0001",)]
+    assert pgq_version == [(head_revision(),)]
 
 
 def test_app_revision_downgrade_removes_pgq_and_its_own_tables(

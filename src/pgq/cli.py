@@ -6,13 +6,14 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import psycopg
 import typer
-from rich.console import Console
 
-from pgq.config import describe_dsn, redact, resolve_dsn, resolve_schema
+from pgq.cli_admin import admin_commands
+from pgq.cli_shared import DsnOption, SchemaOption, fail, out
+from pgq.config import describe_dsn, resolve_dsn, resolve_schema
 from pgq.errors import ConfigError, PgqError
 
 app = typer.Typer(
@@ -22,34 +23,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
-
-DsnOption = Annotated[
-    str | None,
-    typer.Option(
-        "--dsn",
-        help="PostgreSQL connection string. Default: $PGQ_DSN, else $DATABASE_URL.",
-        show_default=False,
-    ),
-]
-SchemaOption = Annotated[
-    str | None,
-    typer.Option(
-        "--schema", help="pgq's schema. Default: $PGQ_SCHEMA, else 'pgq'.", show_default=False
-    ),
-]
+app.add_typer(admin_commands)
 
 
 @app.callback()
 def root() -> None:
     """pgq: a PostgreSQL-native background job queue."""
-
-
-def fail(message: str, dsn: str | None = None) -> NoReturn:
-    """Print a one-line error (with any password masked) and exit 1."""
-    err.print(f"[bold red]error:[/] {redact(message, dsn)}", highlight=False, markup=True)
-    raise typer.Exit(1)
 
 
 @app.command()

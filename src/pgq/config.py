@@ -93,3 +93,18 @@ def redact(text: str, dsn: str | None) -> str:
     if password:
         text = text.replace(str(password), "****")
     return text
+
+
+_DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)\s*\Z")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"30s"``, ``"15m"``, ``"12h"``, ``"7d"``, ``"2w"`` in seconds."""
+    match = _DURATION.match(text.lower())
+    if not match:
+        raise ConfigError(
+            f"invalid duration {text!r}: use a number with an optional unit s, m, h, d or w "
+            "(for example 30s, 15m, 12h, 7d)"
+        )
+    return float(match.group("number")) * _UNIT_SECONDS[match.group("unit")]

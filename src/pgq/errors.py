@@ -24,6 +24,14 @@ class InvalidJobError(PgqError, ValueError):
     """A job that would be refused: args not JSON, max_attempts < 1, naive datetime..."""
 
 
+class JobNotFoundError(PgqError, LookupError):
+    """No job has this id."""
+
+
+class JobStateError(PgqError):
+    """The job is not in a state that allows this, like requeueing a running job."""
+
+
 class JobSignal(Exception):
     """Raised by a handler to choose its job's outcome. Not a failure."""
 

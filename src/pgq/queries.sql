@@ -242,3 +242,65 @@ SELECT count(*)
 FROM {schema}.jobs
 WHERE id = ANY(%(ids)s::bigint[])
   AND status IN ('queued', 'running');
+
+-- queue_stats: live numbers per queue (operators' view pgq.queue_stats)
+SELECT queue, due, scheduled, running, lease_expired, lag_seconds
+FROM {schema}.queue_stats
+ORDER BY queue;
+
+-- job_counts: jobs by queue and status, finished ones included (scans the table)
+SELECT queue, status, jobs
+FROM {schema}.job_counts
+ORDER BY queue, status;
+
+-- list_jobs: newest jobs first, each filter ignored when NULL
+SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
+       started_at, finished_at, locked_by, last_error
+FROM {schema}.jobs
+WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- get_job: one job with everything pgq keeps about it
+SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
+       started_at, finished_at, locked_by, last_error, args, errors, locked_until, dedupe_key
+FROM {schema}.jobs
+WHERE id = %(id)s;
+
+-- find_dead_jobs: dead jobs a requeue by filter would touch, oldest death first (dry run)
+SELECT id, queue, task, attempts, finished_at, last_error
+FROM {schema}.jobs
+WHERE status = 'dead'
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(error_pattern)s::text IS NULL OR last_error ILIKE %(error_pattern)s)
+  AND (%(died_after)s::timestamptz IS NULL OR finished_at >= %(died_after)s)
+  AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s)
+ORDER BY finished_at, id
+LIMIT %(limit)s;
+
+-- requeue_job: requeue one dead or cancelled job through the operators' function (edge: dead | cancelled -> queued)
+SELECT {schema}.requeue(%(id)s);
+
+-- requeue_dead_jobs: requeue one batch of dead jobs matching the filters (edge: dead -> queued)
+SELECT requeued
+FROM {schema}.requeue_dead(
+    task => %(task)s,
+    queue => %(queue)s,
+    error_pattern => %(error_pattern)s,
+    died_after => %(died_after)s,
+    died_before => %(died_before)s,
+    max_jobs => %(limit)s
+) AS requeued;
+
+-- cancel_job: cancel a queued job through the operators' function (edge: queued -> cancelled)
+SELECT {schema}.cancel(%(id)s);
+
+-- retry_job_now: make a queued job due now
+SELECT {schema}.retry_now(%(id)s);
+
+-- prune_jobs: delete one batch of finished jobs of a status older than an age (edge: finished -> deleted)
+SELECT {schema}.prune(%(status)s, %(older_than_seconds)s * interval '1 second', %(batch_size)s);

@@ -1,0 +1,245 @@
+"""Inspect and repair jobs: the functions behind `pgq stats`, `pgq jobs`, `pgq requeue`...
+
+Each one wraps a documented view or SQL function (migrations/versions/0002), so
+the CLI, Python callers and an operator in psql all do the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import psycopg.errors
+
+from pgq.config import resolve_schema
+from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError
+from pgq.job import JobStatus
+from pgq.queries import query
+
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELLED)
+REQUEUE_BATCH = 500
+PRUNE_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    due: int
+    scheduled: int
+    running: int
+    lease_expired: int
+    lag_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    id: int
+    queue: str
+    task: str
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    locked_by: str | None
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail(JobSummary):
+    args: dict[str, Any]
+    errors: list[dict[str, Any]]
+    locked_until: datetime | None
+    dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadJobFilter:
+    """Which dead jobs a bulk requeue touches; None matches anything.
+
+    ``error_pattern`` is an ILIKE pattern on the last error: ``%timeout%``.
+    """
+
+    task: str | None = None
+    queue: str | None = None
+    error_pattern: str | None = None
+    died_after: datetime | None = None
+    died_before: datetime | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@contextmanager
+def _job_errors(job_id: int) -> Iterator[None]:
+    """Turn the operator functions' SQL errors into pgq's exceptions."""
+    try:
+        yield
+    except psycopg.errors.NoDataFound:
+        raise JobNotFoundError(f"no job with id {job_id}") from None
+    except (psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.UniqueViolation) as error:
+        message = error.diag.message_primary or str(error)
+        raise JobStateError(message.removeprefix("pgq: ")) from None
+
+
+def queue_stats(conn: psycopg.Connection[Any], *, schema: str | None = None) -> list[QueueStats]:
+    """Jobs due, scheduled, running and the lag of every queue with unfinished jobs."""
+    rows = conn.execute(query("queue_stats", resolve_schema(schema))).fetchall()
+    return [QueueStats(*row) for row in rows]
+
+
+def job_counts(
+    conn: psycopg.Connection[Any], *, schema: str | None = None
+) -> list[tuple[str, str, int]]:
+    """(queue, status, jobs) over the whole table, finished jobs included."""
+    rows = conn.execute(query("job_counts", resolve_schema(schema))).fetchall()
+    return [(str(q), str(s), int(n)) for q, s, n in rows]
+
+
+def list_jobs(
+    conn: psycopg.Connection[Any],
+    *,
+    status: JobStatus | str | None = None,
+    queue: str | None = None,
+    task: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+    schema: str | None = None,
+) -> list[JobSummary]:
+    """The newest jobs matching every filter given."""
+    if status is not None:
+        status = _status(status)
+    _check_aware("since", since)
+    params = {"status": status, "queue": queue, "task": task, "since": since, "limit": limit}
+    rows = conn.execute(query("list_jobs", resolve_schema(schema)), params).fetchall()
+    return [JobSummary(*row) for row in rows]
+
+
+def get_job(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> JobDetail:
+    """One job with its args and error history; JobNotFoundError if there is none."""
+    row = conn.execute(query("get_job", resolve_schema(schema)), {"id": job_id}).fetchone()
+    if row is None:
+        raise JobNotFoundError(f"no job with id {job_id}")
+    return JobDetail(*row)
+
+
+def requeue(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
+    """Requeue one dead or cancelled job (attempts restart; error history kept).
+
+    Raises JobStateError for a job that is queued, running or succeeded: it
+    would run twice.
+    """
+    with _job_errors(job_id), conn.transaction():
+        conn.execute(query("requeue_job", resolve_schema(schema)), {"id": job_id})
+
+
+def find_dead_jobs(
+    conn: psycopg.Connection[Any],
+    where: DeadJobFilter,
+    *,
+    limit: int | None = None,
+    schema: str | None = None,
+) -> list[JobSummary]:
+    """The dead jobs ``requeue_dead`` would requeue (its dry run)."""
+    _check_aware("died_after", where.died_after)
+    _check_aware("died_before", where.died_before)
+    params = {**where.params(), "limit": limit}
+    rows = conn.execute(query("find_dead_jobs", resolve_schema(schema)), params).fetchall()
+    return [
+        JobSummary(
+            id, queue, task, "dead", 0, attempts, attempts, died, died, None, died, None, err
+        )
+        for id, queue, task, attempts, died, err in rows
+    ]
+
+
+def requeue_dead(
+    conn: psycopg.Connection[Any],
+    where: DeadJobFilter,
+    *,
+    batch_size: int = REQUEUE_BATCH,
+    on_batch: Callable[[int], None] | None = None,
+    schema: str | None = None,
+) -> list[int]:
+    """Requeue every dead job matching ``where``, one committed batch at a time.
+
+    Batches keep locks short on a large dead-letter queue; ``on_batch`` gets each
+    batch's size (for a progress bar). Returns the ids requeued.
+    """
+    _check_aware("died_after", where.died_after)
+    _check_aware("died_before", where.died_before)
+    schema = resolve_schema(schema)
+    requeued: list[int] = []
+    while True:
+        with conn.transaction():
+            params = {**where.params(), "limit": batch_size}
+            ids = [row[0] for row in conn.execute(query("requeue_dead_jobs", schema), params)]
+        requeued.extend(ids)
+        if on_batch is not None:
+            on_batch(len(ids))
+        if len(ids) < batch_size:
+            return requeued
+
+
+def cancel(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
+    """Cancel a queued job before it runs; JobStateError once it has started."""
+    with _job_errors(job_id), conn.transaction():
+        conn.execute(query("cancel_job", resolve_schema(schema)), {"id": job_id})
+
+
+def retry_now(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
+    """Make a queued job (waiting for its backoff or schedule) due now."""
+    with _job_errors(job_id), conn.transaction():
+        conn.execute(query("retry_job_now", resolve_schema(schema)), {"id": job_id})
+
+
+def prune(
+    conn: psycopg.Connection[Any],
+    status: JobStatus | str,
+    older_than_seconds: float,
+    *,
+    batch_size: int = PRUNE_BATCH,
+    schema: str | None = None,
+) -> int:
+    """Delete finished jobs of ``status`` older than the age, in small committed batches."""
+    status = _status(status)
+    if status not in FINISHED_STATUSES:
+        raise InvalidJobError(
+            f"only finished jobs can be pruned (succeeded, dead, cancelled), not {status}"
+        )
+    if not older_than_seconds >= 0:
+        raise InvalidJobError(f"the age must be >= 0 seconds, got {older_than_seconds}")
+    schema = resolve_schema(schema)
+    params = {"status": status.value, "older_than_seconds": older_than_seconds,
+              "batch_size": batch_size}  # fmt: skip
+    total = 0
+    while True:
+        with conn.transaction():
+            row = conn.execute(query("prune_jobs", schema), params).fetchone()
+        deleted = int(row[0]) if row else 0
+        total += deleted
+        if deleted < batch_size:
+            return total
+
+
+def _status(value: JobStatus | str) -> JobStatus:
+    try:
+        return JobStatus(value)
+    except ValueError:
+        names = ", ".join(s.value for s in JobStatus)
+        raise InvalidJobError(f"unknown status {value!r}: use one of {names}") from None
+
+
+def _check_aware(name: str, value: datetime | None) -> None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise InvalidJobError(f"{name} must be timezone-aware, got naive {value.isoformat()}")

@@ -1,0 +1,365 @@
+"""Operators' commands: `pgq stats`, `jobs`, `job`, `requeue`, `cancel`, `prune`.
+
+Each calls a function of pgq.admin, which wraps a documented view or SQL function.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from pgq import admin
+from pgq.cli_shared import DsnOption, JsonOption, SchemaOption, database, fail, out
+from pgq.config import parse_duration
+from pgq.errors import ConfigError, PgqError
+from pgq.job import JobStatus
+
+admin_commands = typer.Typer()
+
+
+def _print_json(value: Any) -> None:
+    # Plain text, not rich's: a script reading it wants no colours or wrapping.
+    typer.echo(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _moment(text: str | None, option: str) -> datetime | None:
+    """``2h`` (that long ago) or an ISO 8601 time with its offset."""
+    if text is None:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ConfigError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{option} {text!r}: give a duration ago (30m, 2h, 7d) or an ISO time with offset")
+    if moment.tzinfo is None:
+        fail(f"{option} {text!r}: add a UTC offset, e.g. {text}+00:00")
+    return moment
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    seconds = max(0.0, (datetime.now(UTC) - moment).total_seconds())
+    return _seconds(seconds) + " ago"
+
+
+def _seconds(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+@admin_commands.command()
+def stats(
+    dsn: DsnOption = None,
+    schema: SchemaOption = None,
+    all_statuses: Annotated[
+        bool,
+        typer.Option("--all", help="Also count finished jobs by status (scans the whole table)."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Per queue: jobs due, scheduled, running, and lag (age of the oldest due job)."""
+    with database(dsn, schema) as (conn, schema_name):
+        queues = admin.queue_stats(conn, schema=schema_name)
+        counts = admin.job_counts(conn, schema=schema_name) if all_statuses else []
+    if as_json:
+        _print_json(
+            {
+                "queues": [
+                    {
+                        "queue": q.queue,
+                        "due": q.due,
+                        "scheduled": q.scheduled,
+                        "running": q.running,
+                        "lease_expired": q.lease_expired,
+                        "lag_seconds": q.lag_seconds,
+                    }
+                    for q in queues
+                ],
+                "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in counts],
+            }
+        )
+        return
+    table = Table(title="pgq queues (unfinished jobs)")
+    for column in ("queue", "due", "scheduled", "running", "lease expired", "lag"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for q in queues:
+        table.add_row(
+            escape(q.queue),
+            str(q.due),
+            str(q.scheduled),
+            str(q.running),
+            str(q.lease_expired),
+            _seconds(q.lag_seconds),
+        )
+    if not queues:
+        table.caption = "no queued or running jobs"
+    out.print(table)
+    if all_statuses:
+        by_status = Table(title="all jobs by queue and status")
+        for column in ("queue", *(s.value for s in JobStatus)):
+            by_status.add_column(column, justify="left" if column == "queue" else "right")
+        grid: dict[str, dict[str, int]] = {}
+        for queue, status, jobs in counts:
+            grid.setdefault(queue, {})[status] = jobs
+        for queue, row in sorted(grid.items()):
+            by_status.add_row(escape(queue), *(str(row.get(s.value, 0)) for s in JobStatus))
+        out.print(by_status)
+
+
+@admin_commands.command()
+def jobs(
+    dsn: DsnOption = None,
+    schema: SchemaOption = None,
+    status: Annotated[
+        str | None, typer.Option(help="queued, running, succeeded, dead or cancelled.")
+    ] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Created since: a duration ago (2h, 7d) or an ISO time.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=100_000, help="At most this many, newest first.")
+    ] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first, filtered by status, queue, task and age."""
+    created_since = _moment(since, "--since")
+    with database(dsn, schema) as (conn, schema_name):
+        found = admin.list_jobs(
+            conn,
+            status=status,
+            queue=queue,
+            task=task,
+            since=created_since,
+            limit=limit,
+            schema=schema_name,
+        )
+    if as_json:
+        _print_json([job.as_dict() for job in found])
+        return
+    table = Table(title=f"pgq jobs ({len(found)} shown)")
+    for column in ("id", "queue", "task", "status", "attempts", "created", "last error"):
+        table.add_column(column, overflow="ellipsis", no_wrap=column != "last error")
+    for job in found:
+        table.add_row(
+            str(job.id),
+            escape(job.queue),
+            escape(job.task),
+            job.status,
+            f"{job.attempts}/{job.max_attempts}",
+            _age(job.created_at),
+            escape((job.last_error or "")[:200]),
+        )
+    out.print(table)
+
+
+@admin_commands.command()
+def job(
+    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.")],
+    dsn: DsnOption = None,
+    schema: SchemaOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one job: its args, state, lease and error history."""
+    with database(dsn, schema) as (conn, schema_name):
+        found = admin.get_job(conn, job_id, schema=schema_name)
+    detail = found.as_dict()
+    if as_json:
+        _print_json(detail)
+        return
+    table = Table(title=f"job {found.id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in detail.items():
+        if key in ("errors", "args"):
+            continue
+        table.add_row(key, escape("" if value is None else str(value)))
+    table.add_row("args", escape(json.dumps(found.args, ensure_ascii=False)))
+    out.print(table)
+    if found.errors:
+        history = Table(title="error history, oldest first")
+        for column in ("attempt", "at", "worker", "event or error"):
+            history.add_column(column)
+        for entry in found.errors:
+            history.add_row(
+                str(entry.get("attempt", "")),
+                str(entry.get("at", "")),
+                escape(str(entry.get("worker") or entry.get("by") or "")),
+                escape(str(entry.get("error") or entry.get("event") or "")),
+            )
+        out.print(history)
+
+
+@admin_commands.command()
+def requeue(
+    job_ids: Annotated[
+        list[int] | None,
+        typer.Argument(metavar="[ID]...", help="Dead or cancelled jobs to requeue."),
+    ] = None,
+    dsn: DsnOption = None,
+    schema: SchemaOption = None,
+    task: Annotated[str | None, typer.Option(help="Dead jobs of this task.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Dead jobs of this queue.")] = None,
+    error: Annotated[
+        str | None,
+        typer.Option(
+            help="Dead jobs whose last error matches this ILIKE pattern, e.g. '%timeout%'."
+        ),
+    ] = None,
+    died_after: Annotated[
+        str | None, typer.Option(help="Died since: 2h, 7d or an ISO time.")
+    ] = None,
+    died_before: Annotated[
+        str | None, typer.Option(help="Died before: 2h, 7d or an ISO time.")
+    ] = None,
+    all_dead: Annotated[
+        bool, typer.Option("--all-dead", help="Every dead job (no filter).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be requeued; change nothing.")
+    ] = False,
+) -> None:
+    """Requeue dead (or cancelled) jobs by id, or dead jobs by filter.
+
+    Attempts restart from zero; the error history is kept. Queued, running and
+    succeeded jobs are refused: they would run twice.
+    """
+    where = admin.DeadJobFilter(
+        task=task,
+        queue=queue,
+        error_pattern=error,
+        died_after=_moment(died_after, "--died-after"),
+        died_before=_moment(died_before, "--died-before"),
+    )
+    has_filter = any(value is not None for value in where.params().values())
+    if job_ids and (has_filter or all_dead):
+        fail("give job ids or filters, not both")
+    if not job_ids and not has_filter and not all_dead:
+        fail(
+            "say which jobs: ids, a filter (--task, --queue, --error, --died-after, "
+            "--died-before), or --all-dead"
+        )
+    with database(dsn, schema) as (conn, schema_name):
+        if job_ids:
+            _requeue_ids(conn, job_ids, schema_name, dry_run)
+        else:
+            _requeue_by_filter(conn, where, schema_name, dry_run)
+
+
+def _requeue_ids(conn: Any, job_ids: list[int], schema: str, dry_run: bool) -> None:
+    failed = 0
+    for job_id in job_ids:
+        try:
+            if dry_run:
+                found = admin.get_job(conn, job_id, schema=schema)
+                verdict = (
+                    "would requeue"
+                    if found.status in ("dead", "cancelled")
+                    else (f"would refuse: it is {found.status}")
+                )
+                out.print(f"job {job_id} ({escape(found.task)}): {verdict}", highlight=False)
+            else:
+                admin.requeue(conn, job_id, schema=schema)
+                out.print(f"job {job_id}: requeued", highlight=False)
+        except PgqError as problem:
+            failed += 1
+            out.print(
+                f"job {job_id}: [red]not requeued[/]: {escape(str(problem))}", highlight=False
+            )
+    if failed:
+        raise typer.Exit(1)
+
+
+def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_run: bool) -> None:
+    matching = admin.find_dead_jobs(conn, where, schema=schema)
+    if dry_run:
+        table = Table(title=f"dry run: {len(matching)} dead jobs would be requeued")
+        for column in ("id", "queue", "task", "attempts", "died", "last error"):
+            table.add_column(column, overflow="ellipsis")
+        for found in matching[:100]:
+            table.add_row(
+                str(found.id),
+                escape(found.queue),
+                escape(found.task),
+                str(found.attempts),
+                _age(found.finished_at),
+                escape((found.last_error or "")[:120]),
+            )
+        if len(matching) > 100:
+            table.caption = f"first 100 of {len(matching)}"
+        out.print(table)
+        return
+    with Progress(console=out, transient=True) as progress:
+        bar = progress.add_task("requeueing", total=len(matching) or None)
+        requeued = admin.requeue_dead(
+            conn, where, schema=schema, on_batch=lambda n: progress.advance(bar, n)
+        )
+    out.print(f"requeued {len(requeued)} dead jobs", highlight=False)
+
+
+@admin_commands.command()
+def cancel(
+    job_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Queued jobs to cancel.")],
+    dsn: DsnOption = None,
+    schema: SchemaOption = None,
+) -> None:
+    """Cancel queued jobs before they run. Running and finished jobs are refused."""
+    failed = 0
+    with database(dsn, schema) as (conn, schema_name):
+        for job_id in job_ids:
+            try:
+                admin.cancel(conn, job_id, schema=schema_name)
+                out.print(f"job {job_id}: cancelled", highlight=False)
+            except PgqError as problem:
+                failed += 1
+                out.print(
+                    f"job {job_id}: [red]not cancelled[/]: {escape(str(problem))}", highlight=False
+                )
+    if failed:
+        raise typer.Exit(1)
+
+
+@admin_commands.command()
+def prune(
+    older_than: Annotated[
+        str, typer.Option(help="Delete jobs finished longer ago than this: 7d, 12h, 30m.")
+    ],
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="Finished statuses to prune (repeat). Default: succeeded and cancelled."),
+    ] = None,
+    dsn: DsnOption = None,
+    schema: SchemaOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per delete.")] = 1000,
+) -> None:
+    """Delete finished jobs older than an age, in small batches that hold no long locks."""
+    try:
+        age_seconds = parse_duration(older_than)
+    except ConfigError as problem:
+        fail(str(problem))
+    statuses = status or ["succeeded", "cancelled"]
+    with database(dsn, schema) as (conn, schema_name):
+        for name in statuses:
+            deleted = admin.prune(
+                conn, name, age_seconds, batch_size=batch_size, schema=schema_name
+            )
+            out.print(f"pruned {deleted} {name} jobs older than {older_than}", highlight=False)

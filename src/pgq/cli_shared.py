@@ -1,0 +1,69 @@
+"""What every `pgq` command shares: the DSN and schema options, output, and failing clearly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from pgq.config import describe_dsn, redact, resolve_dsn, resolve_schema
+from pgq.errors import PgqError
+
+err = Console(stderr=True)
+out = Console()
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        help="PostgreSQL connection string. Default: $PGQ_DSN, else $DATABASE_URL.",
+        show_default=False,
+    ),
+]
+SchemaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--schema", help="pgq's schema. Default: $PGQ_SCHEMA, else 'pgq'.", show_default=False
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def fail(message: str, dsn: str | None = None) -> NoReturn:
+    """Print a one-line error (with any password masked) and exit 1."""
+    err.print(f"[bold red]error:[/] {escape(redact(message, dsn))}", highlight=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def database(
+    dsn_option: str | None, schema_option: str | None
+) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    """A connection to a migrated pgq schema, or a clear error and exit 1.
+
+    Bad DSN, unreachable server and unmigrated schema each get their own message.
+    """
+    from pgq.migrate import check_schema
+
+    dsn: str | None = dsn_option
+    try:
+        dsn = resolve_dsn(dsn_option)
+        schema = resolve_schema(schema_option)
+        try:
+            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        except psycopg.ProgrammingError as error:
+            fail(f"invalid DSN: {error}", dsn)
+        except psycopg.OperationalError as error:
+            fail(f"cannot connect to {describe_dsn(dsn)}: {error}", dsn)
+        with conn:
+            check_schema(conn, schema=schema)
+            yield conn, schema
+    except PgqError as error:
+        fail(str(error), dsn)
+    except psycopg.OperationalError as error:
+        fail(f"lost the database connection: {error}", dsn)
