@@ -555,3 +555,16 @@ def test_json_args_round_trip_exactly(conn: Conn, args: dict[str, Any]) -> None:
 
     assert row is not None
     assert row[0] == args
+
+
+def test_enqueue_works_on_a_connection_with_a_dict_row_factory(dsn: str) -> None:
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        result = pgq.enqueue(conn, "send_email", {"to": "a@b.c"})
+        ids = pgq.enqueue_many(conn, [pgq.JobSpec("send_email"), pgq.JobSpec("send_email")])
+        conn.commit()
+        assert result.created
+        assert len(ids) == 2
+        row = conn.execute("SELECT count(*) AS n FROM pgq.jobs").fetchone()
+    assert row is not None and row["n"] == 3

@@ -40,16 +40,49 @@ SELECT queue,
        count(*) FILTER (WHERE status = 'queued' AND run_at > now()) AS scheduled,
        count(*) FILTER (WHERE status = 'running') AS running,
        count(*) FILTER (WHERE status = 'running' AND locked_until < now()) AS lease_expired,
-       coalesce(
-           extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'queued' AND run_at <= now())),
-           0
-       )::float8 AS lag_seconds
+       coalesce(extract(epoch FROM
+           now() - min(run_at) FILTER (WHERE status = 'queued' AND run_at <= now())
+       ), 0)::float8 AS lag_seconds
 FROM {schema}.jobs
 WHERE status IN ('queued', 'running')
 GROUP BY queue;
 
 COMMENT ON VIEW {schema}.queue_stats IS
-    'Per queue: jobs due, scheduled, running, with an expired lease, and the age of the oldest due job.';
+    'Per queue: jobs due, scheduled, running, lease expired, and the age of the oldest due job.';
+
+-- The fleet's shared copy of queue_stats, for metrics: every worker serves the
+-- queue gauges, but only one of them per interval pays for the query.
+CREATE TABLE {schema}.queue_stats_snapshot (
+    queue         text PRIMARY KEY,
+    due           bigint NOT NULL,
+    scheduled     bigint NOT NULL,
+    running       bigint NOT NULL,
+    lease_expired bigint NOT NULL,
+    lag_seconds   float8 NOT NULL,
+    taken_at      timestamptz NOT NULL
+);
+
+-- Refresh the snapshot if it is older than max_age and no other session is
+-- refreshing it right now (a try-lock, not a queue of waiters). No leader: any
+-- worker that asks first does it.
+CREATE FUNCTION {schema}.refresh_queue_stats(max_age interval) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('{schema}.refresh_queue_stats')) THEN
+        RETURN false;
+    END IF;
+    -- An empty snapshot (no unfinished jobs) is refreshed every time: cheap,
+    -- since the query then reads nothing.
+    IF EXISTS (SELECT 1 FROM {schema}.queue_stats_snapshot WHERE taken_at > now() - max_age) THEN
+        RETURN false;
+    END IF;
+    DELETE FROM {schema}.queue_stats_snapshot;
+    INSERT INTO {schema}.queue_stats_snapshot
+    SELECT queue, due, scheduled, running, lease_expired, lag_seconds, now()
+    FROM {schema}.queue_stats;
+    RETURN true;
+END
+$$;
 
 -- Counts by queue and status over the whole table, finished jobs included.
 -- Reads every row: use it for inspection, not for a dashboard refresh loop.
@@ -106,7 +139,7 @@ BEGIN
                 'previous_status', found_status::text))
         WHERE id = job_id;
     EXCEPTION WHEN unique_violation THEN
-        RAISE EXCEPTION 'pgq: job % cannot be requeued: another unfinished job holds its dedupe key',
+        RAISE EXCEPTION 'pgq: job % cannot be requeued: an unfinished job holds its dedupe key',
             job_id USING ERRCODE = 'unique_violation';
     END;
     PERFORM pg_notify('{schema}_wakeup', (SELECT queue FROM {schema}.jobs WHERE id = job_id));
@@ -151,7 +184,7 @@ BEGIN
             requeued := requeued + 1;
             RETURN NEXT candidate;
         EXCEPTION WHEN unique_violation THEN
-            RAISE NOTICE 'pgq: job % skipped: its dedupe key is held by an unfinished job', candidate;
+            RAISE NOTICE 'pgq: job % skipped: an unfinished job holds its dedupe key', candidate;
         END;
     END LOOP;
     RETURN;
@@ -159,7 +192,7 @@ END
 $$;
 
 COMMENT ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer) IS
-    'Requeue dead jobs matching task, queue, error ILIKE pattern and death time; returns their ids.';
+    'Requeue dead jobs matching task, queue, error ILIKE pattern and death time; returns ids.';
 
 -- Cancel a job that has not started (edge: queued -> cancelled).
 CREATE FUNCTION {schema}.cancel(job_id bigint) RETURNS bigint
@@ -260,6 +293,8 @@ DROP FUNCTION {schema}.requeue(bigint);
 DROP VIEW {schema}.running_jobs;
 DROP VIEW {schema}.dead_jobs;
 DROP VIEW {schema}.job_counts;
+DROP FUNCTION {schema}.refresh_queue_stats(interval);
+DROP TABLE {schema}.queue_stats_snapshot;
 DROP VIEW {schema}.queue_stats;
 ALTER TABLE {schema}.jobs RESET (
     autovacuum_vacuum_scale_factor,

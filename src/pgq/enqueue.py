@@ -8,7 +8,6 @@ rolls back the caller's connection.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,10 +16,12 @@ from itertools import islice
 from typing import Any, NamedTuple, Protocol
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema, wakeup_channel
 from pgq.errors import InvalidJobError
 from pgq.queries import query
+from pgq.retry import MAX_DELAY_SECONDS
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5
@@ -168,8 +169,10 @@ def _delay_seconds(delay: timedelta | float | None) -> float:
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise InvalidJobError(f"delay must be a timedelta or a number of seconds, got {delay!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidJobError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    if not 0 <= seconds <= MAX_DELAY_SECONDS:
+        raise InvalidJobError(
+            f"delay must be between 0 and {MAX_DELAY_SECONDS:g} seconds (ten years), got {delay!r}"
+        )
     return float(seconds)
 
 
@@ -257,7 +260,11 @@ def enqueue(
         task, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
         max_attempts=max_attempts, dedupe_key=dedupe_key,
     )  # fmt: skip
-    result = conn.execute(query("enqueue_job", resolve_schema(schema)), row.params()).fetchone()
+    # A cursor of our own: the caller's connection may use dict_row or another factory.
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        result = cursor.execute(
+            query("enqueue_job", resolve_schema(schema)), row.params()
+        ).fetchone()
     assert result is not None, "pgq.enqueue() always returns a row"
     return EnqueueResult(id=int(result[0]), created=bool(result[1]))
 
@@ -280,8 +287,9 @@ async def enqueue_async(
         task, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
         max_attempts=max_attempts, dedupe_key=dedupe_key,
     )  # fmt: skip
-    cursor = await conn.execute(query("enqueue_job", resolve_schema(schema)), row.params())
-    result = await cursor.fetchone()
+    async with conn.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(query("enqueue_job", resolve_schema(schema)), row.params())
+        result = await cursor.fetchone()
     assert result is not None, "pgq.enqueue() always returns a row"
     return EnqueueResult(id=int(result[0]), created=bool(result[1]))
 
@@ -326,7 +334,7 @@ def enqueue_many(
     # A savepoint inside the caller's transaction (a transaction of its own on an
     # autocommit connection): all of the jobs or none, and the staging table,
     # emptied at commit, lives as long as the call.
-    with conn.cursor() as cursor:
+    with conn.cursor(row_factory=tuple_row) as cursor:
         # Outside autocommit, this opens the caller's transaction if none is open
         # yet, so conn.transaction() is a savepoint: on an idle connection it would
         # BEGIN and COMMIT a transaction of its own, behind the caller's back.
@@ -354,7 +362,7 @@ async def enqueue_many_async(
     schema = resolve_schema(schema)
     ids: list[int] = []
     queues: set[str] = set()
-    async with conn.cursor() as cursor:
+    async with conn.cursor(row_factory=tuple_row) as cursor:
         # Outside autocommit, this opens the caller's transaction if none is open
         # yet, so conn.transaction() is a savepoint: on an idle connection it would
         # BEGIN and COMMIT a transaction of its own, behind the caller's back.

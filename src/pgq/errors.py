@@ -48,8 +48,12 @@ class Snooze(JobSignal):
     """
 
     def __init__(self, seconds: float) -> None:
-        if not seconds >= 0:
-            raise InvalidJobError(f"Snooze needs seconds >= 0, got {seconds!r}")
+        from pgq.retry import MAX_DELAY_SECONDS
+
+        if not 0 <= seconds <= MAX_DELAY_SECONDS:
+            raise InvalidJobError(
+                f"Snooze needs 0 <= seconds <= {MAX_DELAY_SECONDS:g} (ten years), got {seconds!r}"
+            )
         super().__init__(f"snoozed for {seconds:g}s")
         self.seconds = float(seconds)
 

@@ -6,7 +6,6 @@ Pure functions of (job, what happened, retry policy), so tests can check every e
 from __future__ import annotations
 
 import traceback
-import uuid
 from dataclasses import dataclass
 
 from pgq.job import ClaimedJob, JobStatus
@@ -20,8 +19,7 @@ MAX_TRACEBACK_CHARS = 20_000
 class Outcome:
     """The next state of one job, fenced by the lease token of the claim that ran it."""
 
-    job_id: int
-    lease_token: uuid.UUID
+    job: ClaimedJob
     status: JobStatus
     #: succeeded, retried, dead, gave_up, snoozed or handed_back: for logs and counts.
     kind: str
@@ -31,35 +29,36 @@ class Outcome:
     traceback: str | None = None
 
 
-def _storable(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; an error message built from data might.
-    return text.replace("\x00", "\\x00")
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: no NUL, no lone surrogates (from undecodable bytes)."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def describe_error(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return _storable(text[:MAX_ERROR_CHARS])
+    return storable(text[:MAX_ERROR_CHARS])
 
 
 def format_traceback(error: BaseException) -> str:
-    text = _storable("".join(traceback.format_exception(error)))
+    text = storable("".join(traceback.format_exception(error)))
     # Keep the end: the innermost frames say where it failed.
     return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
 
 
 def succeeded(job: ClaimedJob) -> Outcome:
-    return Outcome(job.id, job.lease_token, JobStatus.SUCCEEDED, "succeeded")
+    return Outcome(job, JobStatus.SUCCEEDED, "succeeded")
 
 
 def failed(job: ClaimedJob, error: BaseException, policy: Retry) -> Outcome:
     """Retry after backoff while attempts remain, else dead (the dead-letter queue)."""
     if job.attempt >= job.max_attempts:
         return Outcome(
-            job.id, job.lease_token, JobStatus.DEAD, "dead",
+            job, JobStatus.DEAD, "dead",
             error=describe_error(error), traceback=format_traceback(error),
         )  # fmt: skip
     return Outcome(
-        job.id, job.lease_token, JobStatus.QUEUED, "retried",
+        job, JobStatus.QUEUED, "retried",
         delay_seconds=backoff_seconds(job.attempt, policy),
         error=describe_error(error), traceback=format_traceback(error),
     )  # fmt: skip
@@ -68,33 +67,15 @@ def failed(job: ClaimedJob, error: BaseException, policy: Retry) -> Outcome:
 def gave_up(job: ClaimedJob, reason: str) -> Outcome:
     """The handler said a retry cannot help: dead now."""
     return Outcome(
-        job.id,
-        job.lease_token,
-        JobStatus.DEAD,
-        "gave_up",
-        error=_storable(f"GiveUp: {reason}"[:MAX_ERROR_CHARS]),
+        job, JobStatus.DEAD, "gave_up", error=storable(f"GiveUp: {reason}")[:MAX_ERROR_CHARS]
     )
 
 
 def snoozed(job: ClaimedJob, seconds: float) -> Outcome:
     """Run again later; the attempt is given back."""
-    return Outcome(
-        job.id,
-        job.lease_token,
-        JobStatus.QUEUED,
-        "snoozed",
-        delay_seconds=seconds,
-        refund_attempt=True,
-    )
+    return Outcome(job, JobStatus.QUEUED, "snoozed", delay_seconds=seconds, refund_attempt=True)
 
 
 def handed_back(job: ClaimedJob) -> Outcome:
     """The worker is shutting down: queued again at once, the attempt given back."""
-    return Outcome(
-        job.id,
-        job.lease_token,
-        JobStatus.QUEUED,
-        "handed_back",
-        delay_seconds=0.0,
-        refund_attempt=True,
-    )
+    return Outcome(job, JobStatus.QUEUED, "handed_back", delay_seconds=0.0, refund_attempt=True)

@@ -108,7 +108,7 @@ FROM unnest(%(ids)s::bigint[], %(lease_tokens)s::uuid[]) AS held(id, lease_token
 WHERE j.id = held.id
   AND j.lease_token = held.lease_token
   AND j.status = 'running'
-RETURNING j.id;
+RETURNING j.id, j.lease_token;
 
 -- finish_jobs: record a batch of outcomes, each fenced by its lease token (edges: running -> succeeded | queued | dead)
 -- A row whose token no longer matches (lease lost, job rescued) is left alone and not returned.
@@ -190,7 +190,7 @@ WHERE nspname = %(schema_name)s;
 -- job_statuses: the statuses the database allows, in order (checked against JobStatus by tests)
 SELECT unnest(enum_range(NULL::{schema}.job_status))::text;
 
--- probe_server: is a server answering (used to find a database for `pgq demo`)
+-- probe_server: is the server answering (`pgq demo` looking for a database, the /health check)
 SELECT 1;
 
 -- find_database: does this database exist
@@ -304,3 +304,11 @@ SELECT {schema}.retry_now(%(id)s);
 
 -- prune_jobs: delete one batch of finished jobs of a status older than an age (edge: finished -> deleted)
 SELECT {schema}.prune(%(status)s, %(older_than_seconds)s * interval '1 second', %(batch_size)s);
+
+-- refresh_queue_stats: refresh the fleet's queue_stats snapshot if stale and nobody else is at it
+SELECT {schema}.refresh_queue_stats(%(max_age_seconds)s * interval '1 second');
+
+-- read_queue_stats_snapshot: the fleet's latest queue numbers, for metrics
+SELECT queue, due, scheduled, running, lease_expired, lag_seconds
+FROM {schema}.queue_stats_snapshot
+ORDER BY queue;

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from pgq.errors import ConfigError
 
+#: The longest delay pgq schedules (ten years): PostgreSQL's timestamps end
+#: somewhere, and a longer wait is a bug rather than a plan.
+MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
+
 
 @dataclass(frozen=True, slots=True)
 class Retry:
@@ -23,12 +27,15 @@ class Retry:
     cap_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
-        if not self.base_seconds > 0:
-            raise ConfigError(f"Retry base_seconds must be > 0, got {self.base_seconds!r}")
-        if not self.cap_seconds >= self.base_seconds:
+        if not 0 < self.base_seconds <= MAX_DELAY_SECONDS:
+            raise ConfigError(
+                f"Retry base_seconds must be > 0 and at most {MAX_DELAY_SECONDS:g}, "
+                f"got {self.base_seconds!r}"
+            )
+        if not self.base_seconds <= self.cap_seconds <= MAX_DELAY_SECONDS:
             raise ConfigError(
                 f"Retry cap_seconds ({self.cap_seconds!r}) must be >= base_seconds "
-                f"({self.base_seconds!r})"
+                f"({self.base_seconds!r}) and at most {MAX_DELAY_SECONDS:g}"
             )
 
 

@@ -105,6 +105,7 @@ class Supervisor:
         failed = [c.returncode for c in self.children.values() if c.returncode not in (0, None)]
         if failed:
             log.warning("worker processes exited with codes %s", failed)
+            return 1
         return 0
 
 

@@ -30,10 +30,14 @@ from pgq import outcome as outcomes
 from pgq.config import resolve_schema, wakeup_channel, worker_conninfo
 from pgq.errors import ConfigError, GiveUp, Snooze
 from pgq.job import ClaimedJob
-from pgq.lease import LeaseKeeper
+from pgq.lease import Heartbeat
+from pgq.maintenance import Maintenance
+from pgq.metrics import DEFAULT_HOST, QueueStatsCollector, WorkerMetrics, serve
 from pgq.migrate import check_schema
 from pgq.outcome import Outcome
 from pgq.queries import query
+from pgq.rescue import RescuedJob
+from pgq.retention import Retention
 from pgq.tasks import App, JobContext, Task
 
 log = logging.getLogger("pgq.worker")
@@ -59,6 +63,7 @@ class RunningJob:
     future: asyncio.Task[None] | None = None
     thread_future: concurrent.futures.Future[Any] | None = None
     started: bool = False
+    started_at: float = 0.0  # time.monotonic() when the handler began
     handing_back: bool = False
     lease_lost: bool = False
 
@@ -105,6 +110,9 @@ class Worker:
         listen: bool = True,
         shutdown_grace_seconds: float = 30.0,
         rescue_interval_seconds: float | None = None,
+        retention: Retention | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_HOST,
         name: str | None = None,
     ) -> None:
         if not app.tasks:
@@ -130,12 +138,18 @@ class Worker:
         self.listen = listen
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.rescue_interval_seconds = rescue_interval_seconds or max(1.0, lease_seconds / 2)
+        self.retention = retention or Retention()
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics = WorkerMetrics() if metrics_port is not None else None
         self.name = name or worker_name()
         self.stats = WorkerStats()
         self.task_names = sorted(app.tasks)
 
-        self._running: dict[int, RunningJob] = {}
-        self._held: dict[int, uuid.UUID] = {}  # leases to extend: running or outcome unwritten
+        # Both keyed by lease token, not job id: a stale run of a job (a sync
+        # handler past a lost lease) and its newer run may both be here at once.
+        self._running: dict[uuid.UUID, RunningJob] = {}
+        self._held: dict[uuid.UUID, int] = {}  # leases to extend: running or outcome unwritten
         self._held_lock = threading.Lock()
         self._pending: list[Outcome] = []
         self._flushing = 0  # outcomes in the write now in flight
@@ -167,6 +181,29 @@ class Worker:
             if self._wakeup is not None:
                 self._wakeup.set()
 
+    def _serve_metrics(self, heartbeat: Heartbeat) -> Any:
+        if self.metrics is None or self.metrics_port is None:
+            return None
+        self.metrics.in_flight.set_function(lambda: len(self._running))
+        return serve(
+            self.metrics,
+            QueueStatsCollector(self.dsn, self.schema),
+            heartbeat_age=lambda: time.monotonic() - heartbeat.last_heartbeat,
+            # Healthy while the heartbeat ran within three of its intervals.
+            heartbeat_limit_seconds=3 * heartbeat.heartbeat_seconds + 1,
+            port=self.metrics_port,
+            host=self.metrics_host,
+        )
+
+    def _heartbeat_failed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.heartbeat_failures.inc()
+
+    def _rescued(self, jobs: list[RescuedJob]) -> None:
+        if self.metrics is not None:
+            for job in jobs:
+                self.metrics.rescued.labels(job.task, job.queue).inc()
+
     async def run(self, *, handle_signals: bool = False) -> None:
         """Work until ``request_stop()`` (or SIGTERM/SIGINT with ``handle_signals``)."""
         self._loop = asyncio.get_running_loop()
@@ -189,16 +226,26 @@ class Worker:
             reconnect_timeout=3600,
         )
         await self._pool.open(wait=False)
-        keeper = LeaseKeeper(
+        heartbeat = Heartbeat(
             dsn=self.dsn,
             schema=self.schema,
             lease_seconds=self.lease_seconds,
-            rescue_interval_seconds=self.rescue_interval_seconds,
             held=self._held_leases,
             on_lost=self._lease_lost_threadsafe,
+            on_failure=self._heartbeat_failed,
             prepare_statements=self.listen,
         )
-        keeper.start()
+        heartbeat.start()
+        maintenance = Maintenance(
+            dsn=self.dsn,
+            schema=self.schema,
+            rescue_interval_seconds=self.rescue_interval_seconds,
+            retention=self.retention,
+            on_rescued=self._rescued,
+            prepare_statements=self.listen,
+        )
+        maintenance.start()
+        metrics_server = self._serve_metrics(heartbeat)
         flusher = asyncio.create_task(self._flush_loop(), name="pgq-flush")
         listener = (
             asyncio.create_task(self._listen_loop(), name="pgq-listen") if self.listen else None
@@ -213,7 +260,10 @@ class Worker:
         try:
             await self._claim_loop()
         finally:
-            await self._shutdown(flusher, listener, keeper)
+            await self._shutdown(flusher, listener, heartbeat, maintenance)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
 
     # -- claiming ------------------------------------------------------------
 
@@ -302,6 +352,7 @@ class Worker:
                 rows = await cursor.fetchall()
                 for row in rows:
                     self._start(ClaimedJob(*row))
+                self._observe_claim(len(rows))
                 more_due = len(rows) == params["limit"]
             else:
                 # Room is recomputed after each queue's claim, so all queues
@@ -318,16 +369,23 @@ class Worker:
                     rows = await cursor.fetchall()
                     for row in rows:
                         self._start(ClaimedJob(*row))
+                    self._observe_claim(len(rows))
                     more_due = more_due or len(rows) == room
         self._backlog = more_due
         return more_due
 
+    def _observe_claim(self, claimed: int) -> None:
+        if self.metrics is not None and claimed:
+            self.metrics.claim_batch.observe(claimed)
+
     def _start(self, job: ClaimedJob) -> None:
         run = RunningJob(job=job, task=self.app.tasks[job.task])
-        self._running[job.id] = run
+        self._running[job.lease_token] = run
         with self._held_lock:
-            self._held[job.id] = job.lease_token
+            self._held[job.lease_token] = job.id
         self.stats.counts["claimed"] += 1
+        if self.metrics is not None:
+            self.metrics.started.labels(job.task, job.queue).inc()
         run.future = asyncio.create_task(self._execute(run))
 
     # -- running -------------------------------------------------------------
@@ -341,17 +399,27 @@ class Worker:
         try:
             if task.is_async:
                 run.started = True
+                run.started_at = time.monotonic()
                 await self._run_async(task, kwargs)
             else:
                 await self._run_in_thread(run, kwargs)
             result = outcomes.succeeded(job)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as error:
             if run.handing_back:
                 result = outcomes.handed_back(job)
             elif run.lease_lost:
                 result = None
             else:
-                raise
+                current = asyncio.current_task()
+                if current is None or current.cancelling() == 0:
+                    # Raised inside the handler (it awaited something cancelled),
+                    # not a cancellation of this run: a failure like any other.
+                    result = outcomes.failed(job, error, task.retry)
+                else:
+                    # This run itself is being cancelled from outside: hand the
+                    # job back rather than leave it running until rescue.
+                    self._record(run, outcomes.handed_back(job))
+                    raise
         except Snooze as signal_:
             result = outcomes.snoozed(job, signal_.seconds)
         except GiveUp as signal_:
@@ -369,15 +437,19 @@ class Worker:
         except (Exception, SystemExit) as error:
             result = outcomes.failed(job, error, task.retry)
         finally:
-            self._running.pop(job.id, None)
+            self._running.pop(job.lease_token, None)
             if self._backlog and self._wakeup is not None:
                 self._wakeup.set()
         if result is None or run.lease_lost:
-            self._release([job.id])
-            self.stats.counts["discarded"] += 1
+            self._release([job.lease_token])
+            self._count_discarded()
             log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
             return
-        self._log_outcome(job, result)
+        self._record(run, result)
+
+    def _record(self, run: RunningJob, result: Outcome) -> None:
+        """Queue an outcome for the flusher's next batch write."""
+        self._log_outcome(run, result)
         self._pending.append(result)
         assert self._flush_wakeup is not None
         self._flush_wakeup.set()
@@ -410,6 +482,7 @@ class Worker:
 
         def call() -> Any:
             run.started = True
+            run.started_at = time.monotonic()
             return task.handler(**kwargs)
 
         thread_future = self._executor.submit(call)
@@ -455,43 +528,65 @@ class Worker:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def _log_outcome(self, job: ClaimedJob, result: Outcome) -> None:
-        kind = result.kind
+    def _count_discarded(self) -> None:
+        self.stats.counts["discarded"] += 1
+        if self.metrics is not None:
+            self.metrics.discarded.inc()
+
+    def _log_outcome(self, run: RunningJob, result: Outcome) -> None:
+        """One log line per job event, with fields for structured (JSON) logs."""
+        job, kind = run.job, result.kind
+        duration = time.monotonic() - run.started_at if run.started else None
         self.stats.counts[kind] += 1
+        if self.metrics is not None:
+            self.metrics.outcome(kind, job.task, job.queue, duration)
+        fields = {
+            "job_id": job.id, "task": job.task, "queue": job.queue, "attempt": job.attempt,
+            "outcome": kind, "duration_ms": None if duration is None else round(duration * 1000, 3),
+        }  # fmt: skip
+        took = "" if duration is None else f" in {duration * 1000:.1f}ms"
         if kind == "succeeded":
-            log.debug("job %s (%s) succeeded on attempt %s", job.id, job.task, job.attempt)
+            log.info("job %s (%s) succeeded on attempt %s%s", job.id, job.task, job.attempt, took,
+                     extra=fields)  # fmt: skip
         elif kind == "retried":
+            fields["error"] = result.error
             log.warning(
                 "job %s (%s) failed on attempt %s/%s, retrying in %.1fs: %s",
                 job.id, job.task, job.attempt, job.max_attempts, result.delay_seconds, result.error,
+                extra=fields,
             )  # fmt: skip
         elif kind in ("dead", "gave_up"):
+            fields["error"] = result.error
             log.error(
                 "job %s (%s) is dead after attempt %s/%s: %s",
-                job.id, job.task, job.attempt, job.max_attempts, result.error,
+                job.id, job.task, job.attempt, job.max_attempts, result.error, extra=fields,
             )  # fmt: skip
         else:
-            log.info("job %s (%s) %s", job.id, job.task, kind.replace("_", " "))
+            log.info("job %s (%s) %s", job.id, job.task, kind.replace("_", " "), extra=fields)
 
     # -- leases --------------------------------------------------------------
 
     def _held_leases(self) -> list[tuple[int, uuid.UUID]]:
         with self._held_lock:
-            return list(self._held.items())
+            return [(job_id, token) for token, job_id in self._held.items()]
 
-    def _release(self, job_ids: list[int]) -> None:
+    def _release(self, lease_tokens: list[uuid.UUID]) -> None:
         with self._held_lock:
-            for job_id in job_ids:
-                self._held.pop(job_id, None)
+            for token in lease_tokens:
+                self._held.pop(token, None)
 
-    def _lease_lost_threadsafe(self, job_ids: list[int]) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._lease_lost, job_ids)
+    def _lease_lost_threadsafe(self, lost: list[tuple[int, uuid.UUID]]) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nothing left to tell
+                loop.call_soon_threadsafe(self._lease_lost, lost)
 
-    def _lease_lost(self, job_ids: list[int]) -> None:
-        for job_id in job_ids:
-            run = self._running.get(job_id)
-            if run is None or run.handing_back:
+    def _lease_lost(self, lost: list[tuple[int, uuid.UUID]]) -> None:
+        # Stop extending a lease that is gone (and stop reporting it each heartbeat).
+        self._release([token for _, token in lost])
+        for job_id, token in lost:
+            run = self._running.get(token)
+            if run is None or run.handing_back or run.lease_lost:
                 continue  # finished meanwhile: its outcome write is fenced anyway
             run.lease_lost = True
             log.warning(
@@ -510,10 +605,15 @@ class Worker:
         while True:
             await self._flush_wakeup.wait()
             self._flush_wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            self._flushing = len(batch)
             try:
-                await self._flush()
+                await self._write_outcomes(batch)
                 failures = 0
             except DATABASE_DOWN as error:
+                self._pending[:0] = batch  # kept for the retry
                 failures += 1
                 delay = backoff(failures)
                 log.warning(
@@ -522,48 +622,69 @@ class Worker:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 self._flush_wakeup.set()
-            except psycopg.Error as error:
-                # Retrying a write the database refuses would hold these leases
-                # forever: drop the outcomes and let rescue return the jobs.
-                dropped, self._pending = self._pending, []
-                self._release([o.job_id for o in dropped])
+            except asyncio.CancelledError:
+                self._pending[:0] = batch
+                raise
+            except Exception as error:
+                # One outcome the database refuses must not sink the others
+                # of its batch: write them one by one.
+                log.error("recording %d outcomes failed (%s); retrying one by one",
+                          len(batch), error)  # fmt: skip
+                await self._write_one_by_one(batch)
+            finally:
+                self._flushing = 0
+
+    async def _write_one_by_one(self, batch: list[Outcome]) -> None:
+        for index, result in enumerate(batch):
+            try:
+                await self._write_outcomes([result])
+                continue
+            except DATABASE_DOWN:
+                assert self._flush_wakeup is not None
+                self._pending[:0] = batch[index:]
+                self._flush_wakeup.set()
+                return
+            except Exception as error:
+                problem = error
+            # Record a plain failure instead, so the job is retried (or dead)
+            # rather than left running until its lease expires.
+            task = self.app.tasks[result.job.task]
+            fallback = outcomes.failed(
+                result.job,
+                RuntimeError(f"pgq could not record this job's {result.kind} outcome: {problem}"),
+                task.retry,
+            )
+            try:
+                await self._write_outcomes([fallback])
+            except Exception as error:
+                self._release([result.job.lease_token])
                 log.error(
-                    "could not record %d outcomes (%s); rescue will return their jobs "
-                    "when the leases expire", len(dropped), error,
+                    "job %s: could not record any outcome (%s); rescue will return it "
+                    "when its lease expires", result.job.id, error,
                 )  # fmt: skip
 
-    async def _flush(self) -> None:
-        """Write every pending outcome in one fenced statement."""
+    async def _write_outcomes(self, batch: list[Outcome]) -> None:
+        """Write outcomes in one fenced statement; log those the fence refused."""
         assert self._pool is not None
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        self._flushing = len(batch)
         params = {
-            "ids": [o.job_id for o in batch],
-            "lease_tokens": [o.lease_token for o in batch],
+            "ids": [o.job.id for o in batch],
+            "lease_tokens": [o.job.lease_token for o in batch],
             "statuses": [o.status.value for o in batch],
             "delays_seconds": [o.delay_seconds for o in batch],
             "refund_attempts": [o.refund_attempt for o in batch],
             "errors": [o.error for o in batch],
             "tracebacks": [o.traceback for o in batch],
         }
-        try:
-            async with self._pool.connection() as conn:
-                cursor = await conn.execute(query("finish_jobs", self.schema), params)
-                applied = {row[0] for row in await cursor.fetchall()}
-        except BaseException:
-            self._pending[:0] = batch  # keep them for the retry
-            raise
-        finally:
-            self._flushing = 0
-        self._release([o.job_id for o in batch])
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(query("finish_jobs", self.schema), params)
+            applied = {row[0] for row in await cursor.fetchall()}
+        self._release([o.job.lease_token for o in batch])
         for o in batch:
-            if o.job_id not in applied:
-                self.stats.counts["discarded"] += 1
+            if o.job.id not in applied:
+                self._count_discarded()
                 log.warning(
                     "job %s: result discarded, this worker no longer holds its lease "
-                    "(it was rescued or finished elsewhere)", o.job_id,
+                    "(it was rescued or finished elsewhere)", o.job.id,
                 )  # fmt: skip
 
     # -- wake-ups ------------------------------------------------------------
@@ -617,7 +738,8 @@ class Worker:
         self,
         flusher: asyncio.Task[None],
         listener: asyncio.Task[None] | None,
-        keeper: LeaseKeeper,
+        heartbeat: Heartbeat,
+        maintenance: Maintenance,
     ) -> None:
         # Claimed but not started (waiting for a thread): hand back at once.
         for run in list(self._running.values()):
@@ -636,15 +758,19 @@ class Worker:
             await asyncio.wait(
                 [run.future for run in leftovers if run.future is not None], timeout=5
             )
-        await self._final_flush(flusher)
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-        keeper.stop()
-        if self._pool is not None:
-            await self._pool.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            await self._final_flush(flusher)
+        finally:
+            # Whatever happened above, leave no thread or connection behind.
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+            heartbeat.stop()
+            maintenance.stop()
+            if self._pool is not None:
+                await self._pool.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped: %s", self.name, dict(self.stats.counts))
 
     def _hand_back(self, run: RunningJob) -> None:
@@ -659,7 +785,7 @@ class Worker:
         while (self._pending or self._flushing) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await flusher
         if self._pending:
             log.error(

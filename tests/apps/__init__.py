@@ -1,0 +1,1 @@
+"""pgq apps that ``pgq work`` subprocesses load in the worker tests (``tests.apps.ledger:app``)."""
