@@ -13,8 +13,10 @@ import typer
 
 from pgq.cli_admin import admin_commands
 from pgq.cli_shared import DsnOption, SchemaOption, fail, out
-from pgq.config import describe_dsn, resolve_dsn, resolve_schema
+from pgq.config import describe_dsn, parse_duration, resolve_dsn, resolve_schema
 from pgq.errors import ConfigError, PgqError
+from pgq.logs import LOG_FORMATS, configure_logging
+from pgq.retention import Retention
 
 app = typer.Typer(
     name="pgq",
@@ -84,6 +86,16 @@ def migrate(
         )
 
 
+def parse_retention(value: str, option: str) -> float | None:
+    """``"forever"`` (keep) or a duration in seconds."""
+    if value.strip().lower() in ("forever", "never", "keep"):
+        return None
+    try:
+        return parse_duration(value)
+    except ConfigError as error:
+        raise ConfigError(f"{option}: {error}, or 'forever'") from None
+
+
 def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
     """``["default", "emails=5"]`` (or comma-separated) to ``{"default": None, "emails": 5}``."""
     if not values:
@@ -102,15 +114,6 @@ def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
                     f"--queues {item!r}: the concurrency after '=' must be an integer"
                 ) from None
     return queues
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
-    )
-    # Alembic logs its plugin set-up at INFO on every run: not news to a worker's log.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -153,15 +156,39 @@ def work(
             help="On SIGTERM, how long running jobs may take before they are handed back."
         ),
     ] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on /metrics and a health check on /health."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address for the metrics server; 0.0.0.0 exposes it.")
+    ] = "127.0.0.1",
+    keep_succeeded: Annotated[
+        str, typer.Option(help="Prune succeeded jobs older than this (7d, 12h...) or 'forever'.")
+    ] = "1d",
+    keep_cancelled: Annotated[
+        str, typer.Option(help="Prune cancelled jobs older than this, or 'forever'.")
+    ] = "7d",
+    keep_dead: Annotated[
+        str, typer.Option(help="Prune dead jobs older than this, or 'forever' (operators decide).")
+    ] = "forever",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option(help="text, or json: one object per line.")] = "text",
 ) -> None:
     """Run a worker: claim and run jobs until SIGTERM or SIGINT."""
     from pgq.supervisor import Supervisor, child_environment
     from pgq.tasks import load_app
     from pgq.worker import Worker
 
-    setup_logging(log_level)
+    if log_format not in LOG_FORMATS:
+        fail(f"--log-format must be text or json, got {log_format!r}")
+    configure_logging(log_level, log_format)
     try:
+        retention = Retention(
+            succeeded_seconds=parse_retention(keep_succeeded, "--keep-succeeded"),
+            cancelled_seconds=parse_retention(keep_cancelled, "--keep-cancelled"),
+            dead_seconds=parse_retention(keep_dead, "--keep-dead"),
+        )
         dsn = resolve_dsn(dsn)
         parsed_queues = parse_queues(queues)
         app_object = load_app(app_path)  # fail here, not in N restarting children
@@ -172,19 +199,31 @@ def work(
             child = [sys.executable, "-m", "pgq", "work", app_path, "--schema", schema,
                      "--concurrency", str(concurrency), "--poll-seconds", str(poll_seconds),
                      "--lease-seconds", str(lease_seconds), "--log-level", log_level,
+                     "--log-format", log_format, "--keep-succeeded", keep_succeeded,
+                     "--keep-cancelled", keep_cancelled, "--keep-dead", keep_dead,
                      "--shutdown-grace-seconds", str(shutdown_grace_seconds)]  # fmt: skip
+            child += ["--metrics-host", metrics_host]
             for queue in queues or []:
                 child += ["--queues", queue]
             if poll_only:
                 child.append("--poll-only")
+
+            def child_argv(slot: int) -> list[str]:
+                # One metrics port per process: child N serves on --metrics-port + N.
+                if metrics_port is None:
+                    return child
+                return [*child, "--metrics-port", str(metrics_port + slot)]
+
             supervisor = Supervisor(
-                child, processes, env=child_environment(dsn), grace_seconds=shutdown_grace_seconds
-            )
+                child_argv, processes, env=child_environment(dsn),
+                grace_seconds=shutdown_grace_seconds,
+            )  # fmt: skip
             raise typer.Exit(supervisor.run())
         worker = Worker(
             app_object, dsn, schema=schema, queues=parsed_queues, concurrency=concurrency,
             poll_seconds=poll_seconds, lease_seconds=lease_seconds, listen=not poll_only,
-            shutdown_grace_seconds=shutdown_grace_seconds,
+            shutdown_grace_seconds=shutdown_grace_seconds, retention=retention,
+            metrics_port=metrics_port, metrics_host=metrics_host,
         )  # fmt: skip
         asyncio.run(worker.run(handle_signals=True))
     except PgqError as error:
@@ -211,7 +250,7 @@ def demo(
     """
     from pgq.demo import run_demo
 
-    setup_logging(log_level)
+    configure_logging(log_level)
     run_demo(dsn)
 
 

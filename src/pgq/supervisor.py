@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 log = logging.getLogger("pgq.supervisor")
@@ -27,10 +27,10 @@ MAX_RESTART_DELAY_SECONDS = 30.0
 
 class Supervisor:
     def __init__(
-        self, child_argv: Sequence[str], processes: int, *, env: dict[str, str] | None = None,
-        grace_seconds: float = 30.0,
+        self, child_argv: Callable[[int], Sequence[str]], processes: int, *,
+        env: dict[str, str] | None = None, grace_seconds: float = 30.0,
     ) -> None:  # fmt: skip
-        self.child_argv = list(child_argv)
+        self.child_argv = child_argv
         self.processes = processes
         self.env = env
         self.grace_seconds = grace_seconds
@@ -41,7 +41,7 @@ class Supervisor:
         self.signals = 0
 
     def _spawn(self, slot: int) -> None:
-        child = subprocess.Popen(self.child_argv, env=self.env)
+        child = subprocess.Popen(list(self.child_argv(slot)), env=self.env)
         self.children[slot] = child
         self.started_at[slot] = time.monotonic()
         log.info("worker process %d started (pid %d)", slot, child.pid)
