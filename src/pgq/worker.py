@@ -540,6 +540,8 @@ class Worker:
         self.stats.counts[kind] += 1
         if self.metrics is not None:
             self.metrics.outcome(kind, job.task, job.queue, duration)
+        if kind == "succeeded" and not log.isEnabledFor(logging.INFO):
+            return  # the hot path: skip building a record nobody will see
         fields = {
             "job_id": job.id, "task": job.task, "queue": job.queue, "attempt": job.attempt,
             "outcome": kind, "duration_ms": None if duration is None else round(duration * 1000, 3),
