@@ -105,6 +105,11 @@ BEGIN
             coalesce(jsonb_typeof(enqueue.args), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- The same limit as pgq.enqueue() in Python (MAX_ARGS_BYTES).
+    IF octet_length(enqueue.args::text) > 1048576 THEN
+        RAISE EXCEPTION 'pgq: job args are % bytes of JSON, over the 1048576-byte limit',
+            octet_length(enqueue.args::text) USING ERRCODE = 'program_limit_exceeded';
+    END IF;
     LOOP
         INSERT INTO {schema}.jobs AS j
             (task, args, queue, priority, run_at, max_attempts, dedupe_key)

@@ -12,7 +12,7 @@ import psycopg
 import typer
 
 from pgq.cli_admin import admin_commands
-from pgq.cli_shared import DsnOption, SchemaOption, fail, out
+from pgq.cli_shared import DsnOption, SchemaOption, database, fail, out
 from pgq.config import describe_dsn, parse_duration, resolve_dsn, resolve_schema
 from pgq.errors import ConfigError, PgqError
 from pgq.logs import LOG_FORMATS, configure_logging
@@ -236,6 +236,39 @@ def work(
         )
         logging.shutdown()
         os._exit(0)
+
+
+@app.command()
+def roles(
+    dsn: DsnOption = None,
+    schema: SchemaOption = None,
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the statements instead of applying them.")
+    ] = False,
+) -> None:
+    """Create the least-privilege roles <schema>_producer, _worker and _operator.
+
+    Group roles (NOLOGIN): grant them to your login roles. Applying needs
+    CREATEROLE and ownership of pgq's schema; safe to run again after `pgq migrate`.
+    """
+    from pgq import roles as least_privilege
+
+    try:
+        if sql:
+            schema = resolve_schema(schema)
+            sys.stdout.write(least_privilege.roles_sql(schema).as_string(None) + ";\n")
+            return
+        with database(dsn, schema) as (conn, schema_name):
+            names = least_privilege.grant_roles(conn, schema_name)
+    except PgqError as error:
+        fail(str(error), dsn)
+    except psycopg.errors.InsufficientPrivilege as error:
+        fail(f"not allowed to create roles or grant on schema: {error}", dsn)
+    out.print(
+        f"roles ready: {names.producer}, {names.worker}, {names.operator}; "
+        f"grant them to login roles, e.g. GRANT {names.producer} TO my_web_app;",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -28,6 +28,9 @@ DEFAULT_MAX_ATTEMPTS = 5
 MAX_PRIORITY = 2**31 - 1
 MAX_ATTEMPTS_LIMIT = 1_000_000
 MAX_DEDUPE_KEY_LENGTH = 500
+# Args are for identifiers and small values; a bigger payload belongs in your
+# own table or object store, with its key in the args. Checked in SQL too.
+MAX_ARGS_BYTES = 1_048_576
 # enqueue_many validates and COPYs this many jobs, then moves them into the
 # table in one statement: memory stays bounded for a generator of any length.
 ENQUEUE_MANY_CHUNK = 10_000
@@ -119,9 +122,14 @@ def encode_args(args: Mapping[str, Any] | None) -> str:
             raise InvalidJobError(f"job args keys must be strings, got {key!r}")
     try:
         text = _JSON_ENCODER.encode(dict(args) if type(args) is not dict else args)
-        text.encode()  # a lone surrogate ("\ud800") is not UTF-8: PostgreSQL refuses it
+        size = len(text.encode())  # a lone surrogate ("\ud800") is not UTF-8: refused here
     except (TypeError, ValueError, RecursionError) as error:
         raise InvalidJobError(f"job args must be JSON-serialisable: {error}") from None
+    if size > MAX_ARGS_BYTES:
+        raise InvalidJobError(
+            f"job args are {size:,} bytes of JSON, over the {MAX_ARGS_BYTES:,}-byte limit: "
+            "store large payloads elsewhere and pass their key"
+        )
     # JSON escapes control characters, so a NUL shows up as \u0000; confirm on the
     # (rare) hit, since an escaped backslash followed by "u0000" looks the same.
     if "\\u0000" in text and _contains_nul(args):

@@ -312,3 +312,42 @@ SELECT {schema}.refresh_queue_stats(%(max_age_seconds)s * interval '1 second');
 SELECT queue, due, scheduled, running, lease_expired, lag_seconds
 FROM {schema}.queue_stats_snapshot
 ORDER BY queue;
+
+-- grant_roles: create the three least-privilege group roles (NOLOGIN) and grant each only what its job needs; safe to re-run
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {producer_name}) THEN
+        CREATE ROLE {producer} NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {worker_name}) THEN
+        CREATE ROLE {worker} NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {operator_name}) THEN
+        CREATE ROLE {operator} NOLOGIN;
+    END IF;
+END
+$$;
+-- Functions are executable by everyone unless revoked; only these roles get them.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {schema} FROM PUBLIC;
+GRANT USAGE ON SCHEMA {schema} TO {producer}, {worker}, {operator};
+GRANT SELECT ON {schema}.alembic_version TO {producer}, {worker}, {operator};
+-- Producer: enqueue, and nothing else (it cannot read args, claim or change jobs).
+GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {producer};
+GRANT INSERT ON {schema}.jobs TO {producer};
+GRANT SELECT (id, queue, status, dedupe_key) ON {schema}.jobs TO {producer};
+-- Worker: claim, heartbeat, finish, rescue and prune jobs; refresh the metrics snapshot.
+GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {worker};
+GRANT SELECT ON {schema}.queue_stats TO {worker};
+GRANT SELECT, INSERT, DELETE ON {schema}.queue_stats_snapshot TO {worker};
+GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {worker};
+GRANT EXECUTE ON FUNCTION {schema}.refresh_queue_stats(interval) TO {worker};
+-- Operator: inspect everything, requeue, cancel, retry and prune; enqueue by hand.
+GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {operator};
+GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.requeue(bigint) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.cancel(bigint) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.retry_now(bigint) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {operator};
+GRANT INSERT ON {schema}.jobs TO {operator};
