@@ -490,9 +490,9 @@ def test_names_with_every_allowed_punctuation_are_accepted(conn: Conn) -> None:
 # --- args round-trip -----------------------------------------------------------------------
 
 
-def test_one_megabyte_of_args_round_trips_exactly(conn: Conn) -> None:
+def test_args_just_under_the_size_limit_round_trip_exactly(conn: Conn) -> None:
     args = {
-        "blob": "é☃x" * 350_000,
+        "blob": "é☃x" * 150_000,
         "rows": [{"id": n, "score": n / 7, "ok": n % 2 == 0, "note": None} for n in range(2_000)],
     }
 
@@ -568,3 +568,23 @@ def test_enqueue_works_on_a_connection_with_a_dict_row_factory(dsn: str) -> None
         assert len(ids) == 2
         row = conn.execute("SELECT count(*) AS n FROM pgq.jobs").fetchone()
     assert row is not None and row["n"] == 3
+
+
+def test_args_over_the_size_limit_are_refused_and_nothing_is_written(conn: Conn) -> None:
+    from pgq.enqueue import MAX_ARGS_BYTES
+
+    before = conn.execute("SELECT count(*) FROM pgq.jobs").fetchone()
+    for size in (MAX_ARGS_BYTES + 1, 10 * 1024 * 1024):
+        with pytest.raises(pgq.InvalidJobError, match="over the 1,048,576-byte limit"):
+            pgq.enqueue(conn, "import_rows", {"blob": "x" * size})
+        with pytest.raises(pgq.InvalidJobError, match="byte limit"):
+            pgq.enqueue_many(conn, [pgq.JobSpec("import_rows", {"blob": "x" * size})])
+    assert conn.execute("SELECT count(*) FROM pgq.jobs").fetchone() == before
+
+
+def test_sql_enqueue_refuses_args_over_the_size_limit(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="byte limit"):
+        conn.execute(
+            "SELECT * FROM pgq.enqueue('import_rows', jsonb_build_object('blob', repeat('x', %s)))",
+            [2 * 1024 * 1024],
+        )
