@@ -6,13 +6,13 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import typer
 
 from pgq.cli_admin import admin_commands
-from pgq.cli_shared import DsnOption, SchemaOption, database, fail, out
+from pgq.cli_shared import DsnOption, SchemaOption, database, err, fail, out
 from pgq.config import describe_dsn, parse_duration, resolve_dsn, resolve_schema
 from pgq.errors import ConfigError, PgqError
 from pgq.logs import LOG_FORMATS, configure_logging
@@ -269,6 +269,63 @@ def roles(
         f"grant them to login roles, e.g. GRANT {names.producer} TO my_web_app;",
         highlight=False,
     )
+
+
+@app.command()
+def bench(
+    dsn: DsnOption = None,
+    single_jobs: Annotated[
+        int, typer.Option(min=1, help="Jobs enqueued one per transaction.")
+    ] = 1_000,
+    bulk_jobs: Annotated[
+        int, typer.Option(min=1, help="Jobs enqueued in bulk, then drained.")
+    ] = 50_000,
+    latency_jobs: Annotated[
+        int, typer.Option(min=1, help="Jobs timed from commit to start.")
+    ] = 200,
+    rate: Annotated[float, typer.Option(min=0.1, help="Latency jobs enqueued per second.")] = 20.0,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Worker concurrency for the drain.")
+    ] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Measure enqueue, drain and pickup latency on your database (a temporary schema).
+
+    The schema is created, used and dropped; the load is real, so choose the moment.
+    """
+    import json
+
+    from rich.progress import Progress as RichProgress
+    from rich.table import Table
+
+    from pgq.bench import BenchSettings, describe, run_bench
+
+    settings = BenchSettings(single_jobs, bulk_jobs, latency_jobs, rate, concurrency)
+    logging.getLogger("pgq").setLevel(logging.WARNING)
+    try:
+        target = resolve_dsn(dsn)
+        with RichProgress(console=err, transient=True) as bars:
+            tasks: dict[str, Any] = {}
+
+            def progress(scenario: str, done: int, total: int) -> None:
+                if scenario not in tasks:
+                    tasks[scenario] = bars.add_task(scenario, total=total)
+                bars.update(tasks[scenario], completed=done)
+
+            result = run_bench(target, settings, progress)
+    except PgqError as error:
+        fail(str(error), dsn)
+    except psycopg.OperationalError as error:
+        fail(f"cannot connect to {describe_dsn(target)}: {error}", target)
+    if as_json:
+        typer.echo(json.dumps({"settings": describe(settings), "figures": result.figures}))
+        return
+    table = Table(title=f"pgq bench on {describe_dsn(target)}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in result.figures.items():
+        table.add_row(name, f"{value:,.1f}")
+    out.print(table)
 
 
 @app.command()

@@ -351,3 +351,11 @@ GRANT EXECUTE ON FUNCTION {schema}.retry_now(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {operator};
 GRANT INSERT ON {schema}.jobs TO {operator};
+
+-- count_unfinished_jobs: jobs still queued or running (`pgq bench` waits for zero)
+SELECT count(*)
+FROM {schema}.jobs
+WHERE status IN ('queued', 'running');
+
+-- drop_schema: remove a temporary pgq schema and everything in it (`pgq bench` cleaning up)
+DROP SCHEMA IF EXISTS {schema} CASCADE;
