@@ -22,7 +22,7 @@ import psycopg
 from pgq.enqueue import JobSpec, enqueue, enqueue_many
 from pgq.migrate import migrate
 from pgq.queries import query
-from pgq.tasks import App
+from pgq.tasks import App, JobContext
 from pgq.worker import Worker
 
 POLL_SECONDS = 0.02
@@ -121,12 +121,14 @@ def bench_drain(dsn: str, schema: str, total: int, concurrency: int, progress: P
 async def _latency(
     dsn: str, schema: str, count: int, rate: float, progress: Progress
 ) -> list[float]:
-    delays: list[float] = []
+    """Seconds from each job's commit to its handler's start, for ``count`` paced jobs."""
+    committed: dict[int, float] = {}
+    started: dict[int, float] = {}
     app = App()
 
     @app.task(name="ping")
-    async def ping(sent: float) -> None:
-        delays.append(time.time() - sent)
+    async def ping(ctx: JobContext) -> None:
+        started[ctx.job_id] = time.time()
 
     worker = Worker(app, dsn, schema=schema, concurrency=10, poll_seconds=5.0)
     running = asyncio.create_task(worker.run())
@@ -138,14 +140,17 @@ async def _latency(
             await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
             next_send += interval
             async with conn.transaction():
-                await app.tasks["ping"].enqueue_async(conn, {"sent": time.time()}, schema=schema)
+                job = await app.tasks["ping"].enqueue_async(conn, schema=schema)
+            committed[job.id] = time.time()
             progress("latency", number + 1, count)
     deadline = time.monotonic() + 10
-    while len(delays) < count and time.monotonic() < deadline:
+    while len(started) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     worker.request_stop()
     await running
-    return delays
+    # A handler may start before the producer reads its clock after COMMIT
+    # returns; that counts as zero, not as a negative latency.
+    return [max(0.0, started[i] - committed[i]) for i in committed if i in started]
 
 
 def percentile(values: list[float], fraction: float) -> float:
