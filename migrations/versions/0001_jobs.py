@@ -37,7 +37,8 @@ CREATE TABLE {schema}.jobs (
     -- New at every claim; every write that finishes a job must match it (the fence).
     lease_token  uuid,
     last_error   text,
-    -- One object per failed attempt: attempt, at, worker, error, traceback.
+    -- History, oldest first: one object per failed attempt (attempt, at, worker,
+    -- error, traceback) and per operator action (at, event, by).
     errors       jsonb NOT NULL DEFAULT '[]'::jsonb,
     dedupe_key   text,
     created_at   timestamptz NOT NULL DEFAULT now(),
@@ -105,7 +106,7 @@ BEGIN
             coalesce(jsonb_typeof(enqueue.args), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- The same limit as pgq.enqueue() in Python (MAX_ARGS_BYTES).
+    -- The same limit as enqueue() in Python (MAX_ARGS_BYTES).
     IF octet_length(enqueue.args::text) > 1048576 THEN
         RAISE EXCEPTION 'pgq: job args are % bytes of JSON, over the 1048576-byte limit',
             octet_length(enqueue.args::text) USING ERRCODE = 'program_limit_exceeded';

@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 
 These views and functions are pgq's versioned API for operators (the jobs table
-itself is private and may change). docs/operations/sql.md is their cookbook.
+itself is private and may change). docs/sql.md is their cookbook.
 """
 
 from __future__ import annotations
@@ -97,14 +97,16 @@ COMMENT ON VIEW {schema}.job_counts IS
 -- The dead-letter queue: jobs that exhausted their attempts or gave up.
 CREATE VIEW {schema}.dead_jobs AS
 SELECT id, queue, task, args, attempts, max_attempts, last_error,
-       jsonb_array_length(errors) AS failures, errors, created_at, finished_at AS died_at
+       (SELECT count(*) FROM jsonb_array_elements(errors) AS entry WHERE entry ? 'error')
+           AS failures,
+       errors, created_at, finished_at AS died_at
 FROM {schema}.jobs
 WHERE status = 'dead';
 
 COMMENT ON VIEW {schema}.dead_jobs IS
     'Dead jobs (the dead-letter queue) with their last error and error history.';
 
--- Running jobs with their worker and lease, longest-running first.
+-- Running jobs with their worker and lease.
 CREATE VIEW {schema}.running_jobs AS
 SELECT id, queue, task, attempts, max_attempts, locked_by AS worker, started_at,
        locked_until, locked_until < now() AS lease_expired,
@@ -152,14 +154,16 @@ COMMENT ON FUNCTION {schema}.requeue(bigint) IS
 
 -- Requeue every dead job matching all the filters given (NULL: any), at most
 -- max_jobs of them, oldest death first. Returns the requeued ids. A job whose
--- dedupe key is now held by an unfinished job is skipped.
+-- dedupe key is now held by an unfinished job is skipped. job_ids limits the
+-- candidates to a page of ids (how `pgq requeue` batches a large requeue).
 CREATE FUNCTION {schema}.requeue_dead(
     task text DEFAULT NULL,
     queue text DEFAULT NULL,
     error_pattern text DEFAULT NULL,
     died_after timestamptz DEFAULT NULL,
     died_before timestamptz DEFAULT NULL,
-    max_jobs integer DEFAULT NULL
+    max_jobs integer DEFAULT NULL,
+    job_ids bigint[] DEFAULT NULL
 ) RETURNS SETOF bigint
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
@@ -175,6 +179,7 @@ BEGIN
           AND (error_pattern IS NULL OR j.last_error ILIKE error_pattern)
           AND (died_after IS NULL OR j.finished_at >= died_after)
           AND (died_before IS NULL OR j.finished_at < died_before)
+          AND (job_ids IS NULL OR j.id = ANY(job_ids))
         ORDER BY j.finished_at, j.id
         LIMIT max_jobs
         FOR UPDATE SKIP LOCKED
@@ -191,7 +196,8 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer) IS
+COMMENT ON FUNCTION
+    {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) IS
     'Requeue dead jobs matching task, queue, error ILIKE pattern and death time; returns ids.';
 
 -- Cancel a job that has not started (edge: queued -> cancelled).
@@ -288,7 +294,7 @@ DOWNGRADE = """
 DROP FUNCTION {schema}.prune(text, interval, integer);
 DROP FUNCTION {schema}.retry_now(bigint);
 DROP FUNCTION {schema}.cancel(bigint);
-DROP FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer);
+DROP FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]);
 DROP FUNCTION {schema}.requeue(bigint);
 DROP VIEW {schema}.running_jobs;
 DROP VIEW {schema}.dead_jobs;

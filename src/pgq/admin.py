@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema
 from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError
@@ -64,6 +65,18 @@ class JobDetail(JobSummary):
 
 
 @dataclass(frozen=True, slots=True)
+class DeadJob:
+    """A dead job as a requeue by filter sees it."""
+
+    id: int
+    queue: str
+    task: str
+    attempts: int
+    died_at: datetime
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeadJobFilter:
     """Which dead jobs a bulk requeue touches; None matches anything.
 
@@ -94,7 +107,7 @@ def _job_errors(job_id: int) -> Iterator[None]:
 
 def queue_stats(conn: psycopg.Connection[Any], *, schema: str | None = None) -> list[QueueStats]:
     """Jobs due, scheduled, running and the lag of every queue with unfinished jobs."""
-    rows = conn.execute(query("queue_stats", resolve_schema(schema))).fetchall()
+    rows = _fetch(conn, "queue_stats", schema)
     return [QueueStats(*row) for row in rows]
 
 
@@ -102,7 +115,7 @@ def job_counts(
     conn: psycopg.Connection[Any], *, schema: str | None = None
 ) -> list[tuple[str, str, int]]:
     """(queue, status, jobs) over the whole table, finished jobs included."""
-    rows = conn.execute(query("job_counts", resolve_schema(schema))).fetchall()
+    rows = _fetch(conn, "job_counts", schema)
     return [(str(q), str(s), int(n)) for q, s, n in rows]
 
 
@@ -121,16 +134,16 @@ def list_jobs(
         status = _status(status)
     _check_aware("since", since)
     params = {"status": status, "queue": queue, "task": task, "since": since, "limit": limit}
-    rows = conn.execute(query("list_jobs", resolve_schema(schema)), params).fetchall()
+    rows = _fetch(conn, "list_jobs", schema, params)
     return [JobSummary(*row) for row in rows]
 
 
 def get_job(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> JobDetail:
     """One job with its args and error history; JobNotFoundError if there is none."""
-    row = conn.execute(query("get_job", resolve_schema(schema)), {"id": job_id}).fetchone()
-    if row is None:
+    rows = _fetch(conn, "get_job", schema, {"id": job_id})
+    if not rows:
         raise JobNotFoundError(f"no job with id {job_id}")
-    return JobDetail(*row)
+    return JobDetail(*rows[0])
 
 
 def requeue(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
@@ -140,7 +153,7 @@ def requeue(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = 
     would run twice.
     """
     with _job_errors(job_id), conn.transaction():
-        conn.execute(query("requeue_job", resolve_schema(schema)), {"id": job_id})
+        _fetch(conn, "requeue_job", schema, {"id": job_id})
 
 
 def find_dead_jobs(
@@ -148,19 +161,14 @@ def find_dead_jobs(
     where: DeadJobFilter,
     *,
     limit: int | None = None,
+    after_id: int = 0,
     schema: str | None = None,
-) -> list[JobSummary]:
-    """The dead jobs ``requeue_dead`` would requeue (its dry run)."""
+) -> list[DeadJob]:
+    """The dead jobs ``requeue_dead`` would requeue, in id order (its dry run)."""
     _check_aware("died_after", where.died_after)
     _check_aware("died_before", where.died_before)
-    params = {**where.params(), "limit": limit}
-    rows = conn.execute(query("find_dead_jobs", resolve_schema(schema)), params).fetchall()
-    return [
-        JobSummary(
-            id, queue, task, "dead", 0, attempts, attempts, died, died, None, died, None, err
-        )
-        for id, queue, task, attempts, died, err in rows
-    ]
+    params = {**where.params(), "limit": limit, "after_id": after_id}
+    return [DeadJob(*row) for row in _fetch(conn, "find_dead_jobs", schema, params)]
 
 
 def requeue_dead(
@@ -171,36 +179,42 @@ def requeue_dead(
     on_batch: Callable[[int], None] | None = None,
     schema: str | None = None,
 ) -> list[int]:
-    """Requeue every dead job matching ``where``, one committed batch at a time.
+    """Requeue every dead job matching ``where``, one committed page of ids at a time.
 
-    Batches keep locks short on a large dead-letter queue; ``on_batch`` gets each
-    batch's size (for a progress bar). Returns the ids requeued.
+    Pages keep locks short on a large dead-letter queue and move on past jobs
+    that are skipped (their dedupe key is held by an unfinished job), which stay
+    dead. ``on_batch`` gets each page's size (for a progress bar). Returns the
+    ids requeued.
     """
-    _check_aware("died_after", where.died_after)
-    _check_aware("died_before", where.died_before)
     schema = resolve_schema(schema)
     requeued: list[int] = []
+    after_id = 0
     while True:
+        page = [job.id for job in find_dead_jobs(
+            conn, where, limit=batch_size, after_id=after_id, schema=schema
+        )]  # fmt: skip
+        if not page:
+            return requeued
+        params = {**where.params(), "job_ids": page}
         with conn.transaction():
-            params = {**where.params(), "limit": batch_size}
-            ids = [row[0] for row in conn.execute(query("requeue_dead_jobs", schema), params)]
-        requeued.extend(ids)
+            requeued += [row[0] for row in _fetch(conn, "requeue_dead_jobs", schema, params)]
         if on_batch is not None:
-            on_batch(len(ids))
-        if len(ids) < batch_size:
+            on_batch(len(page))
+        after_id = page[-1]
+        if len(page) < batch_size:
             return requeued
 
 
 def cancel(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
     """Cancel a queued job before it runs; JobStateError once it has started."""
     with _job_errors(job_id), conn.transaction():
-        conn.execute(query("cancel_job", resolve_schema(schema)), {"id": job_id})
+        _fetch(conn, "cancel_job", schema, {"id": job_id})
 
 
 def retry_now(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
     """Make a queued job (waiting for its backoff or schedule) due now."""
     with _job_errors(job_id), conn.transaction():
-        conn.execute(query("retry_job_now", resolve_schema(schema)), {"id": job_id})
+        _fetch(conn, "retry_job_now", schema, {"id": job_id})
 
 
 def prune(
@@ -225,11 +239,20 @@ def prune(
     total = 0
     while True:
         with conn.transaction():
-            row = conn.execute(query("prune_jobs", schema), params).fetchone()
-        deleted = int(row[0]) if row else 0
+            rows = _fetch(conn, "prune_jobs", schema, params)
+        deleted = int(rows[0][0]) if rows else 0
         total += deleted
         if deleted < batch_size:
             return total
+
+
+def _fetch(
+    conn: psycopg.Connection[Any], name: str, schema: str | None, params: Any = None
+) -> list[tuple[Any, ...]]:
+    """Run a named query on a tuple-row cursor: the caller's connection may use dict_row."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        cursor.execute(query(name, resolve_schema(schema)), params)
+        return cursor.fetchall() if cursor.description else []
 
 
 def _status(value: JobStatus | str) -> JobStatus:

@@ -88,7 +88,7 @@ def migrate(
 
 def parse_retention(value: str, option: str) -> float | None:
     """``"forever"`` (keep) or a duration in seconds."""
-    if value.strip().lower() in ("forever", "never", "keep"):
+    if value.strip().lower() == "forever":
         return None
     try:
         return parse_duration(value)

@@ -301,7 +301,7 @@ def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_r
                 escape(found.queue),
                 escape(found.task),
                 str(found.attempts),
-                _age(found.finished_at),
+                _age(found.died_at),
                 escape((found.last_error or "")[:120]),
             )
         if len(matching) > 100:

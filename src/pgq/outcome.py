@@ -15,7 +15,7 @@ MAX_ERROR_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 20_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """The next state of one job, fenced by the lease token of the claim that ran it."""
 
@@ -27,6 +27,8 @@ class Outcome:
     refund_attempt: bool = False
     error: str | None = None
     traceback: str | None = None
+    #: How long the handler ran, set by the worker (None if it never started).
+    duration_seconds: float | None = None
 
 
 def storable(text: str) -> str:

@@ -270,7 +270,7 @@ SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, 
 FROM {schema}.jobs
 WHERE id = %(id)s;
 
--- find_dead_jobs: dead jobs a requeue by filter would touch, oldest death first (dry run)
+-- find_dead_jobs: one page of the dead jobs a requeue by filter touches, in id order after %(after_id)s (dry run, batching)
 SELECT id, queue, task, attempts, finished_at, last_error
 FROM {schema}.jobs
 WHERE status = 'dead'
@@ -279,13 +279,14 @@ WHERE status = 'dead'
   AND (%(error_pattern)s::text IS NULL OR last_error ILIKE %(error_pattern)s)
   AND (%(died_after)s::timestamptz IS NULL OR finished_at >= %(died_after)s)
   AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s)
-ORDER BY finished_at, id
+  AND id > %(after_id)s
+ORDER BY id
 LIMIT %(limit)s;
 
 -- requeue_job: requeue one dead or cancelled job through the operators' function (edge: dead | cancelled -> queued)
 SELECT {schema}.requeue(%(id)s);
 
--- requeue_dead_jobs: requeue one batch of dead jobs matching the filters (edge: dead -> queued)
+-- requeue_dead_jobs: requeue one page of dead jobs (ids from find_dead_jobs) still matching the filters (edge: dead -> queued)
 SELECT requeued
 FROM {schema}.requeue_dead(
     task => %(task)s,
@@ -293,7 +294,7 @@ FROM {schema}.requeue_dead(
     error_pattern => %(error_pattern)s,
     died_after => %(died_after)s,
     died_before => %(died_before)s,
-    max_jobs => %(limit)s
+    job_ids => %(job_ids)s::bigint[]
 ) AS requeued;
 
 -- cancel_job: cancel a queued job through the operators' function (edge: queued -> cancelled)
@@ -345,7 +346,7 @@ GRANT EXECUTE ON FUNCTION {schema}.refresh_queue_stats(interval) TO {worker};
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {operator};
 GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue(bigint) TO {operator};
-GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.cancel(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.retry_now(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {operator};

@@ -39,6 +39,7 @@ class Supervisor:
         self.quick_deaths: dict[int, int] = {}
         self.restart_at: dict[int, float] = {}
         self.signals = 0
+        self.alive_at_stop: set[int] = set()
 
     def _spawn(self, slot: int) -> None:
         child = subprocess.Popen(list(self.child_argv(slot)), env=self.env)
@@ -48,6 +49,8 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals += 1
+        if self.signals == 1:
+            self.alive_at_stop = {s for s, c in self.children.items() if c.poll() is None}
         # The first signal asks children for a graceful stop; a second one is
         # passed on too, and children exit at once on their second.
         for child in self.children.values():
@@ -93,8 +96,14 @@ class Supervisor:
         self.restart_at[slot] = time.monotonic() + delay
 
     def _wait_for_children(self) -> int:
+        """Wait for the children that were running at the stop; 1 if one of them failed.
+
+        A child that had died before the stop (awaiting its restart) was already
+        reported when it died: it does not make a clean shutdown a failure.
+        """
+        stopping = [c for slot, c in self.children.items() if slot in self.alive_at_stop]
         deadline = time.monotonic() + self.grace_seconds + 20
-        for child in self.children.values():
+        for child in stopping:
             remaining = max(0.0, deadline - time.monotonic())
             try:
                 child.wait(timeout=remaining)
@@ -102,7 +111,7 @@ class Supervisor:
                 log.warning("worker pid %d did not stop in time; killing it", child.pid)
                 child.kill()
                 child.wait()
-        failed = [c.returncode for c in self.children.values() if c.returncode not in (0, None)]
+        failed = [c.returncode for c in stopping if c.returncode != 0]
         if failed:
             log.warning("worker processes exited with codes %s", failed)
             return 1

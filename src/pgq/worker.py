@@ -9,7 +9,6 @@ separate thread (lease.py). Every outcome is fenced by its lease token.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -27,10 +26,13 @@ import psycopg
 import psycopg_pool
 
 from pgq import outcome as outcomes
-from pgq.config import resolve_schema, wakeup_channel, worker_conninfo
+from pgq.config import resolve_schema, worker_conninfo
 from pgq.errors import ConfigError, GiveUp, Snooze
+from pgq.finish import DATABASE_DOWN, OutcomeWriter, backoff
 from pgq.job import ClaimedJob
 from pgq.lease import Heartbeat
+from pgq.listen import listen_for_wakeups
+from pgq.logs import log_job_event
 from pgq.maintenance import Maintenance
 from pgq.metrics import DEFAULT_HOST, QueueStatsCollector, WorkerMetrics, serve
 from pgq.migrate import check_schema
@@ -38,34 +40,14 @@ from pgq.outcome import Outcome
 from pgq.queries import query
 from pgq.rescue import RescuedJob
 from pgq.retention import Retention
-from pgq.tasks import App, JobContext, Task
+from pgq.runner import HandlerRunner, HandlerTimeout, RunningJob, args_mismatch
+from pgq.tasks import App, JobContext
 
 log = logging.getLogger("pgq.worker")
 
-# Errors that mean "the database is unreachable right now": retried with backoff.
-DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
-MAX_BACKOFF_SECONDS = 10.0
 STARTUP_TIMEOUT_SECONDS = 60.0
 FINAL_FLUSH_SECONDS = 15.0
 DUPLICATE_SIGNAL_SECONDS = 1.0
-
-
-class HandlerTimeout(TimeoutError):
-    """A handler ran past its task's timeout."""
-
-
-@dataclass(eq=False, slots=True)
-class RunningJob:
-    """A claimed job from claim to outcome."""
-
-    job: ClaimedJob
-    task: Task
-    future: asyncio.Task[None] | None = None
-    thread_future: concurrent.futures.Future[Any] | None = None
-    started: bool = False
-    started_at: float = 0.0  # time.monotonic() when the handler began
-    handing_back: bool = False
-    lease_lost: bool = False
 
 
 @dataclass(slots=True)
@@ -78,10 +60,6 @@ class WorkerStats:
 def worker_name() -> str:
     """``host:pid:random``: who holds a lease, as shown in ``locked_by``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def backoff(failures: int) -> float:
-    return float(min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** min(failures, 10)))
 
 
 class Worker:
@@ -151,9 +129,6 @@ class Worker:
         self._running: dict[uuid.UUID, RunningJob] = {}
         self._held: dict[uuid.UUID, int] = {}  # leases to extend: running or outcome unwritten
         self._held_lock = threading.Lock()
-        self._pending: list[Outcome] = []
-        self._flushing = 0  # outcomes in the write now in flight
-        self._stuck_threads = 0  # sync handlers past their deadline, still holding a thread
         self._backlog = True  # the last claim filled its batch: more may be due
         self._claim_rounds = 0
         self._stopping = False
@@ -161,10 +136,8 @@ class Worker:
         self._first_signal_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
-        self._flush_wakeup: asyncio.Event | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=concurrency, thread_name_prefix="pgq-handler"
-        )
+        self._runner = HandlerRunner(concurrency, on_thread_freed=self._wake)
+        self._writer: OutcomeWriter | None = None
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
 
     # -- public --------------------------------------------------------------
@@ -172,7 +145,7 @@ class Worker:
     @property
     def stuck_threads(self) -> int:
         """Sync handlers still running after their job timed out or was handed back."""
-        return self._stuck_threads
+        return self._runner.stuck_threads
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown: stop claiming, let running jobs finish."""
@@ -208,7 +181,6 @@ class Worker:
         """Work until ``request_stop()`` (or SIGTERM/SIGINT with ``handle_signals``)."""
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._flush_wakeup = asyncio.Event()
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
@@ -246,10 +218,17 @@ class Worker:
         )
         maintenance.start()
         metrics_server = self._serve_metrics(heartbeat)
-        flusher = asyncio.create_task(self._flush_loop(), name="pgq-flush")
-        listener = (
-            asyncio.create_task(self._listen_loop(), name="pgq-listen") if self.listen else None
-        )
+        self._writer = OutcomeWriter(
+            self._pool, self.schema, self.app.tasks,
+            release=self._release, applied=self._count_outcome, discarded=self._count_discarded,
+        )  # fmt: skip
+        flusher = asyncio.create_task(self._writer.run(), name="pgq-flush")
+        listener = None
+        if self.listen:
+            listener = asyncio.create_task(
+                listen_for_wakeups(self.dsn, self.schema, self._serves, self._wake_for_due_job),
+                name="pgq-listen",
+            )
         log.info(
             "worker %s started: tasks %s, queues %s, concurrency %d, lease %gs, %s",
             self.name, ", ".join(self.task_names),
@@ -325,7 +304,7 @@ class Worker:
         self._wakeup.clear()
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._running) - self._stuck_threads
+        return self.concurrency - len(self._running) - self._runner.stuck_threads
 
     def _queue_room(self, queue: str, limit: int | None) -> int:
         free = self._free_slots()
@@ -397,12 +376,7 @@ class Worker:
             kwargs = {**job.args, "ctx": self._context(job)}
         result: Outcome | None
         try:
-            if task.is_async:
-                run.started = True
-                run.started_at = time.monotonic()
-                await self._run_async(task, kwargs)
-            else:
-                await self._run_in_thread(run, kwargs)
+            await self._runner.call(run, kwargs)
             result = outcomes.succeeded(job)
         except asyncio.CancelledError as error:
             if run.handing_back:
@@ -428,7 +402,7 @@ class Worker:
             result = outcomes.failed(job, error, task.retry)
         except TypeError as error:
             # Args that cannot bind to the handler will never work: no retry.
-            if _args_mismatch(task, kwargs):
+            if args_mismatch(task, kwargs):
                 result = outcomes.gave_up(
                     job, f"args do not match {task.name}'s signature: {error}"
                 )
@@ -450,9 +424,8 @@ class Worker:
     def _record(self, run: RunningJob, result: Outcome) -> None:
         """Queue an outcome for the flusher's next batch write."""
         self._log_outcome(run, result)
-        self._pending.append(result)
-        assert self._flush_wakeup is not None
-        self._flush_wakeup.set()
+        assert self._writer is not None
+        self._writer.add(result)
         if result.delay_seconds is not None and result.delay_seconds < self.poll_seconds:
             # A short retry or snooze would otherwise wait for the next poll.
             assert self._loop is not None
@@ -464,67 +437,12 @@ class Worker:
             max_attempts=job.max_attempts, worker=self.name, enqueued_at=job.created_at,
         )  # fmt: skip
 
-    @staticmethod
-    async def _run_async(task: Task, kwargs: dict[str, Any]) -> None:
-        if task.timeout_seconds is None:
-            await task.handler(**kwargs)
-            return
-        try:
-            async with asyncio.timeout(task.timeout_seconds):
-                await task.handler(**kwargs)
-        except TimeoutError as error:
-            raise HandlerTimeout(
-                f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
-            ) from error
-
-    async def _run_in_thread(self, run: RunningJob, kwargs: dict[str, Any]) -> None:
-        task = run.task
-
-        def call() -> Any:
-            run.started = True
-            run.started_at = time.monotonic()
-            return task.handler(**kwargs)
-
-        thread_future = self._executor.submit(call)
-        run.thread_future = thread_future
-        waiter = asyncio.wrap_future(thread_future)
-        try:
-            # asyncio.wait never cancels the thread's future: a thread cannot be
-            # interrupted, so at the deadline we fail the job and let the fence
-            # discard whatever the thread returns later.
-            done, _ = await asyncio.wait({waiter}, timeout=task.timeout_seconds)
-        except asyncio.CancelledError:
-            if not thread_future.cancel():
-                self._count_stuck(thread_future)
-            raise
-        if not done:
-            self._count_stuck(thread_future)
-            raise HandlerTimeout(
-                f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
-                " (the thread is still running; its result will be discarded)"
-            )
-        waiter.result()
-
-    def _count_stuck(self, thread_future: concurrent.futures.Future[Any]) -> None:
-        """Keep a timed-out sync handler's thread counted as busy until it really ends."""
-        self._stuck_threads += 1
-        loop = self._loop
-        assert loop is not None
-
-        def release(_: concurrent.futures.Future[Any]) -> None:
-            # The worker may be gone already (Python API, loop closed): nothing to tell.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._thread_ended)
-
-        thread_future.add_done_callback(release)
-
     def _wake_for_due_job(self) -> None:
+        """A job is due (enqueued, or a short retry): claim even after a short claim."""
         self._backlog = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wake()
 
-    def _thread_ended(self) -> None:
-        self._stuck_threads -= 1
+    def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -534,37 +452,16 @@ class Worker:
             self.metrics.discarded.inc()
 
     def _log_outcome(self, run: RunningJob, result: Outcome) -> None:
-        """One log line per job event, with fields for structured (JSON) logs."""
-        job, kind = run.job, result.kind
-        duration = time.monotonic() - run.started_at if run.started else None
-        self.stats.counts[kind] += 1
+        if run.started:
+            result.duration_seconds = time.monotonic() - run.started_at
+        log_job_event(log, result, result.duration_seconds)
+
+    def _count_outcome(self, result: Outcome) -> None:
+        """Counted once stored, so that a result the fence refused is not counted twice."""
+        self.stats.counts[result.kind] += 1
         if self.metrics is not None:
-            self.metrics.outcome(kind, job.task, job.queue, duration)
-        if kind == "succeeded" and not log.isEnabledFor(logging.INFO):
-            return  # the hot path: skip building a record nobody will see
-        fields = {
-            "job_id": job.id, "task": job.task, "queue": job.queue, "attempt": job.attempt,
-            "outcome": kind, "duration_ms": None if duration is None else round(duration * 1000, 3),
-        }  # fmt: skip
-        took = "" if duration is None else f" in {duration * 1000:.1f}ms"
-        if kind == "succeeded":
-            log.info("job %s (%s) succeeded on attempt %s%s", job.id, job.task, job.attempt, took,
-                     extra=fields)  # fmt: skip
-        elif kind == "retried":
-            fields["error"] = result.error
-            log.warning(
-                "job %s (%s) failed on attempt %s/%s, retrying in %.1fs: %s",
-                job.id, job.task, job.attempt, job.max_attempts, result.delay_seconds, result.error,
-                extra=fields,
-            )  # fmt: skip
-        elif kind in ("dead", "gave_up"):
-            fields["error"] = result.error
-            log.error(
-                "job %s (%s) is dead after attempt %s/%s: %s",
-                job.id, job.task, job.attempt, job.max_attempts, result.error, extra=fields,
-            )  # fmt: skip
-        else:
-            log.info("job %s (%s) %s", job.id, job.task, kind.replace("_", " "), extra=fields)
+            job = result.job
+            self.metrics.outcome(result.kind, job.task, job.queue, result.duration_seconds)
 
     # -- leases --------------------------------------------------------------
 
@@ -599,120 +496,10 @@ class Worker:
             if run.task.is_async and run.future is not None:
                 run.future.cancel()
 
-    # -- recording outcomes --------------------------------------------------
-
-    async def _flush_loop(self) -> None:
-        assert self._flush_wakeup is not None
-        failures = 0
-        while True:
-            await self._flush_wakeup.wait()
-            self._flush_wakeup.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            self._flushing = len(batch)
-            try:
-                await self._write_outcomes(batch)
-                failures = 0
-            except DATABASE_DOWN as error:
-                self._pending[:0] = batch  # kept for the retry
-                failures += 1
-                delay = backoff(failures)
-                log.warning(
-                    "recording %d outcomes failed, database unreachable (%s); retrying in %.1fs",
-                    len(self._pending), error, delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                self._flush_wakeup.set()
-            except asyncio.CancelledError:
-                self._pending[:0] = batch
-                raise
-            except Exception as error:
-                # One outcome the database refuses must not sink the others
-                # of its batch: write them one by one.
-                log.error("recording %d outcomes failed (%s); retrying one by one",
-                          len(batch), error)  # fmt: skip
-                await self._write_one_by_one(batch)
-            finally:
-                self._flushing = 0
-
-    async def _write_one_by_one(self, batch: list[Outcome]) -> None:
-        for index, result in enumerate(batch):
-            try:
-                await self._write_outcomes([result])
-                continue
-            except DATABASE_DOWN:
-                assert self._flush_wakeup is not None
-                self._pending[:0] = batch[index:]
-                self._flush_wakeup.set()
-                return
-            except Exception as error:
-                problem = error
-            # Record a plain failure instead, so the job is retried (or dead)
-            # rather than left running until its lease expires.
-            task = self.app.tasks[result.job.task]
-            fallback = outcomes.failed(
-                result.job,
-                RuntimeError(f"pgq could not record this job's {result.kind} outcome: {problem}"),
-                task.retry,
-            )
-            try:
-                await self._write_outcomes([fallback])
-            except Exception as error:
-                self._release([result.job.lease_token])
-                log.error(
-                    "job %s: could not record any outcome (%s); rescue will return it "
-                    "when its lease expires", result.job.id, error,
-                )  # fmt: skip
-
-    async def _write_outcomes(self, batch: list[Outcome]) -> None:
-        """Write outcomes in one fenced statement; log those the fence refused."""
-        assert self._pool is not None
-        params = {
-            "ids": [o.job.id for o in batch],
-            "lease_tokens": [o.job.lease_token for o in batch],
-            "statuses": [o.status.value for o in batch],
-            "delays_seconds": [o.delay_seconds for o in batch],
-            "refund_attempts": [o.refund_attempt for o in batch],
-            "errors": [o.error for o in batch],
-            "tracebacks": [o.traceback for o in batch],
-        }
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(query("finish_jobs", self.schema), params)
-            applied = {row[0] for row in await cursor.fetchall()}
-        self._release([o.job.lease_token for o in batch])
-        for o in batch:
-            if o.job.id not in applied:
-                self._count_discarded()
-                log.warning(
-                    "job %s: result discarded, this worker no longer holds its lease "
-                    "(it was rescued or finished elsewhere)", o.job.id,
-                )  # fmt: skip
-
     # -- wake-ups ------------------------------------------------------------
 
-    async def _listen_loop(self) -> None:
-        assert self._wakeup is not None
-        channel = wakeup_channel(self.schema)
-        failures = 0
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                    await conn.execute(query("listen_for_jobs", self.schema))
-                    failures = 0
-                    self._wakeup.set()  # notifications may have been missed while away
-                    async for notify in conn.notifies():
-                        if notify.channel == channel and (
-                            self.queues is None or notify.payload in self.queues
-                        ):
-                            self._backlog = True
-                            self._wakeup.set()
-            except psycopg.Error as error:
-                failures += 1
-                delay = backoff(failures)
-                log.warning("listen connection lost (%s); polling meanwhile, retrying in %.1fs",
-                            error, delay)  # fmt: skip
-                await asyncio.sleep(delay)
+    def _serves(self, queue: str) -> bool:
+        return self.queues is None or queue in self.queues
 
     # -- shutdown ------------------------------------------------------------
 
@@ -761,7 +548,8 @@ class Worker:
                 [run.future for run in leftovers if run.future is not None], timeout=5
             )
         try:
-            await self._final_flush(flusher)
+            assert self._writer is not None
+            await self._writer.finish(flusher, FINAL_FLUSH_SECONDS)
         finally:
             # Whatever happened above, leave no thread or connection behind.
             if listener is not None:
@@ -772,35 +560,10 @@ class Worker:
             maintenance.stop()
             if self._pool is not None:
                 await self._pool.close()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._runner.shutdown()
         log.info("worker %s stopped: %s", self.name, dict(self.stats.counts))
 
     def _hand_back(self, run: RunningJob) -> None:
         run.handing_back = True
         if run.future is not None:
             run.future.cancel()
-
-    async def _final_flush(self, flusher: asyncio.Task[None]) -> None:
-        deadline = time.monotonic() + FINAL_FLUSH_SECONDS
-        assert self._flush_wakeup is not None
-        self._flush_wakeup.set()
-        while (self._pending or self._flushing) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await flusher
-        if self._pending:
-            log.error(
-                "could not record %d outcomes before exiting; their leases will expire and "
-                "rescue will return them to the queue", len(self._pending),
-            )  # fmt: skip
-
-
-def _args_mismatch(task: Task, kwargs: dict[str, Any]) -> bool:
-    import inspect
-
-    try:
-        inspect.signature(task.handler).bind(**kwargs)
-    except TypeError:
-        return True
-    return False

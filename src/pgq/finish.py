@@ -1,0 +1,167 @@
+"""Recording outcomes: one writer batches every finished job into one fenced statement.
+
+Outcomes pile up while the previous write is in flight, so the batch size
+follows the load by itself: one job per write when idle, hundreds when busy,
+and no timer adds latency. Every row matches the lease token of the claim that
+ran it (``finish_jobs``): a worker that lost its lease changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from pgq import outcome as outcomes
+from pgq.outcome import Outcome
+from pgq.queries import query
+from pgq.tasks import Task
+
+log = logging.getLogger("pgq.worker")
+
+# Errors that mean "the database is unreachable right now": retried with backoff.
+DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+MAX_BACKOFF_SECONDS = 10.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed tries in a row: 0.5 s doubling to 10 s."""
+    return float(min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** min(failures, 10)))
+
+
+class OutcomeWriter:
+    """Writes outcomes in batches from one asyncio task (``run``)."""
+
+    def __init__(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        schema: str,
+        tasks: Mapping[str, Task],
+        *,
+        release: Callable[[list[uuid.UUID]], None],
+        applied: Callable[[Outcome], None],
+        discarded: Callable[[], None],
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.tasks = tasks
+        self.release = release  # stop extending these leases
+        self.applied = applied  # one outcome now stored
+        self.discarded = discarded  # one result refused by the fence
+        self.pending: list[Outcome] = []
+        self.in_flight = 0
+        self.wakeup = asyncio.Event()
+
+    def add(self, result: Outcome) -> None:
+        self.pending.append(result)
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """Write whatever is pending, forever; cancel the task to stop."""
+        failures = 0
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            batch, self.pending = self.pending, []
+            if not batch:
+                continue
+            self.in_flight = len(batch)
+            try:
+                await self._write(batch)
+                failures = 0
+            except DATABASE_DOWN as error:
+                self.pending[:0] = batch  # kept for the retry
+                failures += 1
+                delay = backoff(failures)
+                log.warning(
+                    "recording %d outcomes failed, database unreachable (%s); retrying in %.1fs",
+                    len(self.pending), error, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                self.wakeup.set()
+            except asyncio.CancelledError:
+                self.pending[:0] = batch
+                raise
+            except Exception as error:
+                # One outcome the database refuses must not sink the others
+                # of its batch: write them one by one.
+                log.error("recording %d outcomes failed (%s); retrying one by one",
+                          len(batch), error)  # fmt: skip
+                await self._write_one_by_one(batch)
+            finally:
+                self.in_flight = 0
+
+    async def finish(self, runner: asyncio.Task[None], timeout_seconds: float) -> None:
+        """At shutdown: wait (up to the timeout) until everything is written, then stop."""
+        deadline = time.monotonic() + timeout_seconds
+        self.wakeup.set()
+        while (self.pending or self.in_flight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        runner.cancel()
+        try:
+            await runner
+        except (asyncio.CancelledError, Exception):  # stopping anyway; pending is reported
+            pass
+        if self.pending:
+            log.error(
+                "could not record %d outcomes before exiting; their leases will expire and "
+                "rescue will return them to the queue", len(self.pending),
+            )  # fmt: skip
+
+    async def _write_one_by_one(self, batch: list[Outcome]) -> None:
+        for index, result in enumerate(batch):
+            try:
+                await self._write([result])
+                continue
+            except DATABASE_DOWN:
+                self.pending[:0] = batch[index:]
+                self.wakeup.set()
+                return
+            except Exception as error:
+                problem = error
+            # Record a plain failure instead, so the job is retried (or dead)
+            # rather than left running until its lease expires.
+            fallback = outcomes.failed(
+                result.job,
+                RuntimeError(f"pgq could not record this job's {result.kind} outcome: {problem}"),
+                self.tasks[result.job.task].retry,
+            )
+            try:
+                await self._write([fallback])
+            except Exception as error:
+                self.release([result.job.lease_token])
+                log.error(
+                    "job %s: could not record any outcome (%s); rescue will return it "
+                    "when its lease expires", result.job.id, error,
+                )  # fmt: skip
+
+    async def _write(self, batch: list[Outcome]) -> None:
+        """Write outcomes in one fenced statement; log those the fence refused."""
+        params = {
+            "ids": [o.job.id for o in batch],
+            "lease_tokens": [o.job.lease_token for o in batch],
+            "statuses": [o.status.value for o in batch],
+            "delays_seconds": [o.delay_seconds for o in batch],
+            "refund_attempts": [o.refund_attempt for o in batch],
+            "errors": [o.error for o in batch],
+            "tracebacks": [o.traceback for o in batch],
+        }
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(query("finish_jobs", self.schema), params)
+            applied = {row[0] for row in await cursor.fetchall()}
+        self.release([o.job.lease_token for o in batch])
+        for o in batch:
+            if o.job.id in applied:
+                self.applied(o)
+            else:
+                self.discarded()
+                log.warning(
+                    "job %s: result discarded, this worker no longer holds its lease "
+                    "(it was rescued or finished elsewhere)", o.job.id,
+                )  # fmt: skip
