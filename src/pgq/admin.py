@@ -171,6 +171,15 @@ def find_dead_jobs(
     return [DeadJob(*row) for row in _fetch(conn, "find_dead_jobs", schema, params)]
 
 
+def count_dead_jobs(
+    conn: psycopg.Connection[Any], where: DeadJobFilter, *, schema: str | None = None
+) -> int:
+    """How many dead jobs match ``where``."""
+    _check_aware("died_after", where.died_after)
+    _check_aware("died_before", where.died_before)
+    return int(_fetch(conn, "count_dead_jobs", schema, where.params())[0][0])
+
+
 def requeue_dead(
     conn: psycopg.Connection[Any],
     where: DeadJobFilter,

@@ -290,12 +290,13 @@ def _requeue_ids(conn: Any, job_ids: list[int], schema: str, dry_run: bool) -> N
 
 
 def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_run: bool) -> None:
-    matching = admin.find_dead_jobs(conn, where, schema=schema)
+    total = admin.count_dead_jobs(conn, where, schema=schema)
     if dry_run:
-        table = Table(title=f"dry run: {len(matching)} dead jobs would be requeued")
+        matching = admin.find_dead_jobs(conn, where, limit=100, schema=schema)
+        table = Table(title=f"dry run: {total} dead jobs would be requeued")
         for column in ("id", "queue", "task", "attempts", "died", "last error"):
             table.add_column(column, overflow="ellipsis")
-        for found in matching[:100]:
+        for found in matching:
             table.add_row(
                 str(found.id),
                 escape(found.queue),
@@ -304,12 +305,12 @@ def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_r
                 _age(found.died_at),
                 escape((found.last_error or "")[:120]),
             )
-        if len(matching) > 100:
-            table.caption = f"first 100 of {len(matching)}"
+        if total > len(matching):
+            table.caption = f"first {len(matching)} of {total}, by id"
         out.print(table)
         return
     with Progress(console=out, transient=True) as progress:
-        bar = progress.add_task("requeueing", total=len(matching) or None)
+        bar = progress.add_task("requeueing", total=total or None)
         requeued = admin.requeue_dead(
             conn, where, schema=schema, on_batch=lambda n: progress.advance(bar, n)
         )

@@ -82,16 +82,26 @@ def describe_dsn(dsn: str) -> str:
     return psycopg.conninfo.make_conninfo("", **shown) or "<libpq defaults>"
 
 
+# Where a password sits in a DSN that libpq could not parse: a URL's user info
+# (postgresql://user:PASSWORD@host) or a key=value pair (password=PASSWORD).
+_URL_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<password>[^@\s]*)@")
+_KEYWORD_PASSWORD = re.compile(r"\bpassword\s*=\s*(?P<password>'(?:[^'\\]|\\.)*'|\S+)")
+
+
 def redact(text: str, dsn: str | None) -> str:
     """``text`` with the DSN's password (if any) replaced, for error messages."""
     if not dsn:
         return text
     try:
-        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        passwords = [psycopg.conninfo.conninfo_to_dict(dsn).get("password")]
     except psycopg.ProgrammingError:
-        return text.replace(dsn, "<DSN>")
-    if password:
-        text = text.replace(str(password), "****")
+        # libpq's parse error may quote the broken part, password included.
+        passwords = [m.group("password") for m in _URL_PASSWORD.finditer(dsn)]
+        passwords += [m.group("password").strip("'") for m in _KEYWORD_PASSWORD.finditer(dsn)]
+        text = text.replace(dsn, "<DSN>")
+    for password in passwords:
+        if password:
+            text = text.replace(str(password), "****")
     return text
 
 

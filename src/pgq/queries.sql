@@ -283,6 +283,16 @@ WHERE status = 'dead'
 ORDER BY id
 LIMIT %(limit)s;
 
+-- count_dead_jobs: how many dead jobs a requeue by filter touches (for the dry run and the progress bar)
+SELECT count(*)
+FROM {schema}.jobs
+WHERE status = 'dead'
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(error_pattern)s::text IS NULL OR last_error ILIKE %(error_pattern)s)
+  AND (%(died_after)s::timestamptz IS NULL OR finished_at >= %(died_after)s)
+  AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s);
+
 -- requeue_job: requeue one dead or cancelled job through the operators' function (edge: dead | cancelled -> queued)
 SELECT {schema}.requeue(%(id)s);
 
