@@ -242,7 +242,8 @@ BEGIN
         RAISE EXCEPTION 'pgq: job % is %, only queued jobs can be retried now (requeue dead ones)',
             job_id, found_status USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    UPDATE {schema}.jobs SET run_at = now() WHERE id = job_id;
+    -- least(): a job already due keeps its place in line.
+    UPDATE {schema}.jobs SET run_at = least(run_at, now()) WHERE id = job_id;
     PERFORM pg_notify('{schema}_wakeup', found_queue);
     RETURN job_id;
 END
@@ -264,12 +265,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     deleted integer;
 BEGIN
-    IF status NOT IN ('succeeded', 'dead', 'cancelled') THEN
+    IF status IS NULL OR status NOT IN ('succeeded', 'dead', 'cancelled') THEN
         RAISE EXCEPTION 'pgq: only finished jobs can be pruned (succeeded, dead, cancelled), not %',
             status USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'pgq: older_than must be an interval >= 0, got %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'pgq: batch_size must be >= 1, got %', batch_size
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     WITH due AS (

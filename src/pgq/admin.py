@@ -156,6 +156,20 @@ def requeue(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = 
         _fetch(conn, "requeue_job", schema, {"id": job_id})
 
 
+def requeue_refusal(
+    conn: psycopg.Connection[Any], job: JobDetail, *, schema: str | None = None
+) -> str | None:
+    """Why ``requeue`` would refuse this job, or None if it would requeue it (a dry run)."""
+    if job.status not in (JobStatus.DEAD, JobStatus.CANCELLED):
+        return f"it is {job.status}: only dead or cancelled jobs can be requeued"
+    if job.dedupe_key is not None:
+        params = {"dedupe_key": job.dedupe_key, "id": job.id}
+        holder = _fetch(conn, "find_dedupe_holder", schema, params)
+        if holder:
+            return f"unfinished job {holder[0][0]} holds its dedupe key"
+    return None
+
+
 def find_dead_jobs(
     conn: psycopg.Connection[Any],
     where: DeadJobFilter,
@@ -195,6 +209,8 @@ def requeue_dead(
     dead. ``on_batch`` gets each page's size (for a progress bar). Returns the
     ids requeued.
     """
+    if batch_size < 1:
+        raise InvalidJobError(f"batch_size must be >= 1, got {batch_size}")
     schema = resolve_schema(schema)
     requeued: list[int] = []
     after_id = 0
@@ -242,6 +258,8 @@ def prune(
         )
     if not older_than_seconds >= 0:
         raise InvalidJobError(f"the age must be >= 0 seconds, got {older_than_seconds}")
+    if batch_size < 1:
+        raise InvalidJobError(f"batch_size must be >= 1, got {batch_size}")
     schema = resolve_schema(schema)
     params = {"status": status.value, "older_than_seconds": older_than_seconds,
               "batch_size": batch_size}  # fmt: skip

@@ -227,7 +227,7 @@ def work(
         )  # fmt: skip
         asyncio.run(worker.run(handle_signals=True))
     except PgqError as error:
-        fail(str(error), dsn)
+        fail(str(error), dsn, as_json=log_format == "json")
     if worker.stuck_threads:
         # Threads cannot be killed, and Python waits for them at exit: their jobs
         # are already handed back, so leave without them.

@@ -22,6 +22,8 @@ from pgq.job import JobStatus
 
 admin_commands = typer.Typer()
 
+MAX_ID = 2**63 - 1  # job ids are bigint
+
 
 def _print_json(value: Any) -> None:
     # Plain text, not rich's: a script reading it wants no colours or wrapping.
@@ -47,7 +49,8 @@ def _moment(text: str | None, option: str) -> datetime | None:
     except ValueError:
         fail(f"{option} {text!r}: give a duration ago (30m, 2h, 7d) or an ISO time with offset")
     if moment.tzinfo is None:
-        fail(f"{option} {text!r}: add a UTC offset, e.g. {text}+00:00")
+        example = f"{text}+00:00" if "T" in text or " " in text else f"{text}T00:00+00:00"
+        fail(f"{option} {text!r}: add a time and a UTC offset, e.g. {example}")
     return moment
 
 
@@ -174,7 +177,7 @@ def jobs(
 
 @admin_commands.command()
 def job(
-    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.")],
+    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.", min=1, max=MAX_ID)],
     dsn: DsnOption = None,
     schema: SchemaOption = None,
     as_json: JsonOption = False,
@@ -213,7 +216,9 @@ def job(
 def requeue(
     job_ids: Annotated[
         list[int] | None,
-        typer.Argument(metavar="[ID]...", help="Dead or cancelled jobs to requeue."),
+        typer.Argument(
+            metavar="[ID]...", help="Dead or cancelled jobs to requeue.", min=1, max=MAX_ID
+        ),
     ] = None,
     dsn: DsnOption = None,
     schema: SchemaOption = None,
@@ -271,11 +276,8 @@ def _requeue_ids(conn: Any, job_ids: list[int], schema: str, dry_run: bool) -> N
         try:
             if dry_run:
                 found = admin.get_job(conn, job_id, schema=schema)
-                verdict = (
-                    "would requeue"
-                    if found.status in ("dead", "cancelled")
-                    else (f"would refuse: it is {found.status}")
-                )
+                refusal = admin.requeue_refusal(conn, found, schema=schema)
+                verdict = "would requeue" if refusal is None else f"would refuse: {refusal}"
                 out.print(f"job {job_id} ({escape(found.task)}): {verdict}", highlight=False)
             else:
                 admin.requeue(conn, job_id, schema=schema)
@@ -314,12 +316,20 @@ def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_r
         requeued = admin.requeue_dead(
             conn, where, schema=schema, on_batch=lambda n: progress.advance(bar, n)
         )
-    out.print(f"requeued {len(requeued)} dead jobs", highlight=False)
+    skipped = total - len(requeued)
+    note = (
+        f"; {skipped} skipped (their dedupe key is taken, or they changed meanwhile)"
+        if skipped > 0
+        else ""
+    )
+    out.print(f"requeued {len(requeued)} dead jobs{note}", highlight=False)
 
 
 @admin_commands.command()
 def cancel(
-    job_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Queued jobs to cancel.")],
+    job_ids: Annotated[
+        list[int], typer.Argument(metavar="ID...", help="Queued jobs to cancel.", min=1, max=MAX_ID)
+    ],
     dsn: DsnOption = None,
     schema: SchemaOption = None,
 ) -> None:

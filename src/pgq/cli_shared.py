@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
@@ -34,9 +36,17 @@ SchemaOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def fail(message: str, dsn: str | None = None) -> NoReturn:
-    """Print a one-line error (with any password masked) and exit 1."""
-    err.print(f"[bold red]error:[/] {escape(redact(message, dsn))}", highlight=False)
+def fail(message: str, dsn: str | None = None, *, as_json: bool = False) -> NoReturn:
+    """Print a one-line error (with any password masked) and exit 1.
+
+    ``as_json``: one JSON object, for a worker whose log pipeline reads JSON lines.
+    """
+    message = redact(message, dsn)
+    if as_json:
+        entry = {"level": "error", "logger": "pgq.cli", "message": message}
+        sys.stderr.write(json.dumps(entry) + "\n")
+    else:
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -268,9 +268,9 @@ LIMIT %(limit)s;
 SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
        started_at, finished_at, locked_by, last_error, args, errors, locked_until, dedupe_key
 FROM {schema}.jobs
-WHERE id = %(id)s;
+WHERE id = %(id)s::bigint;
 
--- find_dead_jobs: one page of the dead jobs a requeue by filter touches, in id order after %(after_id)s (dry run, batching)
+-- find_dead_jobs: one page of the dead jobs a requeue by filter can requeue (none whose dedupe key is taken), in id order after %(after_id)s
 SELECT id, queue, task, attempts, finished_at, last_error
 FROM {schema}.jobs
 WHERE status = 'dead'
@@ -279,11 +279,14 @@ WHERE status = 'dead'
   AND (%(error_pattern)s::text IS NULL OR last_error ILIKE %(error_pattern)s)
   AND (%(died_after)s::timestamptz IS NULL OR finished_at >= %(died_after)s)
   AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM {schema}.jobs AS holder
+      WHERE holder.dedupe_key = jobs.dedupe_key AND holder.status IN ('queued', 'running'))
   AND id > %(after_id)s
 ORDER BY id
 LIMIT %(limit)s;
 
--- count_dead_jobs: how many dead jobs a requeue by filter touches (for the dry run and the progress bar)
+-- count_dead_jobs: how many dead jobs a requeue by filter can requeue (for the dry run and the progress bar)
 SELECT count(*)
 FROM {schema}.jobs
 WHERE status = 'dead'
@@ -291,10 +294,21 @@ WHERE status = 'dead'
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(error_pattern)s::text IS NULL OR last_error ILIKE %(error_pattern)s)
   AND (%(died_after)s::timestamptz IS NULL OR finished_at >= %(died_after)s)
-  AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s);
+  AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM {schema}.jobs AS holder
+      WHERE holder.dedupe_key = jobs.dedupe_key AND holder.status IN ('queued', 'running'));
+
+-- find_dedupe_holder: the unfinished job holding a dedupe key, if any (why a requeue would be refused)
+SELECT id
+FROM {schema}.jobs
+WHERE dedupe_key = %(dedupe_key)s
+  AND status IN ('queued', 'running')
+  AND id <> %(id)s::bigint
+LIMIT 1;
 
 -- requeue_job: requeue one dead or cancelled job through the operators' function (edge: dead | cancelled -> queued)
-SELECT {schema}.requeue(%(id)s);
+SELECT {schema}.requeue(%(id)s::bigint);
 
 -- requeue_dead_jobs: requeue one page of dead jobs (ids from find_dead_jobs) still matching the filters (edge: dead -> queued)
 SELECT requeued
@@ -308,10 +322,10 @@ FROM {schema}.requeue_dead(
 ) AS requeued;
 
 -- cancel_job: cancel a queued job through the operators' function (edge: queued -> cancelled)
-SELECT {schema}.cancel(%(id)s);
+SELECT {schema}.cancel(%(id)s::bigint);
 
 -- retry_job_now: make a queued job due now
-SELECT {schema}.retry_now(%(id)s);
+SELECT {schema}.retry_now(%(id)s::bigint);
 
 -- prune_jobs: delete one batch of finished jobs of a status older than an age (edge: finished -> deleted)
 SELECT {schema}.prune(%(status)s, %(older_than_seconds)s * interval '1 second', %(batch_size)s);

@@ -33,7 +33,7 @@ from pgq.job import ClaimedJob
 from pgq.lease import Heartbeat
 from pgq.listen import listen_for_wakeups
 from pgq.logs import log_job_event
-from pgq.maintenance import Maintenance
+from pgq.maintenance import PRUNE_INTERVAL_SECONDS, Maintenance
 from pgq.metrics import DEFAULT_HOST, QueueStatsCollector, WorkerMetrics, serve
 from pgq.migrate import check_schema
 from pgq.outcome import Outcome
@@ -89,6 +89,7 @@ class Worker:
         shutdown_grace_seconds: float = 30.0,
         rescue_interval_seconds: float | None = None,
         retention: Retention | None = None,
+        prune_interval_seconds: float = PRUNE_INTERVAL_SECONDS,
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_HOST,
         name: str | None = None,
@@ -117,6 +118,9 @@ class Worker:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.rescue_interval_seconds = rescue_interval_seconds or max(1.0, lease_seconds / 2)
         self.retention = retention or Retention()
+        if not prune_interval_seconds > 0:
+            raise ConfigError(f"prune interval must be > 0 seconds, got {prune_interval_seconds}")
+        self.prune_interval_seconds = prune_interval_seconds
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics = WorkerMetrics() if metrics_port is not None else None
@@ -158,6 +162,16 @@ class Worker:
         if self.metrics is None or self.metrics_port is None:
             return None
         self.metrics.in_flight.set_function(lambda: len(self._running))
+        try:
+            return self._start_metrics_server(heartbeat)
+        except OSError as error:
+            raise ConfigError(
+                f"--metrics-port {self.metrics_port}: cannot listen on "
+                f"{self.metrics_host}:{self.metrics_port}: {error}"
+            ) from None
+
+    def _start_metrics_server(self, heartbeat: Heartbeat) -> Any:
+        assert self.metrics is not None and self.metrics_port is not None
         return serve(
             self.metrics,
             QueueStatsCollector(self.dsn, self.schema),
@@ -185,6 +199,18 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         await self._wait_for_database()
+        heartbeat = Heartbeat(
+            dsn=self.dsn,
+            schema=self.schema,
+            lease_seconds=self.lease_seconds,
+            held=self._held_leases,
+            on_lost=self._lease_lost_threadsafe,
+            on_failure=self._heartbeat_failed,
+            prepare_statements=self.listen,
+        )
+        # Bind the metrics port before anything starts: a port in use is a
+        # configuration error to report, not a reason to leave threads behind.
+        metrics_server = self._serve_metrics(heartbeat)
         self._pool = psycopg_pool.AsyncConnectionPool(
             self.dsn,
             min_size=1,
@@ -197,17 +223,6 @@ class Worker:
             timeout=10,
             reconnect_timeout=3600,
         )
-        await self._pool.open(wait=False)
-        heartbeat = Heartbeat(
-            dsn=self.dsn,
-            schema=self.schema,
-            lease_seconds=self.lease_seconds,
-            held=self._held_leases,
-            on_lost=self._lease_lost_threadsafe,
-            on_failure=self._heartbeat_failed,
-            prepare_statements=self.listen,
-        )
-        heartbeat.start()
         maintenance = Maintenance(
             dsn=self.dsn,
             schema=self.schema,
@@ -215,31 +230,40 @@ class Worker:
             retention=self.retention,
             on_rescued=self._rescued,
             prepare_statements=self.listen,
+            prune_interval_seconds=self.prune_interval_seconds,
         )
-        maintenance.start()
-        metrics_server = self._serve_metrics(heartbeat)
         self._writer = OutcomeWriter(
             self._pool, self.schema, self.app.tasks,
             release=self._release, applied=self._count_outcome, discarded=self._count_discarded,
         )  # fmt: skip
-        flusher = asyncio.create_task(self._writer.run(), name="pgq-flush")
-        listener = None
-        if self.listen:
-            listener = asyncio.create_task(
-                listen_for_wakeups(self.dsn, self.schema, self._serves, self._wake_for_due_job),
-                name="pgq-listen",
-            )
-        log.info(
-            "worker %s started: tasks %s, queues %s, concurrency %d, lease %gs, %s",
-            self.name, ", ".join(self.task_names),
-            ", ".join(self.queues) if self.queues else "all", self.concurrency,
-            self.lease_seconds,
-            "listening" if self.listen else f"polling every {self.poll_seconds:g}s",
-        )  # fmt: skip
         try:
-            await self._claim_loop()
+            await self._pool.open(wait=False)
+            heartbeat.start()
+            maintenance.start()
+            flusher = asyncio.create_task(self._writer.run(), name="pgq-flush")
+            listener = None
+            if self.listen:
+                listener = asyncio.create_task(
+                    listen_for_wakeups(self.dsn, self.schema, self._serves, self._wake_for_due_job),
+                    name="pgq-listen",
+                )
+            log.info(
+                "worker %s started: tasks %s, queues %s, concurrency %d, lease %gs, %s",
+                self.name, ", ".join(self.task_names),
+                ", ".join(self.queues) if self.queues else "all", self.concurrency,
+                self.lease_seconds,
+                "listening" if self.listen else f"polling every {self.poll_seconds:g}s",
+            )  # fmt: skip
+            try:
+                await self._claim_loop()
+            finally:
+                await self._shutdown(flusher, listener, heartbeat, maintenance)
         finally:
-            await self._shutdown(flusher, listener, heartbeat, maintenance)
+            if heartbeat.is_alive():  # started but not stopped: the start failed half-way
+                heartbeat.stop()
+            if maintenance.is_alive():
+                maintenance.stop()
+            await self._pool.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
@@ -558,8 +582,6 @@ class Worker:
                     await listener
             heartbeat.stop()
             maintenance.stop()
-            if self._pool is not None:
-                await self._pool.close()
             self._runner.shutdown()
         log.info("worker %s stopped: %s", self.name, dict(self.stats.counts))
 

@@ -1,0 +1,372 @@
+"""pgq.admin, the Python side of the operators' functions: its types, exceptions and batching.
+
+What the SQL does to each job is covered in test_admin_sql.py; here, what a
+Python caller relies on: typed rows, JobNotFoundError and JobStateError instead
+of SQL errors, naive datetimes refused, and bulk work done in committed batches.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgq
+from pgq import admin
+from seeding import Conn, fetch_job, job_ids, job_statuses, seed_job
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Conn]:
+    """An autocommit connection, as the CLI uses: each admin call commits on its own."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def observer(dsn: str) -> Iterator[Conn]:
+    """A second connection, to see what other sessions see (committed work only)."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+def finishes_within(
+    dsn: str, seconds: float, work: Callable[[Conn], Any]
+) -> tuple[bool, BaseException | None]:
+    """Run ``work`` on a connection of its own in a thread; (finished in time, what it raised).
+
+    A call that is still running at the deadline has its backend terminated, so a
+    runaway loop cannot outlive the test.
+    """
+    connection = psycopg.connect(dsn, autocommit=True)
+    pid = connection.info.backend_pid
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work(connection)
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    finished = not thread.is_alive()
+    if not finished:
+        with psycopg.connect(dsn, autocommit=True) as killer:
+            killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+        thread.join(10)
+    connection.close()
+    return finished, raised[0] if raised else None
+
+
+# -- inspection -----------------------------------------------------------------------------
+
+
+def test_queue_stats_returns_one_typed_row_per_queue_in_name_order(db: Conn) -> None:
+    seed_job(db, queue="reports", due_in=-60)
+    seed_job(db, queue="emails", due_in=3600)
+    seed_job(db, "running", queue="emails", lease_in=-1)
+    seed_job(db, "succeeded", queue="archive")
+
+    stats = admin.queue_stats(db)
+
+    assert [s.queue for s in stats] == ["emails", "reports"]
+    emails, reports = stats
+    assert (emails.due, emails.scheduled, emails.running, emails.lease_expired) == (0, 1, 1, 1)
+    assert emails.lag_seconds == 0.0
+    assert (reports.due, reports.scheduled) == (1, 0)
+    assert 59 <= reports.lag_seconds < 120
+    assert isinstance(reports.due, int) and isinstance(reports.lag_seconds, float)
+
+
+def test_job_counts_returns_queue_status_and_count_for_every_status(db: Conn) -> None:
+    for status in ("queued", "succeeded", "succeeded", "dead"):
+        seed_job(db, status, queue="emails")
+    seed_job(db, "cancelled", queue="default")
+
+    assert admin.job_counts(db) == [
+        ("default", "cancelled", 1),
+        ("emails", "dead", 1),
+        ("emails", "queued", 1),
+        ("emails", "succeeded", 2),
+    ]
+
+
+def test_list_jobs_filters_by_status_queue_task_and_creation_time_newest_first(
+    db: Conn,
+) -> None:
+    old = seed_job(db, "dead", task="charge", queue="payments", created_ago=3 * HOUR)
+    charges = [seed_job(db, "dead", task="charge", queue="payments") for _ in range(3)]
+    seed_job(db, "dead", task="charge", queue="default")
+    seed_job(db, "dead", task="email", queue="payments")
+    seed_job(db, "queued", task="charge", queue="payments")
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    found = admin.list_jobs(db, status="dead", queue="payments", task="charge", since=since)
+
+    assert [job.id for job in found] == sorted(charges, reverse=True)
+    assert all(isinstance(job, admin.JobSummary) for job in found)
+    assert {(j.status, j.queue, j.task) for j in found} == {("dead", "payments", "charge")}
+    everything = admin.list_jobs(db, status=pgq.JobStatus.DEAD, queue="payments", task="charge")
+    assert [job.id for job in everything] == [*sorted(charges, reverse=True), old]
+    assert [job.id for job in admin.list_jobs(db, limit=2)] == sorted(job_ids(db))[-2:][::-1]
+
+
+def test_list_jobs_refuses_a_naive_since_and_an_unknown_status(db: Conn) -> None:
+    with pytest.raises(pgq.InvalidJobError, match="since must be timezone-aware"):
+        admin.list_jobs(db, since=datetime(2030, 1, 1))
+    with pytest.raises(pgq.InvalidJobError, match="unknown status 'finished'"):
+        admin.list_jobs(db, status="finished")
+
+
+def test_get_job_returns_args_error_history_lease_and_dedupe_key(db: Conn) -> None:
+    job_id = seed_job(
+        db, "dead", task="charge", args={"order": 7, "cents": 1999}, attempts=2,
+        max_attempts=2, dedupe_key="order-7", last_error="ValueError: declined",
+    )  # fmt: skip
+
+    job = admin.get_job(db, job_id)
+
+    assert isinstance(job, admin.JobDetail)
+    assert (job.id, job.task, job.status, job.attempts, job.max_attempts) == (
+        job_id, "charge", "dead", 2, 2,
+    )  # fmt: skip
+    assert job.args == {"order": 7, "cents": 1999}
+    assert [e["error"] for e in job.errors] == ["ValueError: declined"] * 2
+    assert job.last_error == "ValueError: declined"
+    assert job.dedupe_key == "order-7" and job.locked_until is None
+    assert job.finished_at is not None and job.finished_at.tzinfo is not None
+    assert job.as_dict()["args"] == {"order": 7, "cents": 1999}
+
+
+def test_get_job_of_an_unknown_id_raises_job_not_found(db: Conn) -> None:
+    with pytest.raises(pgq.JobNotFoundError, match="no job with id 999") as raised:
+        admin.get_job(db, 999)
+
+    assert isinstance(raised.value, LookupError) and isinstance(raised.value, pgq.PgqError)
+
+
+# -- requeue --------------------------------------------------------------------------------
+
+
+def test_requeue_of_a_dead_job_is_committed_on_its_own(db: Conn, observer: Conn) -> None:
+    job_id = seed_job(db, "dead")
+
+    admin.requeue(db, job_id)
+
+    assert fetch_job(observer, job_id)["status"] == "queued"
+
+
+def test_requeue_on_a_connection_without_autocommit_commits_too(dsn: str, observer: Conn) -> None:
+    job_id = seed_job(observer, "dead")
+    with psycopg.connect(dsn) as conn:
+        admin.requeue(conn, job_id)
+        assert fetch_job(observer, job_id)["status"] == "queued"
+        conn.rollback()  # nothing left to roll back
+
+    assert fetch_job(observer, job_id)["status"] == "queued"
+
+
+def test_requeue_of_a_running_job_raises_job_state_error_and_leaves_it_running(
+    db: Conn,
+) -> None:
+    job_id = seed_job(db, "running")
+
+    with pytest.raises(pgq.JobStateError) as raised:
+        admin.requeue(db, job_id)
+
+    assert str(raised.value) == (
+        f"job {job_id} is running, only dead or cancelled jobs can be requeued"
+    )
+    assert fetch_job(db, job_id)["status"] == "running"
+    # The refusal rolled back cleanly: the connection still works.
+    assert admin.get_job(db, job_id).status == "running"
+
+
+def test_requeue_raises_job_not_found_or_job_state_error_instead_of_sql_errors(
+    db: Conn,
+) -> None:
+    dead = seed_job(db, "dead", dedupe_key="k")
+    seed_job(db, "queued", dedupe_key="k")
+
+    with pytest.raises(pgq.JobNotFoundError, match="no job with id 123456"):
+        admin.requeue(db, 123456)
+    with pytest.raises(pgq.JobStateError, match="an unfinished job holds its dedupe key"):
+        admin.requeue(db, dead)
+
+    assert fetch_job(db, dead)["status"] == "dead"
+
+
+def test_find_dead_jobs_lists_matches_in_id_order_and_changes_nothing(db: Conn) -> None:
+    first = seed_job(db, "dead", task="charge", finished_ago=HOUR, last_error="Timeout: a")
+    seed_job(db, "dead", task="charge", finished_ago=HOUR, last_error="ValueError")
+    second = seed_job(db, "dead", task="charge", finished_ago=2 * HOUR, last_error="timeout: b")
+    seed_job(db, "dead", task="email", finished_ago=HOUR, last_error="Timeout")
+    seed_job(db, "queued", task="charge", last_error="Timeout: c")
+    before = job_statuses(db)
+
+    found = admin.find_dead_jobs(db, admin.DeadJobFilter(task="charge", error_pattern="%timeout%"))
+
+    assert [job.id for job in found] == [first, second]
+    assert all(isinstance(job, admin.DeadJob) for job in found)
+    assert [job.last_error for job in found] == ["Timeout: a", "timeout: b"]
+    assert [(job.task, job.queue, job.attempts) for job in found] == [("charge", "default", 5)] * 2
+    assert found[1].died_at == admin.get_job(db, second).finished_at
+    assert job_statuses(db) == before
+    assert admin.count_dead_jobs(db, admin.DeadJobFilter(task="charge")) == 3
+    assert admin.count_dead_jobs(db, admin.DeadJobFilter(error_pattern="%timeout%")) == 3
+    page = admin.find_dead_jobs(db, admin.DeadJobFilter(task="charge"), limit=1, after_id=first)
+    assert [job.id for job in page] == [first + 1]
+
+
+def test_requeue_dead_works_in_committed_batches_and_reports_each_batch_size(
+    db: Conn, observer: Conn
+) -> None:
+    dead = [seed_job(db, "dead", finished_ago=HOUR * (10 - i)) for i in range(7)]
+    seed_job(db, "dead", task="other")
+    batches: list[int] = []
+    queued_seen_by_others: list[int] = []
+
+    def on_batch(size: int) -> None:
+        batches.append(size)
+        count = observer.execute("SELECT count(*) FROM pgq.jobs WHERE status = 'queued'")
+        queued_seen_by_others.append(int((count.fetchone() or [0])[0]))
+
+    requeued = admin.requeue_dead(
+        db, admin.DeadJobFilter(task="task"), batch_size=3, on_batch=on_batch
+    )
+
+    assert requeued == dead, "oldest death first"
+    assert batches == [3, 3, 1]
+    assert queued_seen_by_others == [3, 6, 7], "each batch is committed before the next"
+    assert sorted(job_statuses(db).values()) == ["dead"] + ["queued"] * 7
+
+
+def test_requeue_dead_with_exactly_full_batches_requeues_everything(db: Conn) -> None:
+    dead = [seed_job(db, "dead") for _ in range(4)]
+    batches: list[int] = []
+
+    requeued = admin.requeue_dead(db, admin.DeadJobFilter(), batch_size=2, on_batch=batches.append)
+
+    assert requeued == dead
+    assert batches == [2, 2]
+    assert admin.requeue_dead(db, admin.DeadJobFilter(), batch_size=2) == []
+
+
+def test_requeue_dead_requeues_every_match_even_when_one_is_skipped_for_its_dedupe_key(
+    db: Conn,
+) -> None:
+    blocked = seed_job(db, "dead", dedupe_key="sync-1", finished_ago=5 * HOUR)
+    seed_job(db, "queued", dedupe_key="sync-1")
+    others = [seed_job(db, "dead", finished_ago=HOUR * (4 - i)) for i in range(4)]
+
+    # The skipped job makes the first batch short: the batches must go on past it.
+    requeued = admin.requeue_dead(db, admin.DeadJobFilter(), batch_size=2)
+
+    assert requeued == others
+    assert fetch_job(db, blocked)["status"] == "dead"
+
+
+def test_requeue_dead_refuses_naive_death_times_and_changes_nothing(db: Conn) -> None:
+    job_id = seed_job(db, "dead")
+
+    with pytest.raises(pgq.InvalidJobError, match="died_after must be timezone-aware"):
+        admin.requeue_dead(db, admin.DeadJobFilter(died_after=datetime(2030, 1, 1)))
+    with pytest.raises(pgq.InvalidJobError, match="died_before must be timezone-aware"):
+        admin.find_dead_jobs(db, admin.DeadJobFilter(died_before=datetime(2030, 1, 1)))
+
+    assert fetch_job(db, job_id)["status"] == "dead"
+
+
+# -- cancel, retry now, prune ---------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_and_job_state_error_for_a_running_one(db: Conn) -> None:
+    queued = seed_job(db, due_in=600)
+    running = seed_job(db, "running")
+
+    admin.cancel(db, queued)
+    with pytest.raises(pgq.JobStateError, match=f"job {running} is running, only queued jobs"):
+        admin.cancel(db, running)
+    with pytest.raises(pgq.JobNotFoundError):
+        admin.cancel(db, 4040)
+
+    assert job_statuses(db) == {queued: "cancelled", running: "running"}
+
+
+def test_retry_now_makes_a_scheduled_job_due_and_refuses_a_dead_one(db: Conn) -> None:
+    scheduled = seed_job(db, due_in=3600)
+    dead = seed_job(db, "dead")
+
+    admin.retry_now(db, scheduled)
+    with pytest.raises(pgq.JobStateError, match="requeue dead ones"):
+        admin.retry_now(db, dead)
+
+    job = fetch_job(db, scheduled)
+    assert job["run_at"] <= job["db_now"]
+    assert fetch_job(db, dead)["status"] == "dead"
+
+
+def test_prune_deletes_every_old_job_of_the_status_in_batches_and_returns_the_total(
+    db: Conn,
+) -> None:
+    for _ in range(5):
+        seed_job(db, "succeeded", finished_ago=2 * HOUR)
+    recent = seed_job(db, "succeeded", finished_ago=60)
+    dead = seed_job(db, "dead", finished_ago=2 * HOUR)
+
+    assert admin.prune(db, pgq.JobStatus.SUCCEEDED, HOUR, batch_size=2) == 5
+
+    assert job_ids(db) == {recent, dead}
+    assert admin.prune(db, "succeeded", HOUR) == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "age", "message"),
+    [
+        ("queued", 60.0, "only finished jobs can be pruned"),
+        ("running", 60.0, "only finished jobs can be pruned"),
+        ("finished", 60.0, "unknown status 'finished'"),
+        ("succeeded", -1.0, "the age must be >= 0 seconds"),
+        ("succeeded", math.nan, "the age must be >= 0 seconds"),
+    ],
+)
+def test_prune_refuses_unfinished_statuses_and_bad_ages_before_touching_the_database(
+    db: Conn, status: str, age: float, message: str
+) -> None:
+    job_id = seed_job(db, "succeeded", finished_ago=2 * HOUR)
+
+    with pytest.raises(pgq.InvalidJobError, match=message):
+        admin.prune(db, status, age)
+
+    assert job_ids(db) == {job_id}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "prune",
+        "requeue_dead",
+    ],
+)
+def test_a_batch_size_below_one_never_loops_forever(dsn: str, db: Conn, call: str) -> None:
+    seed_job(db, "succeeded", finished_ago=2 * HOUR)
+    seed_job(db, "dead")
+
+    def work(conn: Conn) -> Any:
+        if call == "prune":
+            return admin.prune(conn, "succeeded", 0, batch_size=0)
+        return admin.requeue_dead(conn, admin.DeadJobFilter(), batch_size=0)
+
+    finished, raised = finishes_within(dsn, 2.0, work)
+
+    assert finished, f"admin.{call}(batch_size=0) was still looping after 2 s"
+    assert raised is None or isinstance(raised, pgq.InvalidJobError), raised
