@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from pgq.connection import ThreadConnection
 from pgq.queries import query
 
 log = logging.getLogger("pgq.lease")
@@ -50,12 +51,10 @@ class Heartbeat(threading.Thread):
         self.held = held
         self.on_lost = on_lost
         self.on_failure = on_failure
-        # PgBouncer in transaction mode may not keep prepared statements.
-        self.prepare_threshold = 5 if prepare_statements else None
         self.last_heartbeat = time.monotonic()
         self.failures = 0
         self._stop_event = threading.Event()
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._connection = ThreadConnection(dsn, prepare_statements=prepare_statements)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -65,7 +64,7 @@ class Heartbeat(threading.Thread):
         reconnect_delay = 0.0
         while not self._stop_event.wait(reconnect_delay or self.heartbeat_seconds):
             try:
-                conn = self._connection()
+                conn = self._connection.get()
                 self._extend(conn)
                 reconnect_delay = 0.0
                 self.last_heartbeat = time.monotonic()
@@ -75,20 +74,8 @@ class Heartbeat(threading.Thread):
                     self.on_failure()
                 reconnect_delay = min(MAX_RECONNECT_SECONDS, max(0.2, reconnect_delay * 2))
                 log.warning("heartbeat failed (%s); retrying in %.1fs", error, reconnect_delay)
-                self._close()
-        self._close()
-
-    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(
-                self.dsn, autocommit=True, prepare_threshold=self.prepare_threshold
-            )
-        return self._conn
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+                self._connection.close()
+        self._connection.close()
 
     def _extend(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
         held = self.held()

@@ -12,10 +12,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 
+from pgq.connection import ThreadConnection
 from pgq.rescue import RescuedJob, rescue_stale_jobs
 from pgq.retention import Retention, prune_finished_jobs
 
@@ -46,9 +46,8 @@ class Maintenance(threading.Thread):
         self.prune_interval_seconds = prune_interval_seconds
         self.retention = retention
         self.on_rescued = on_rescued
-        self.prepare_threshold = 5 if prepare_statements else None
         self._stop_event = threading.Event()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._connection = ThreadConnection(dsn, prepare_statements=prepare_statements)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -62,7 +61,7 @@ class Maintenance(threading.Thread):
         delay = 0.0
         while not self._stop_event.wait(delay):
             try:
-                conn = self._connection()
+                conn = self._connection.get()
                 now = time.monotonic()
                 if now >= next_rescue:
                     rescued = rescue_stale_jobs(conn, self.schema)
@@ -76,17 +75,5 @@ class Maintenance(threading.Thread):
             except psycopg.Error as error:
                 delay = min(MAX_RECONNECT_SECONDS, max(0.5, delay * 2))
                 log.warning("maintenance failed (%s); retrying in %.1fs", error, delay)
-                self._close()
-        self._close()
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(
-                self.dsn, autocommit=True, prepare_threshold=self.prepare_threshold
-            )
-        return self._conn
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+                self._connection.close()
+        self._connection.close()
