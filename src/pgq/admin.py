@@ -16,7 +16,7 @@ import psycopg
 import psycopg.errors
 from psycopg.rows import tuple_row
 
-from pgq.config import resolve_schema
+from pgq.config import MAX_DURATION_SECONDS, resolve_schema
 from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError
 from pgq.job import JobStatus
 from pgq.queries import query
@@ -93,9 +93,13 @@ class DeadJobFilter:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+MAX_JOB_ID = 2**63 - 1
+
+
 @contextmanager
 def _job_errors(job_id: int) -> Iterator[None]:
     """Turn the operator functions' SQL errors into pgq's exceptions."""
+    _check_id(job_id)
     try:
         yield
     except psycopg.errors.NoDataFound:
@@ -133,6 +137,8 @@ def list_jobs(
     if status is not None:
         status = _status(status)
     _check_aware("since", since)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidJobError(f"limit must be an int >= 1, got {limit!r}")
     params = {"status": status, "queue": queue, "task": task, "since": since, "limit": limit}
     rows = _fetch(conn, "list_jobs", schema, params)
     return [JobSummary(*row) for row in rows]
@@ -140,6 +146,7 @@ def list_jobs(
 
 def get_job(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> JobDetail:
     """One job with its args and error history; JobNotFoundError if there is none."""
+    _check_id(job_id)
     rows = _fetch(conn, "get_job", schema, {"id": job_id})
     if not rows:
         raise JobNotFoundError(f"no job with id {job_id}")
@@ -256,8 +263,10 @@ def prune(
         raise InvalidJobError(
             f"only finished jobs can be pruned (succeeded, dead, cancelled), not {status}"
         )
-    if not older_than_seconds >= 0:
-        raise InvalidJobError(f"the age must be >= 0 seconds, got {older_than_seconds}")
+    if not 0 <= older_than_seconds <= MAX_DURATION_SECONDS:
+        raise InvalidJobError(
+            f"the age must be between 0 seconds and 100 years, got {older_than_seconds}"
+        )
     if batch_size < 1:
         raise InvalidJobError(f"batch_size must be >= 1, got {batch_size}")
     schema = resolve_schema(schema)
@@ -280,6 +289,14 @@ def _fetch(
     with conn.cursor(row_factory=tuple_row) as cursor:
         cursor.execute(query(name, resolve_schema(schema)), params)
         return cursor.fetchall() if cursor.description else []
+
+
+def _check_id(job_id: int) -> None:
+    # An id that is not a bigint names no job; say so before PostgreSQL refuses the cast.
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise InvalidJobError(f"a job id is an integer, got {job_id!r}")
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise JobNotFoundError(f"no job with id {job_id}")
 
 
 def _status(value: JobStatus | str) -> JobStatus:

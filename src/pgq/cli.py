@@ -14,8 +14,9 @@ import typer
 from pgq.cli_admin import admin_commands
 from pgq.cli_shared import DsnOption, SchemaOption, database, err, fail, out
 from pgq.config import describe_dsn, parse_duration, resolve_dsn, resolve_schema
+from pgq.enqueue import QUEUE_NAME
 from pgq.errors import ConfigError, PgqError
-from pgq.logs import LOG_FORMATS, configure_logging
+from pgq.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pgq.retention import Retention
 
 app = typer.Typer(
@@ -78,12 +79,23 @@ def migrate(
         fail(str(error), dsn)
     except psycopg.OperationalError as error:
         fail(f"cannot connect to {describe_dsn(dsn or '')}: {error}", dsn)
+    except psycopg.ProgrammingError as error:
+        fail(f"invalid DSN: {error}", dsn)
+    except Exception as error:
+        from alembic.util import CommandError
+
+        if not isinstance(error, CommandError):
+            raise
+        fail(f"cannot migrate: {error}", dsn)
     if before == after:
         out.print(f"pgq schema {schema!r} already at revision {after or 'none'}", highlight=False)
     else:
         out.print(
             f"pgq schema {schema!r}: {before or 'none'} -> {after or 'none'}", highlight=False
         )
+
+
+MAX_PROCESSES = 256
 
 
 def parse_retention(value: str, option: str) -> float | None:
@@ -103,7 +115,12 @@ def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
     queues: dict[str, int | None] = {}
     for value in values:
         for item in filter(None, (part.strip() for part in value.split(","))):
-            name, sep, limit = item.partition("=")
+            name, sep, limit = (part.strip() for part in item.partition("="))
+            if not QUEUE_NAME.match(name):
+                raise ConfigError(
+                    f"--queues {item!r}: invalid queue name {name!r}: use 1 to 128 letters, "
+                    "digits, '_', '.', ':' or '-'"
+                )
             if not sep:
                 queues[name] = None
                 continue
@@ -113,6 +130,8 @@ def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
                 raise ConfigError(
                     f"--queues {item!r}: the concurrency after '=' must be an integer"
                 ) from None
+    if not queues:
+        raise ConfigError("--queues names no queue: leave it out to serve every queue")
     return queues
 
 
@@ -182,6 +201,8 @@ def work(
 
     if log_format not in LOG_FORMATS:
         fail(f"--log-format must be text or json, got {log_format!r}")
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     configure_logging(log_level, log_format)
     try:
         retention = Retention(
@@ -193,9 +214,18 @@ def work(
         parsed_queues = parse_queues(queues)
         app_object = load_app(app_path)  # fail here, not in N restarting children
         schema = resolve_schema(schema or app_object.schema)
-        if processes < 1:
-            raise ConfigError(f"--processes must be >= 1, got {processes}")
+        if not 1 <= processes <= MAX_PROCESSES:
+            raise ConfigError(f"--processes must be between 1 and {MAX_PROCESSES}, got {processes}")
+        # Built (and so checked) here even when children run it: a bad option
+        # fails once, not in N children restarted forever.
+        worker = Worker(
+            app_object, dsn, schema=schema, queues=parsed_queues, concurrency=concurrency,
+            poll_seconds=poll_seconds, lease_seconds=lease_seconds, listen=not poll_only,
+            shutdown_grace_seconds=shutdown_grace_seconds, retention=retention,
+            metrics_port=metrics_port, metrics_host=metrics_host,
+        )  # fmt: skip
         if processes > 1:
+            worker.check_schema_now()
             child = [sys.executable, "-m", "pgq", "work", app_path, "--schema", schema,
                      "--concurrency", str(concurrency), "--poll-seconds", str(poll_seconds),
                      "--lease-seconds", str(lease_seconds), "--log-level", log_level,
@@ -219,15 +249,12 @@ def work(
                 grace_seconds=shutdown_grace_seconds,
             )  # fmt: skip
             raise typer.Exit(supervisor.run())
-        worker = Worker(
-            app_object, dsn, schema=schema, queues=parsed_queues, concurrency=concurrency,
-            poll_seconds=poll_seconds, lease_seconds=lease_seconds, listen=not poll_only,
-            shutdown_grace_seconds=shutdown_grace_seconds, retention=retention,
-            metrics_port=metrics_port, metrics_host=metrics_host,
-        )  # fmt: skip
         asyncio.run(worker.run(handle_signals=True))
     except PgqError as error:
         fail(str(error), dsn, as_json=log_format == "json")
+    except psycopg.OperationalError as error:
+        fail(f"cannot connect to {describe_dsn(dsn or '')}: {error}", dsn,
+             as_json=log_format == "json")  # fmt: skip
     if worker.stuck_threads:
         # Threads cannot be killed, and Python waits for them at exit: their jobs
         # are already handed back, so leave without them.

@@ -42,7 +42,7 @@ def _moment(text: str | None, option: str) -> datetime | None:
         return None
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-    except ConfigError:
+    except (ConfigError, OverflowError):  # not a duration, or before year 1
         pass
     try:
         moment = datetime.fromisoformat(text)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
 import psycopg
+import psycopg.errors
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -75,5 +76,12 @@ def database(
             yield conn, schema
     except PgqError as error:
         fail(str(error), dsn)
+    except psycopg.errors.InsufficientPrivilege as error:
+        fail(
+            f"permission denied ({error.diag.message_primary}): this command needs the "
+            f"operator role; ask for `GRANT {schema_option or resolve_schema(None)}_operator "
+            "TO <your login>` (see `pgq roles`)",
+            dsn,
+        )
     except psycopg.OperationalError as error:
         fail(f"lost the database connection: {error}", dsn)

@@ -106,6 +106,7 @@ def redact(text: str, dsn: str | None) -> str:
 
 
 _DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)\s*\Z")
+MAX_DURATION_SECONDS = 100 * 365 * 86_400.0
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -117,4 +118,7 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: use a number with an optional unit s, m, h, d or w "
             "(for example 30s, 15m, 12h, 7d)"
         )
-    return float(match.group("number")) * _UNIT_SECONDS[match.group("unit")]
+    seconds = float(match.group("number")) * _UNIT_SECONDS[match.group("unit")]
+    if not seconds <= MAX_DURATION_SECONDS:  # also refuses inf, from hundreds of digits
+        raise ConfigError(f"duration {text!r} is longer than 100 years")
+    return seconds

@@ -19,7 +19,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from pgq.config import DSN_ENV_VARS, describe_dsn, resolve_dsn
+from pgq.config import DSN_ENV_VARS, describe_dsn, redact, resolve_dsn
 from pgq.enqueue import JobSpec, enqueue, enqueue_many
 from pgq.errors import ConfigError, GiveUp, PgqError
 from pgq.migrate import migrate
@@ -219,5 +219,8 @@ def run_demo(dsn: str | None = None) -> None:
         )
         report(console, dsn, ids)
     except PgqError as error:
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {redact(str(error), dsn)}", markup=True)
+        raise SystemExit(1) from error
+    except psycopg.Error as error:
+        console.print(f"[bold red]error:[/] {redact(str(error), dsn)}")
         raise SystemExit(1) from error

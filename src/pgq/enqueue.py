@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any, NamedTuple, Protocol
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema, wakeup_channel
-from pgq.errors import InvalidJobError
+from pgq.errors import InvalidJobError, SchemaError
 from pgq.queries import query
 from pgq.retry import MAX_DELAY_SECONDS
 
@@ -106,6 +108,22 @@ class _Row(NamedTuple):
 # One encoder for every job: json.dumps() with options builds a new one per call.
 # allow_nan=False: NaN and Infinity are not JSON, and jsonb refuses them.
 _JSON_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
+@contextmanager
+def _schema_errors(schema: str | None) -> Iterator[None]:
+    """A database without pgq's schema (or function) gets pgq's error, which says what to do."""
+    try:
+        yield
+    except (
+        psycopg.errors.InvalidSchemaName,
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.UndefinedFunction,
+    ) as error:
+        raise SchemaError(
+            f"pgq's schema {resolve_schema(schema)!r} is missing or incomplete in this database "
+            f"({error.diag.message_primary}): run `pgq migrate`"
+        ) from error
 
 
 def encode_args(args: Mapping[str, Any] | None) -> str:
@@ -269,7 +287,7 @@ def enqueue(
         max_attempts=max_attempts, dedupe_key=dedupe_key,
     )  # fmt: skip
     # A cursor of our own: the caller's connection may use dict_row or another factory.
-    with conn.cursor(row_factory=tuple_row) as cursor:
+    with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
         result = cursor.execute(
             query("enqueue_job", resolve_schema(schema)), row.params()
         ).fetchone()
@@ -295,8 +313,9 @@ async def enqueue_async(
         task, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
         max_attempts=max_attempts, dedupe_key=dedupe_key,
     )  # fmt: skip
-    async with conn.cursor(row_factory=tuple_row) as cursor:
-        await cursor.execute(query("enqueue_job", resolve_schema(schema)), row.params())
+    with _schema_errors(schema):
+        async with conn.cursor(row_factory=tuple_row) as cursor:
+            await cursor.execute(query("enqueue_job", resolve_schema(schema)), row.params())
         result = await cursor.fetchone()
     assert result is not None, "pgq.enqueue() always returns a row"
     return EnqueueResult(id=int(result[0]), created=bool(result[1]))
@@ -342,7 +361,7 @@ def enqueue_many(
     # A savepoint inside the caller's transaction (a transaction of its own on an
     # autocommit connection): all of the jobs or none, and the staging table,
     # emptied at commit, lives as long as the call.
-    with conn.cursor(row_factory=tuple_row) as cursor:
+    with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
         # Outside autocommit, this opens the caller's transaction if none is open
         # yet, so conn.transaction() is a savepoint: on an idle connection it would
         # BEGIN and COMMIT a transaction of its own, behind the caller's back.
@@ -370,22 +389,23 @@ async def enqueue_many_async(
     schema = resolve_schema(schema)
     ids: list[int] = []
     queues: set[str] = set()
-    async with conn.cursor(row_factory=tuple_row) as cursor:
-        # Outside autocommit, this opens the caller's transaction if none is open
-        # yet, so conn.transaction() is a savepoint: on an idle connection it would
-        # BEGIN and COMMIT a transaction of its own, behind the caller's back.
-        await cursor.execute(query("create_enqueue_staging", schema))
-        async with conn.transaction():
-            for chunk in _chunks(jobs):
-                async with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
-                    for row in chunk:
-                        await copy.write_row(row)
-                await cursor.execute(query("enqueue_staged_jobs", schema))
-                ids.extend(row[0] for row in await cursor.fetchall())
-                queues.update(row.queue for row in chunk)
-            if queues:
-                await cursor.execute(
-                    query("notify_queues", schema),
-                    {"channel": wakeup_channel(schema), "queues": sorted(queues)},
-                )
+    with _schema_errors(schema):
+        async with conn.cursor(row_factory=tuple_row) as cursor:
+            # Outside autocommit, this opens the caller's transaction if none is open
+            # yet, so conn.transaction() is a savepoint: on an idle connection it would
+            # BEGIN and COMMIT a transaction of its own, behind the caller's back.
+            await cursor.execute(query("create_enqueue_staging", schema))
+            async with conn.transaction():
+                for chunk in _chunks(jobs):
+                    async with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
+                        for row in chunk:
+                            await copy.write_row(row)
+                    await cursor.execute(query("enqueue_staged_jobs", schema))
+                    ids.extend(row[0] for row in await cursor.fetchall())
+                    queues.update(row.queue for row in chunk)
+                if queues:
+                    await cursor.execute(
+                        query("notify_queues", schema),
+                        {"channel": wakeup_channel(schema), "queues": sorted(queues)},
+                    )
     return ids

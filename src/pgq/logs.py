@@ -17,6 +17,7 @@ from pgq.outcome import Outcome
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "outcome", "duration_ms", "error")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class JsonFormatter(logging.Formatter):

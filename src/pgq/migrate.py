@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 from pgq.config import resolve_schema
 from pgq.errors import SchemaError
@@ -32,8 +33,12 @@ MIGRATION_LOCK_POLL_SECONDS = 0.2
 
 
 def ensure_schema_sql(schema: str) -> str:
-    """DDL that creates pgq's schema; ``schema`` is validated by ``resolve_schema``."""
-    return f"CREATE SCHEMA IF NOT EXISTS {resolve_schema(schema)}"
+    """DDL that creates pgq's schema (as text: Alembic's offline mode prints it)."""
+    return (
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}")
+        .format(sql.Identifier(resolve_schema(schema)))
+        .as_string(None)
+    )
 
 
 def migrations_dir() -> Path:
@@ -89,6 +94,14 @@ def _restore_alembic_proxies() -> Iterator[None]:
         for proxy in saved:
             if proxy is not None:
                 proxy._install_proxy()
+
+
+def known_revisions() -> set[str]:
+    """Every revision this version of pgq ships."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("pgq"))
+    return {revision.revision for revision in script.walk_revisions()}
 
 
 def upgrade(connection: SAConnection, *, revision: str = "head", schema: str | None = None) -> None:
@@ -218,6 +231,11 @@ def check_schema(conn: psycopg.Connection[Any], *, schema: str | None = None) ->
     if found is None:
         raise SchemaError(
             f"pgq's schema {schema!r} is not in this database: run `pgq migrate` first"
+        )
+    if found not in known_revisions():
+        raise SchemaError(
+            f"pgq's schema {schema!r} is at revision {found}, newer than this pgq knows "
+            f"(its newest is {wanted}): upgrade pgq, or run the pgq that migrated it"
         )
     if found != wanted:
         raise SchemaError(

@@ -358,7 +358,9 @@ GRANT USAGE ON SCHEMA {schema} TO {producer}, {worker}, {operator};
 GRANT SELECT ON {schema}.alembic_version TO {producer}, {worker}, {operator};
 -- Producer: enqueue, and nothing else (it cannot read args, claim or change jobs).
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {producer};
-GRANT INSERT ON {schema}.jobs TO {producer};
+-- Only the columns enqueue sets: no chosen id, status, lease or history.
+GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
+    ON {schema}.jobs TO {producer};
 GRANT SELECT (id, queue, status, dedupe_key) ON {schema}.jobs TO {producer};
 -- Worker: claim, heartbeat, finish, rescue and prune jobs; refresh the metrics snapshot.
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {worker};
@@ -375,7 +377,10 @@ GRANT EXECUTE ON FUNCTION {schema}.cancel(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.retry_now(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {operator};
-GRANT INSERT ON {schema}.jobs TO {operator};
+GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
+    ON {schema}.jobs TO {operator};
+-- Functions that later migrations add are not executable by everyone either.
+ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
 -- count_unfinished_jobs: jobs still queued or running (`pgq bench` waits for zero)
 SELECT count(*)

@@ -13,9 +13,11 @@ from typing import Any, NoReturn, overload
 
 import psycopg
 
+from pgq.config import resolve_schema
 from pgq.enqueue import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
+    MAX_ATTEMPTS_LIMIT,
     QUEUE_NAME,
     TASK_NAME,
     EnqueueResult,
@@ -23,7 +25,7 @@ from pgq.enqueue import (
     enqueue_async,
 )
 from pgq.errors import ConfigError, GiveUp, Snooze
-from pgq.retry import Retry
+from pgq.retry import MAX_DELAY_SECONDS, Retry
 
 DEFAULT_RETRY = Retry()
 
@@ -133,7 +135,7 @@ class App:
     """
 
     def __init__(self, *, schema: str | None = None) -> None:
-        self.schema = schema
+        self.schema = None if schema is None else resolve_schema(schema)
         self.tasks: dict[str, Task] = {}
 
     @overload
@@ -167,8 +169,10 @@ class App:
         """
 
         def register(function: Handler) -> Task:
+            if name is not None and not name:
+                raise ConfigError("task name is empty: leave name out to use the function's name")
             task = Task(
-                name=name or function.__name__,
+                name=function.__name__ if name is None else name,
                 handler=function,
                 queue=queue,
                 max_attempts=max_attempts,
@@ -194,11 +198,22 @@ class App:
         if not QUEUE_NAME.match(task.queue):
             raise ConfigError(f"task {task.name!r}: invalid queue name {task.queue!r}")
         if isinstance(task.max_attempts, bool) or not (
-            isinstance(task.max_attempts, int) and task.max_attempts >= 1
+            isinstance(task.max_attempts, int) and 1 <= task.max_attempts <= MAX_ATTEMPTS_LIMIT
         ):
-            raise ConfigError(f"task {task.name!r}: max_attempts must be an int >= 1")
-        if task.timeout_seconds is not None and not task.timeout_seconds > 0:
-            raise ConfigError(f"task {task.name!r}: timeout must be > 0 seconds")
+            raise ConfigError(
+                f"task {task.name!r}: max_attempts must be an int from 1 to {MAX_ATTEMPTS_LIMIT}"
+            )
+        timeout = task.timeout_seconds
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_DELAY_SECONDS
+        ):
+            raise ConfigError(f"task {task.name!r}: timeout must be > 0 seconds, got {timeout!r}")
+        if not isinstance(task.retry, Retry):
+            raise ConfigError(
+                f"task {task.name!r}: retry must be a pgq.Retry, got {type(task.retry).__name__}"
+            )
 
 
 def load_app(spec: str) -> App:
@@ -211,7 +226,7 @@ def load_app(spec: str) -> App:
         sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except (ImportError, TypeError) as error:  # TypeError: a relative name such as "..x"
         raise ConfigError(f"cannot import {module_name!r} for APP {spec!r}: {error}") from error
     app = getattr(module, attribute, None)
     if not isinstance(app, App):

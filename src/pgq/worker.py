@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -27,6 +28,7 @@ import psycopg_pool
 
 from pgq import outcome as outcomes
 from pgq.config import resolve_schema, worker_conninfo
+from pgq.enqueue import QUEUE_NAME
 from pgq.errors import ConfigError, GiveUp, Snooze
 from pgq.finish import DATABASE_DOWN, OutcomeWriter, backoff
 from pgq.job import ClaimedJob
@@ -40,6 +42,7 @@ from pgq.outcome import Outcome
 from pgq.queries import query
 from pgq.rescue import RescuedJob
 from pgq.retention import Retention
+from pgq.retry import Retry
 from pgq.runner import HandlerRunner, HandlerTimeout, RunningJob, args_mismatch
 from pgq.tasks import App, JobContext
 
@@ -47,6 +50,11 @@ log = logging.getLogger("pgq.worker")
 
 STARTUP_TIMEOUT_SECONDS = 60.0
 FINAL_FLUSH_SECONDS = 15.0
+MAX_CONCURRENCY = 10_000
+DAY_SECONDS = 86_400.0
+WORKER_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}\Z")
+# Connection errors that waiting will not fix: fail at once instead of retrying.
+NOT_AN_OUTAGE = {"3D000", "28000", "28P01"}  # no such database; not authorised; bad password
 DUPLICATE_SIGNAL_SECONDS = 1.0
 
 
@@ -55,6 +63,11 @@ class WorkerStats:
     """What this worker did, by outcome (for logs, tests and the demo)."""
 
     counts: Counter[str] = field(default_factory=Counter)
+
+
+def _check_range(what: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(f"{what} must be between {low:g} and {high:g}, got {value!r}")
 
 
 def worker_name() -> str:
@@ -96,17 +109,25 @@ class Worker:
     ) -> None:
         if not app.tasks:
             raise ConfigError("the app has no tasks: register handlers with @app.task")
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
-        if not poll_seconds > 0:
-            raise ConfigError(f"poll interval must be > 0 seconds, got {poll_seconds}")
-        if not lease_seconds >= 0.5:
-            raise ConfigError(f"lease must be >= 0.5 seconds, got {lease_seconds}")
-        if not shutdown_grace_seconds >= 0:
-            raise ConfigError(f"shutdown grace must be >= 0 seconds, got {shutdown_grace_seconds}")
+        _check_range("concurrency", concurrency, 1, MAX_CONCURRENCY)
+        _check_range("poll interval (seconds)", poll_seconds, 0.001, DAY_SECONDS)
+        _check_range("lease (seconds)", lease_seconds, 0.5, DAY_SECONDS)
+        _check_range("shutdown grace (seconds)", shutdown_grace_seconds, 0, DAY_SECONDS)
+        if rescue_interval_seconds is not None:
+            _check_range("rescue interval (seconds)", rescue_interval_seconds, 0.05, DAY_SECONDS)
+        if metrics_port is not None:
+            _check_range("metrics port", metrics_port, 0, 65535)
+        if queues is not None and not queues:
+            raise ConfigError("queues is empty: pass None to serve every queue")
         for queue, limit in (queues or {}).items():
-            if limit is not None and limit < 1:
-                raise ConfigError(f"queue {queue!r}: concurrency must be >= 1, got {limit}")
+            if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+                raise ConfigError(f"invalid queue name {queue!r}")
+            if limit is not None:
+                _check_range(f"queue {queue!r} concurrency", limit, 1, MAX_CONCURRENCY)
+        if name is not None and not WORKER_NAME.match(name):
+            raise ConfigError(
+                f"invalid worker name {name!r}: 1 to 200 characters, no control characters"
+            )
         self.app = app
         self.dsn = worker_conninfo(dsn)
         self.schema = resolve_schema(schema or app.schema)
@@ -198,7 +219,8 @@ class Worker:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
-        await self._wait_for_database()
+        if not await self._wait_for_database():
+            return
         heartbeat = Heartbeat(
             dsn=self.dsn,
             schema=self.schema,
@@ -270,21 +292,34 @@ class Worker:
 
     # -- claiming ------------------------------------------------------------
 
-    async def _wait_for_database(self) -> None:
+    async def _wait_for_database(self) -> bool:
+        """True once the schema checks out; False if a stop came first."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         failures = 0
         while True:
             try:
                 await asyncio.to_thread(self._check_schema)
-                return
+                return True
             except DATABASE_DOWN as error:
                 failures += 1
-                if time.monotonic() > deadline or self._stopping:
+                if getattr(error, "sqlstate", None) in NOT_AN_OUTAGE:
+                    raise ConfigError(f"cannot use the database: {error}") from error
+                if self._stopping:
+                    log.info("stopped while waiting for the database (%s)", error)
+                    return False
+                if time.monotonic() > deadline:
                     raise ConfigError(
                         f"cannot reach the database after {STARTUP_TIMEOUT_SECONDS:g}s: {error}"
                     ) from error
                 log.warning("database unreachable (%s); retrying", error)
                 await asyncio.sleep(backoff(failures))
+
+    def check_schema_now(self) -> None:
+        """Fail now (SchemaError, ConfigError) if this worker could not start on its database."""
+        try:
+            self._check_schema()
+        except psycopg.OperationalError as error:
+            raise ConfigError(f"cannot use the database: {error}") from error
 
     def _check_schema(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -394,46 +429,16 @@ class Worker:
     # -- running -------------------------------------------------------------
 
     async def _execute(self, run: RunningJob) -> None:
-        job, task = run.job, run.task
-        kwargs: dict[str, Any] = job.args
-        if task.wants_context:
-            kwargs = {**job.args, "ctx": self._context(job)}
-        result: Outcome | None
+        job = run.job
         try:
-            await self._runner.call(run, kwargs)
-            result = outcomes.succeeded(job)
-        except asyncio.CancelledError as error:
-            if run.handing_back:
-                result = outcomes.handed_back(job)
-            elif run.lease_lost:
-                result = None
-            else:
-                current = asyncio.current_task()
-                if current is None or current.cancelling() == 0:
-                    # Raised inside the handler (it awaited something cancelled),
-                    # not a cancellation of this run: a failure like any other.
-                    result = outcomes.failed(job, error, task.retry)
-                else:
-                    # This run itself is being cancelled from outside: hand the
-                    # job back rather than leave it running until rescue.
-                    self._record(run, outcomes.handed_back(job))
-                    raise
-        except Snooze as signal_:
-            result = outcomes.snoozed(job, signal_.seconds)
-        except GiveUp as signal_:
-            result = outcomes.gave_up(job, signal_.reason)
-        except HandlerTimeout as error:
-            result = outcomes.failed(job, error, task.retry)
-        except TypeError as error:
-            # Args that cannot bind to the handler will never work: no retry.
-            if args_mismatch(task, kwargs):
-                result = outcomes.gave_up(
-                    job, f"args do not match {task.name}'s signature: {error}"
-                )
-            else:
-                result = outcomes.failed(job, error, task.retry)
-        except (Exception, SystemExit) as error:
-            result = outcomes.failed(job, error, task.retry)
+            result = await self._run_and_decide(run)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # deciding the outcome itself failed: never strand the job
+            log.exception("job %s (%s): could not decide its outcome", job.id, job.task)
+            result = outcomes.failed(
+                job, RuntimeError(f"pgq could not decide this job's outcome: {error!r}"), Retry()
+            )
         finally:
             self._running.pop(job.lease_token, None)
             if self._backlog and self._wakeup is not None:
@@ -444,6 +449,43 @@ class Worker:
             log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
             return
         self._record(run, result)
+
+    async def _run_and_decide(self, run: RunningJob) -> Outcome | None:
+        """Run the handler and turn what happened into the job's outcome (None: lease lost)."""
+        job, task = run.job, run.task
+        kwargs: dict[str, Any] = job.args
+        if task.wants_context:
+            kwargs = {**job.args, "ctx": self._context(job)}
+        try:
+            await self._runner.call(run, kwargs)
+            return outcomes.succeeded(job)
+        except asyncio.CancelledError as error:
+            if run.handing_back:
+                return outcomes.handed_back(job)
+            if run.lease_lost:
+                return None
+            current = asyncio.current_task()
+            if current is None or current.cancelling() == 0:
+                # Raised inside the handler (it awaited something cancelled),
+                # not a cancellation of this run: a failure like any other.
+                return outcomes.failed(job, error, task.retry)
+            # This run itself is being cancelled from outside: hand the job
+            # back rather than leave it running until rescue.
+            self._record(run, outcomes.handed_back(job))
+            raise
+        except Snooze as signal_:
+            return outcomes.snoozed(job, signal_.seconds)
+        except GiveUp as signal_:
+            return outcomes.gave_up(job, signal_.reason)
+        except HandlerTimeout as error:
+            return outcomes.failed(job, error, task.retry)
+        except TypeError as error:
+            # Args that cannot bind to the handler will never work: no retry.
+            if args_mismatch(task, kwargs):
+                return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {error}")
+            return outcomes.failed(job, error, task.retry)
+        except (Exception, SystemExit) as error:
+            return outcomes.failed(job, error, task.retry)
 
     def _record(self, run: RunningJob, result: Outcome) -> None:
         """Queue an outcome for the flusher's next batch write."""
