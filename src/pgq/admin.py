@@ -265,7 +265,7 @@ def prune(
         )
     if not 0 <= older_than_seconds <= MAX_DURATION_SECONDS:
         raise InvalidJobError(
-            f"the age must be between 0 seconds and 100 years, got {older_than_seconds}"
+            f"the age must be >= 0 seconds and at most 100 years, got {older_than_seconds}"
         )
     if batch_size < 1:
         raise InvalidJobError(f"batch_size must be >= 1, got {batch_size}")

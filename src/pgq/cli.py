@@ -115,7 +115,8 @@ def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
     queues: dict[str, int | None] = {}
     for value in values:
         for item in filter(None, (part.strip() for part in value.split(","))):
-            name, sep, limit = (part.strip() for part in item.partition("="))
+            name, sep, limit = item.partition("=")
+            name = name.strip()  # "emails = 5" is the queue "emails"; int() trims the limit
             if not QUEUE_NAME.match(name):
                 raise ConfigError(
                     f"--queues {item!r}: invalid queue name {name!r}: use 1 to 128 letters, "
@@ -214,8 +215,12 @@ def work(
         parsed_queues = parse_queues(queues)
         app_object = load_app(app_path)  # fail here, not in N restarting children
         schema = resolve_schema(schema or app_object.schema)
-        if not 1 <= processes <= MAX_PROCESSES:
-            raise ConfigError(f"--processes must be between 1 and {MAX_PROCESSES}, got {processes}")
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port {metrics_port}: a port is 0 to 65535")
+        if processes < 1:
+            raise ConfigError(f"--processes must be >= 1, got {processes}")
+        if processes > MAX_PROCESSES:
+            raise ConfigError(f"--processes must be <= {MAX_PROCESSES}, got {processes}")
         # Built (and so checked) here even when children run it: a bad option
         # fails once, not in N children restarted forever.
         worker = Worker(

@@ -201,7 +201,7 @@ class App:
             isinstance(task.max_attempts, int) and 1 <= task.max_attempts <= MAX_ATTEMPTS_LIMIT
         ):
             raise ConfigError(
-                f"task {task.name!r}: max_attempts must be an int from 1 to {MAX_ATTEMPTS_LIMIT}"
+                f"task {task.name!r}: max_attempts must be an int >= 1 and <= {MAX_ATTEMPTS_LIMIT}"
             )
         timeout = task.timeout_seconds
         if timeout is not None and (

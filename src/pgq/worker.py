@@ -54,7 +54,8 @@ MAX_CONCURRENCY = 10_000
 DAY_SECONDS = 86_400.0
 WORKER_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}\Z")
 # Connection errors that waiting will not fix: fail at once instead of retrying.
-NOT_AN_OUTAGE = {"3D000", "28000", "28P01"}  # no such database; not authorised; bad password
+# libpq gives no SQLSTATE for a failed connection, so these match its messages.
+NOT_AN_OUTAGE = ("does not exist", "authentication failed", "no pg_hba.conf entry")
 DUPLICATE_SIGNAL_SECONDS = 1.0
 
 
@@ -65,9 +66,19 @@ class WorkerStats:
     counts: Counter[str] = field(default_factory=Counter)
 
 
-def _check_range(what: str, value: float, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ConfigError(f"{what} must be between {low:g} and {high:g}, got {value!r}")
+def _not_an_outage(error: Exception) -> bool:
+    text = str(error)
+    return any(marker in text for marker in NOT_AN_OUTAGE)
+
+
+def _check_range(
+    what: str, value: float, low: float, high: float, *, above_low: bool = False, unit: str = ""
+) -> None:
+    """ConfigError unless ``low <= value <= high`` (``low < value`` with ``above_low``)."""
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not (low < value if above_low else low <= value) or not value <= high:
+        bound = f"> {low:g}" if above_low else f">= {low:g}"
+        raise ConfigError(f"{what} must be {bound}{unit} and <= {high:g}{unit}, got {value!r}")
 
 
 def worker_name() -> str:
@@ -110,11 +121,14 @@ class Worker:
         if not app.tasks:
             raise ConfigError("the app has no tasks: register handlers with @app.task")
         _check_range("concurrency", concurrency, 1, MAX_CONCURRENCY)
-        _check_range("poll interval (seconds)", poll_seconds, 0.001, DAY_SECONDS)
-        _check_range("lease (seconds)", lease_seconds, 0.5, DAY_SECONDS)
-        _check_range("shutdown grace (seconds)", shutdown_grace_seconds, 0, DAY_SECONDS)
+        _check_range("poll interval", poll_seconds, 0, DAY_SECONDS, above_low=True, unit=" seconds")
+        _check_range("lease", lease_seconds, 0.5, DAY_SECONDS, unit=" seconds")
+        _check_range("shutdown grace", shutdown_grace_seconds, 0, DAY_SECONDS, unit=" seconds")
         if rescue_interval_seconds is not None:
-            _check_range("rescue interval (seconds)", rescue_interval_seconds, 0.05, DAY_SECONDS)
+            _check_range(
+                "rescue interval", rescue_interval_seconds, 0, DAY_SECONDS, above_low=True,
+                unit=" seconds",
+            )  # fmt: skip
         if metrics_port is not None:
             _check_range("metrics port", metrics_port, 0, 65535)
         if queues is not None and not queues:
@@ -123,7 +137,7 @@ class Worker:
             if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
                 raise ConfigError(f"invalid queue name {queue!r}")
             if limit is not None:
-                _check_range(f"queue {queue!r} concurrency", limit, 1, MAX_CONCURRENCY)
+                _check_range(f"queue {queue!r}: concurrency", limit, 1, MAX_CONCURRENCY)
         if name is not None and not WORKER_NAME.match(name):
             raise ConfigError(
                 f"invalid worker name {name!r}: 1 to 200 characters, no control characters"
@@ -302,11 +316,12 @@ class Worker:
                 return True
             except DATABASE_DOWN as error:
                 failures += 1
-                if getattr(error, "sqlstate", None) in NOT_AN_OUTAGE:
+                if _not_an_outage(error):
                     raise ConfigError(f"cannot use the database: {error}") from error
                 if self._stopping:
-                    log.info("stopped while waiting for the database (%s)", error)
-                    return False
+                    raise ConfigError(
+                        f"stopped before the database could be reached: {error}"
+                    ) from error
                 if time.monotonic() > deadline:
                     raise ConfigError(
                         f"cannot reach the database after {STARTUP_TIMEOUT_SECONDS:g}s: {error}"

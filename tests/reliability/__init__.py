@@ -7,7 +7,8 @@ injected, what is checked and the latest figures.
 Modules: ``app`` (the handlers the workers run), ``lab`` (the cluster, the
 database, the worker fleet and the producer), ``faults`` (how each fault is
 injected), ``checks`` (the verdict over the ledger and the finishes table),
-``scenarios`` (the five fault runs, short and long) and ``run`` (the command line).
+``scenarios`` (the fault runs, short and long), ``run`` (the command line) and
+``repro`` (reproductions of the weaknesses the runs found).
 """
 
 import sys

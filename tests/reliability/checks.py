@@ -7,6 +7,7 @@ times). A run with problems fails, a run with costly figures only reports them.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Verdict:
     lease_lost_discards: int = 0
     deadlocks: int = 0
     unexplained_rescues: int = 0
+    max_batch: int = 0
+    max_held: int = 0
     problems: list[str] = field(default_factory=list)
 
     def problem(self, text: str) -> None:
@@ -145,6 +148,11 @@ def judge(lab: Lab, enqueued_ids: list[int]) -> Verdict:
     verdict.rescued = int(lab.query("SELECT count(*) FROM rescues")[0][0])
     _read_logs(lab, verdict)
     verdict.deadlocks = server_log(lab).count("deadlock detected")
+    batch = lab.query(
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM finishes GROUP BY xact) AS b"
+    )
+    verdict.max_batch = int(batch[0][0])
+    verdict.max_held = lab.max_held
     return verdict
 
 
@@ -164,6 +172,9 @@ def _read_logs(lab: Lab, verdict: Verdict) -> None:
                 strays[line.strip()[:200]] += 1
             continue
         message = str(entry.get("message", ""))
+        died = re.search(r"\(pid (\d+)\) exited with code (-?\d+)", message)
+        if died and int(died.group(1)) not in lab.killed:
+            verdict.problem(f"a child of the supervisor died by itself: {message}")
         verdict.fenced += FENCED in message
         verdict.lease_lost_discards += LEASE_LOST in message
     if strays:
@@ -203,10 +214,16 @@ def recovery_times(lab: Lab, faults: list[Fault]) -> None:
         fault.throughput_seconds = throughput_back(lab, fault)
 
 
+# A statement sent just before a SIGKILL or SIGSTOP still runs: the server may claim
+# jobs for a worker a moment after it died (now() is when the server started it).
+IN_FLIGHT_SECONDS = 1.0
+
+
 def unexplained_rescues(lab: Lab, faults: list[Fault]) -> list[str]:
     """Rescues that no fault explains: a lease lapsed on a live worker with the database up.
 
-    A rescue is explained by a SIGKILL or SIGSTOP of its worker after the claim, or by
+    A rescue is explained by a SIGKILL or SIGSTOP of its worker after the claim (or up
+    to a second before it: a claim sent just before the signal still runs), or by
     a fault that hit every worker (restart, terminate, connection limit) while the
     lease was held. Any other rescue means a healthy worker failed to extend a lease.
     """
@@ -219,7 +236,7 @@ def unexplained_rescues(lab: Lab, faults: list[Fault]) -> list[str]:
         pid = int(str(worker).split(":")[1]) if worker and str(worker).count(":") >= 2 else -1
         claimed = float(claimed_at) if claimed_at is not None else 0.0
         explained = any(
-            (pid in f.pids and claimed <= f.at <= rescued_at)
+            (pid in f.pids and claimed <= f.end + IN_FLIGHT_SECONDS and f.at <= rescued_at)
             if f.kind in ONE_WORKER_FAULTS
             else (claimed <= f.end and rescued_at >= f.at)
             for f in faults
@@ -232,17 +249,19 @@ def unexplained_rescues(lab: Lab, faults: list[Fault]) -> list[str]:
     return found
 
 
-THROUGHPUT_WINDOW_SECONDS = 0.5
-THROUGHPUT_BASELINE_SECONDS = 3.0
+THROUGHPUT_WINDOW_SECONDS = 1.0
+THROUGHPUT_BASELINE_SECONDS = 5
 THROUGHPUT_SHARE = 0.5
 
 
 def throughput_back(lab: Lab, fault: Fault, horizon: float = 60.0) -> float | None:
-    """Seconds from the end of ``fault`` until finishes run at half their pre-fault rate again.
+    """Seconds from the end of ``fault`` until finishes run at half their usual rate again.
 
-    The rate before is the finishes per second over the 3 s before the fault; the answer
-    is the start of the first 0.5 s window (sliding by 0.1 s) at or after the fault's end
-    with at least half that rate. None if there was no rate to compare with.
+    The usual rate is the median of the finishes in each of the five seconds before
+    the fault (a median, because outcomes are written in batches and a backlog flushed
+    after an earlier fault is a burst). The answer is the start of the first one-second
+    window, sliding by 0.1 s from the fault's end, with at least half that many
+    finishes. None if nothing finished before the fault.
     """
     rows = lab.query(
         "SELECT extract(epoch FROM at)::float8 FROM finishes "
@@ -250,22 +269,25 @@ def throughput_back(lab: Lab, fault: Fault, horizon: float = 60.0) -> float | No
         [fault.at - THROUGHPUT_BASELINE_SECONDS, fault.end + horizon],
     )
     times = [float(row[0]) for row in rows]
-    before = sum(1 for t in times if t < fault.at) / THROUGHPUT_BASELINE_SECONDS
-    if before <= 0:
+    bins = [0] * THROUGHPUT_BASELINE_SECONDS
+    for t in times:
+        if t < fault.at:
+            bins[min(int(fault.at - t), THROUGHPUT_BASELINE_SECONDS - 1)] += 1
+    usual = statistics.median(bins)
+    if usual <= 0:
         return None
-    wanted = THROUGHPUT_SHARE * before * THROUGHPUT_WINDOW_SECONDS
+    wanted = THROUGHPUT_SHARE * usual * THROUGHPUT_WINDOW_SECONDS
     after = [t for t in times if t >= fault.end]
-    start, first = 0.0, 0
-    while start < horizon:
-        window_start = fault.end + start
+    first = 0
+    for step in range(int(horizon * 10)):
+        window_start = fault.end + step / 10
         while first < len(after) and after[first] < window_start:
             first += 1
         last = first
         while last < len(after) and after[last] < window_start + THROUGHPUT_WINDOW_SECONDS:
             last += 1
         if last - first >= wanted:
-            return start
-        start += 0.1
+            return step / 10
     return None
 
 

@@ -10,35 +10,44 @@ import psycopg
 
 from .lab import FILLER_ROLE, Fault, Lab, stopped
 
+OUTAGE_FACTORS = (1.0, 0.6, 1.6)
+
 
 def _pause(lab: Lab, spacing: float) -> None:
     lab.sleep(lab.random.uniform(0.5 * spacing, 1.5 * spacing))
 
 
-def _busiest_slot(lab: Lab) -> tuple[int, int] | None:
-    """(slot, running jobs) of a worker in the middle of jobs, picked at random; None if idle."""
+def _busy_worker(lab: Lab) -> tuple[int, int] | None:
+    """(pid, running jobs) of a worker in the middle of jobs, picked at random; None if idle."""
     running = lab.running_by_pid()
-    busy = [(slot, running[w.pid]) for slot, w in enumerate(lab.slots) if running.get(w.pid)]
+    busy = [(pid, running[pid]) for pid in lab.worker_pids() if running.get(pid)]
     return lab.random.choice(busy) if busy else None
 
 
-def _pick_busy_slot(lab: Lab, *, timeout: float = 10) -> tuple[int, int]:
-    """Wait until some worker holds running jobs, so that the fault lands mid-job."""
+def _pick_busy_worker(lab: Lab, *, timeout: float = 10) -> tuple[int, int]:
+    """Wait until some worker holds running jobs, so that the fault lands mid-job.
+
+    After ``timeout`` any live worker will do; with none alive (a supervisor that is
+    backing off every slot) wait for one.
+    """
     deadline = time.monotonic() + timeout
-    while (choice := _busiest_slot(lab)) is None and time.monotonic() < deadline:
+    while (choice := _busy_worker(lab)) is None and time.monotonic() < deadline:
         lab.sleep(0.05)
-    return choice or (lab.random.randrange(len(lab.slots)), 0)
+    if choice is not None:
+        return choice
+    lab.wait(lambda: bool(lab.worker_pids()), 120, "a live worker process")
+    return lab.random.choice(lab.worker_pids()), 0
 
 
 def sigkill_workers(lab: Lab, count: int, spacing: float) -> list[Fault]:
-    """SIGKILL a busy worker process; its replacement starts at once (as a supervisor would)."""
+    """SIGKILL a busy worker process; a replacement starts (at once, or as the supervisor says)."""
     faults = []
     for _ in range(count):
         _pause(lab, spacing)
-        slot, held = _pick_busy_slot(lab)
+        pid, held = _pick_busy_worker(lab)
         at = time.time()
-        victim = lab.kill_worker(slot)
-        faults.append(Fault("sigkill", at, time.time(), [victim.pid], f"held {held} running jobs"))
+        lab.kill_worker(pid)
+        faults.append(Fault("sigkill", at, time.time(), [pid], f"held {held} running jobs"))
     return faults
 
 
@@ -51,13 +60,12 @@ def sigstop_workers(lab: Lab, count: int, spacing: float, stop_seconds: float) -
     faults = []
     for _ in range(count):
         _pause(lab, spacing)
-        slot, held = _pick_busy_slot(lab)
-        victim = lab.slots[slot]
+        pid, held = _pick_busy_worker(lab)
         at = time.time()
-        with stopped(victim):
+        with stopped(pid):
             lab.sleep(stop_seconds)
         detail = f"held {held} running jobs; stopped {stop_seconds:g}s"
-        faults.append(Fault("sigstop", at, time.time(), [victim.pid], detail))
+        faults.append(Fault("sigstop", at, time.time(), [pid], detail))
     return faults
 
 
@@ -68,18 +76,23 @@ def restart_postgres(
 
     ``fast``: a clean restart (open transactions rolled back, clients disconnected);
     ``immediate``: a crash and crash recovery; ``outage``: a crash, then the server
-    stays down for ``outage_seconds`` (longer than the lease) before it starts again.
+    stays down (longer than the lease) before it starts again: ``outage_seconds``,
+    then 0.6 and 1.6 times that in turn, since what a worker's backoff costs after an
+    outage depends on its length.
     """
     faults = []
+    outages = 0
     for mode in modes:
         _pause(lab, spacing)
-        pids = [w.pid for w in lab.slots]
+        pids = lab.worker_pids()
         at = time.time()
         if mode == "outage":
+            down = outage_seconds * OUTAGE_FACTORS[outages % len(OUTAGE_FACTORS)]
+            outages += 1
             lab.cluster.stop("immediate")
-            lab.sleep(outage_seconds)
+            lab.sleep(down)
             lab.cluster.start()
-            detail = f"pg_ctl stop -m immediate, down {outage_seconds:g}s, start"
+            detail = f"pg_ctl stop -m immediate, down {down:g}s, start"
         else:
             lab.cluster.restart("immediate" if mode == "immediate" else "fast")
             detail = f"pg_ctl restart -m {mode}"
@@ -92,7 +105,7 @@ def terminate_backends(lab: Lab, count: int, spacing: float) -> list[Fault]:
     faults = []
     for _ in range(count):
         _pause(lab, spacing)
-        pids = [w.pid for w in lab.slots]
+        pids = lab.worker_pids()
         at = time.time()
         ended = lab.terminate_workers()
         faults.append(Fault("terminate", at, time.time(), pids, f"{ended} backends ended"))
@@ -130,7 +143,7 @@ def fill_connection_slots(lab: Lab, count: int, spacing: float, hold_seconds: fl
     for _ in range(count):
         _pause(lab, spacing)
         fillers: list[psycopg.Connection[tuple[object, ...]]] = []
-        pids = [w.pid for w in lab.slots]
+        pids = lab.worker_pids()
         try:
             _grab_free_slots(lab, fillers)
             at = time.time()

@@ -17,9 +17,11 @@ faults are injected and its minimum number of jobs is enqueued.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -37,7 +39,7 @@ import pgq
 import pgq.migrate
 import pgq.roles
 from pgcluster import ThrowawayCluster
-from worker_helpers import WorkerProcess, WorkerProcesses
+from worker_helpers import WorkerProcess, WorkerProcesses, child_pids
 
 APP = "tests.reliability.app:app"
 DBNAME = "pgq_reliability"
@@ -138,6 +140,8 @@ class FleetOptions:
     lease_seconds: float = 2.0
     poll_seconds: float = 0.5
     shutdown_grace_seconds: float = 5.0
+    #: One `pgq work --processes N` (its supervisor restarts killed children) instead of N.
+    supervised: bool = False
     extra_args: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
@@ -151,11 +155,6 @@ class FleetOptions:
             "--keep-succeeded", "forever", "--keep-dead", "forever",
             "--log-level", "warning", "--log-format", "json",
         ]  # fmt: skip
-
-    @property
-    def rescue_interval_seconds(self) -> float:
-        """What the worker derives from the lease (there is no CLI option for it)."""
-        return max(1.0, self.lease_seconds / 2)
 
 
 @dataclass
@@ -177,7 +176,6 @@ class Fault:
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "seconds_into_run": None,
             "duration_seconds": round(self.end - self.at, 3),
             "pids": self.pids,
             "detail": self.detail,
@@ -206,7 +204,7 @@ class Producer(threading.Thread):
         self.random = random.Random(seed)
         self.ids: list[int] = []
         self.doomed_ids: list[int] = []
-        self.errors = 0
+        self.failed_enqueues = 0  # batches a fault interrupted
         self._stop_event = threading.Event()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
 
@@ -225,7 +223,7 @@ class Producer(threading.Thread):
             except psycopg.Error:
                 # The database is away (a fault): the jobs of a failed commit may or
                 # may not exist, so the checks take pgq.jobs as the list of jobs.
-                self.errors += 1
+                self.failed_enqueues += 1
                 self._close()
                 self._stop_event.wait(0.2)
                 continue
@@ -271,7 +269,7 @@ class Lab:
         with Lab(FleetOptions()) as lab:
             lab.start_fleet()
             lab.start_producer(backlog=2_000, doomed=5)
-            lab.kill_worker(0)
+            lab.kill_worker(lab.worker_pids()[0])
             ...
     """
 
@@ -358,9 +356,11 @@ class Lab:
 
     # -- the database, as the harness sees it ---------------------------------------------
 
-    def query(self, statement: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def query(
+        self, statement: str, params: Sequence[Any] | None = None, *, retry_seconds: float = 60
+    ) -> list[tuple[Any, ...]]:
         """Run ``statement`` on the harness's connection, retrying while the server is away."""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + retry_seconds
         while True:
             try:
                 if self._monitor is None or self._monitor.closed or self._monitor.broken:
@@ -394,11 +394,12 @@ class Lab:
         )
         return int(rows[0][0])
 
-    def running_by_pid(self) -> dict[int, int]:
+    def running_by_pid(self, *, retry_seconds: float = 60) -> dict[int, int]:
         """Running jobs per worker pid (``locked_by`` is ``host:pid:random``)."""
         rows = self.query(
             "SELECT split_part(locked_by, ':', 2)::int, count(*) FROM pgq.jobs "
-            "WHERE status = 'running' GROUP BY 1"
+            "WHERE status = 'running' GROUP BY 1",
+            retry_seconds=retry_seconds,
         )
         return {int(pid): int(count) for pid, count in rows}
 
@@ -414,22 +415,48 @@ class Lab:
     # -- the workers ----------------------------------------------------------------------
 
     def _spawn(self) -> WorkerProcess:
-        return self.processes.start(self.worker_dsn, *self.options.argv(), app=APP)
+        argv = self.options.argv()
+        if self.options.supervised:
+            argv += ["--processes", str(self.options.workers)]
+        return self.processes.start(self.worker_dsn, *argv, app=APP)
 
     def start_fleet(self, timeout: float = 60) -> None:
-        """Start one `pgq work` per slot; return once all of them are listening."""
-        self.slots = [self._spawn() for _ in range(self.options.workers)]
+        """Start the workers; return once all of them are listening.
+
+        One `pgq work` per slot, or with ``supervised`` one `pgq work --processes N`
+        whose supervisor starts (and restarts) the N worker processes.
+        """
+        count = 1 if self.options.supervised else self.options.workers
+        self.slots = [self._spawn() for _ in range(count)]
         self.wait(
             lambda: self.listeners() >= self.options.workers, timeout, "every worker listening"
         )
 
-    def kill_worker(self, slot: int) -> WorkerProcess:
-        """SIGKILL the slot's process, reap it, and start its replacement at once."""
-        victim = self.slots[slot]
-        self.killed.add(victim.pid)
-        victim.kill()
+    def add_worker(self) -> WorkerProcess:
+        """One more `pgq work` process (a worker that joins the fleet mid-run)."""
+        worker = self._spawn()
+        self.slots.append(worker)
+        return worker
+
+    def worker_pids(self) -> list[int]:
+        """The processes that run jobs: the slots, or the supervisor's children."""
+        if self.options.supervised:
+            return sorted(pid for sup in self.slots for pid in child_pids(sup.pid))
+        return [worker.pid for worker in self.slots]
+
+    def kill_worker(self, pid: int) -> None:
+        """SIGKILL a worker process; a replacement starts at once (or as the supervisor decides)."""
+        self.killed.add(pid)
+        if self.options.supervised:
+            with suppress(ProcessLookupError):  # it may have died meanwhile
+                os.kill(pid, signal.SIGKILL)
+            return
+        slot = next(n for n, worker in enumerate(self.slots) if worker.pid == pid)
+        self.slots[slot].kill()
         self.slots[slot] = self._spawn()
-        return victim
+
+    def signal_worker(self, pid: int, signum: int) -> None:
+        os.kill(pid, signum)
 
     def reap(self) -> None:
         """Replace any worker that exited without being killed on purpose, and note it."""
@@ -453,20 +480,27 @@ class Lab:
         for worker in self.slots:
             try:
                 codes.append(worker.wait(max(0.1, deadline - time.monotonic())))
-            except Exception:
+            except subprocess.TimeoutExpired:
                 worker.kill()
                 codes.append(None)
         return codes
 
     def worker_log_lines(self) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-        """(pid, parsed JSON or None, raw line) for every line every worker logged."""
+        """(pid, parsed JSON or None, raw line) for every line every worker logged.
+
+        The pid is the one in the JSON line when there is one: a supervisor's log
+        holds its children's lines too.
+        """
         for worker in self.processes.started:
             for line in worker.log().splitlines():
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     entry = None
-                yield worker.pid, entry if isinstance(entry, dict) else None, line
+                if not isinstance(entry, dict):
+                    yield worker.pid, None, line
+                    continue
+                yield int(entry.get("pid", worker.pid)), entry, line
 
     # -- the producer ---------------------------------------------------------------------
 
@@ -496,7 +530,7 @@ class Lab:
             return
         self._sampled_at = now
         with suppress(psycopg.Error):
-            held = self.running_by_pid()
+            held = self.running_by_pid(retry_seconds=0)
             self.max_held = max([self.max_held, *held.values()])
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -516,11 +550,11 @@ class Lab:
 
 
 @contextmanager
-def stopped(worker: WorkerProcess) -> Iterator[None]:
-    """SIGSTOP ``worker`` for the duration of the block, SIGCONT after (even on error)."""
-    worker.signal(signal.SIGSTOP)
+def stopped(pid: int) -> Iterator[None]:
+    """SIGSTOP process ``pid`` for the duration of the block, SIGCONT after (even on error)."""
+    os.kill(pid, signal.SIGSTOP)
     try:
         yield
     finally:
         with suppress(ProcessLookupError):
-            worker.signal(signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)

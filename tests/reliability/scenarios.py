@@ -8,6 +8,7 @@ checks.judge(). The result carries the figures for the report.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class ScenarioResult:
     exit_codes: list[int | None]
     log_dir: Path
     notes: list[str]
+    origin: float  # wall clock when the lab was ready: fault times are relative to it
 
     @property
     def problems(self) -> list[str]:
@@ -70,9 +72,17 @@ class ScenarioResult:
         times = [f.recovery_seconds for f in self.faults if f.recovery_seconds is not None]
         return percentiles(times)
 
-    def to_json(self, origin: float) -> dict[str, Any]:
+    @property
+    def throughput_back(self) -> dict[str, float | None]:
+        times = [f.throughput_seconds for f in self.faults if f.throughput_seconds is not None]
+        return percentiles(times)
+
+    def to_json(self) -> dict[str, Any]:
         v = self.verdict
-        recovery = {k: None if x is None else round(x, 3) for k, x in self.recovery.items()}
+
+        def rounded(stats: dict[str, float | None]) -> dict[str, float | None]:
+            return {k: None if x is None else round(x, 3) for k, x in stats.items()}
+
         return {
             "scenario": self.name, "title": self.title, "form": self.form,
             "seconds": round(self.seconds, 1), "jobs": v.jobs, "doomed_jobs": v.doomed_jobs,
@@ -80,11 +90,15 @@ class ScenarioResult:
             "reruns": v.reruns, "interrupted_runs": v.interrupted_runs,
             "extra_attempts": v.extra_attempts, "rescued": v.rescued, "fenced": v.fenced,
             "lease_lost_discards": v.lease_lost_discards, "deadlocks": v.deadlocks,
-            "unexplained_rescues": v.unexplained_rescues,
-            "recovery_seconds": recovery, "exit_codes": self.exit_codes,
+            "unexplained_rescues": v.unexplained_rescues, "max_outcome_batch": v.max_batch,
+            "max_leases_one_worker": v.max_held,
+            "recovery_seconds": rounded(self.recovery),
+            "throughput_back_seconds": rounded(self.throughput_back),
+            "exit_codes": self.exit_codes,
             "problems": self.problems, "notes": self.notes, "log_dir": str(self.log_dir),
             "fault_log": [
-                {**f.to_json(), "seconds_into_run": round(f.at - origin, 3)} for f in self.faults
+                {**f.to_json(), "seconds_into_run": round(f.at - self.origin, 3)}
+                for f in self.faults
             ],
         }  # fmt: skip
 
@@ -124,6 +138,13 @@ SCENARIOS = {
             short=Size(faults=6, spacing_seconds=1.5, min_jobs=10_000),
             long=Size(faults=40, spacing_seconds=2.0, min_jobs=60_000, doomed=20),
             inject=_sigkill,
+        ),
+        Scenario(
+            "sigkill-supervised", "SIGKILL a busy child of `pgq work --processes 3`",
+            short=Size(faults=4, spacing_seconds=2.0, min_jobs=5_000),
+            long=Size(faults=20, spacing_seconds=3.0, min_jobs=30_000, doomed=20),
+            inject=_sigkill,
+            options=FleetOptions(supervised=True),
         ),
         Scenario(
             "sigstop", "SIGSTOP a busy worker past its lease, then SIGCONT",
@@ -193,7 +214,7 @@ def run_scenario(
             verdict.problem(f"workers did not exit cleanly on SIGTERM: exit codes {exit_codes}")
         return ScenarioResult(
             name, scenario.title, "long" if long else "short", faults, verdict,
-            time.monotonic() - started, exit_codes, lab.log_dir, notes,
+            time.monotonic() - started, exit_codes, lab.log_dir, notes, lab.started_at,
         )  # fmt: skip
 
 
@@ -207,8 +228,16 @@ def _scenario_checks(
     for fault in faults:
         if fault.kind not in ("sigkill", "sigstop") and fault.recovery_seconds is None:
             verdict.problem(f"no job finished after the {fault.kind} fault at {fault.at:.3f}")
-    if scenario.name == "sigkill" and verdict.interrupted_runs == 0:
+    if scenario.name.startswith("sigkill") and verdict.interrupted_runs == 0:
         verdict.problem("no kill interrupted a running handler: the scenario tested nothing")
+    if scenario.options.supervised:
+        delays = _restart_delays(lab)
+        notes.append(
+            f"the supervisor restarted {len(delays)} children, after "
+            f"{', '.join(f'{d:g}s' for d in delays)}"
+        )
+        if len(delays) != len(faults):
+            verdict.problem(f"{len(faults)} children killed, {len(delays)} restarted")
     if scenario.name == "sigstop":
         _check_stopped_workers(lab, faults, verdict, notes)
     if scenario.name == "connection-limit":
@@ -261,3 +290,15 @@ def _refusals(lab: Lab) -> int:
         and "FATAL" in line
         and ("remaining connection slots" in line or "too many clients" in line)
     )
+
+
+def _restart_delays(lab: Lab) -> list[float]:
+    """The delays the supervisor announced before restarting a dead child, in order."""
+    delays = []
+    for _, entry, _ in lab.worker_log_lines():
+        match = re.search(
+            r"exited with code .*; restarting in ([0-9.]+)s", str((entry or {}).get("message", ""))
+        )
+        if match:
+            delays.append(float(match.group(1)))
+    return delays
