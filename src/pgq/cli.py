@@ -96,6 +96,7 @@ def migrate(
 
 
 MAX_PROCESSES = 256
+ASCII_SPACE = " \t\n\r\f\v"
 
 
 def parse_retention(value: str, option: str) -> float | None:
@@ -114,9 +115,9 @@ def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
         return None
     queues: dict[str, int | None] = {}
     for value in values:
-        for item in filter(None, (part.strip() for part in value.split(","))):
+        for item in filter(None, (part.strip(ASCII_SPACE) for part in value.split(","))):
             name, sep, limit = item.partition("=")
-            name = name.strip()  # "emails = 5" is the queue "emails"; int() trims the limit
+            name = name.strip(ASCII_SPACE)  # "emails = 5" is "emails"; int() trims the limit
             if not QUEUE_NAME.match(name):
                 raise ConfigError(
                     f"--queues {item!r}: invalid queue name {name!r}: use 1 to 128 letters, "
