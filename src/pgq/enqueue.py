@@ -316,7 +316,7 @@ async def enqueue_async(
     with _schema_errors(schema):
         async with conn.cursor(row_factory=tuple_row) as cursor:
             await cursor.execute(query("enqueue_job", resolve_schema(schema)), row.params())
-        result = await cursor.fetchone()
+            result = await cursor.fetchone()
     assert result is not None, "pgq.enqueue() always returns a row"
     return EnqueueResult(id=int(result[0]), created=bool(result[1]))
 

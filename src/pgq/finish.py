@@ -78,7 +78,13 @@ class OutcomeWriter:
             except DATABASE_DOWN as error:
                 self.pending[:0] = batch  # kept for the retry
                 failures += 1
-                delay = backoff(failures)
+                # A pooled connection the server closed (restart, terminate) fails on
+                # first use: drop every such idle connection, then retry at once.
+                try:
+                    await self.pool.check()
+                except Exception:
+                    pass
+                delay = 0.0 if failures == 1 else backoff(failures - 1)
                 log.warning(
                     "recording %d outcomes failed, database unreachable (%s); retrying in %.1fs",
                     len(self.pending), error, delay,

@@ -72,7 +72,11 @@ class Heartbeat(threading.Thread):
                 self.failures += 1
                 if self.on_failure is not None:
                     self.on_failure()
-                reconnect_delay = min(MAX_RECONNECT_SECONDS, max(0.2, reconnect_delay * 2))
+                # Never wait longer than one heartbeat interval: leases claimed once the
+                # database is back must be extended before they lapse.
+                reconnect_delay = min(
+                    self.heartbeat_seconds, MAX_RECONNECT_SECONDS, max(0.2, reconnect_delay * 2)
+                )
                 log.warning("heartbeat failed (%s); retrying in %.1fs", error, reconnect_delay)
                 self._connection.close()
         self._connection.close()

@@ -102,17 +102,47 @@ WHERE j.id = due.id
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.lease_token, j.created_at;
 
 -- extend_leases: heartbeat; push locked_until forward for every job this worker still holds, returning those it holds
+-- Rows are locked in id order, as finish_jobs locks them: both run at once on the same rows
+-- (a lease is extended until its outcome is written), and unordered locks deadlock.
+WITH held AS (
+    SELECT j.id
+    FROM {schema}.jobs AS j
+    JOIN unnest(%(ids)s::bigint[], %(lease_tokens)s::uuid[]) AS held(id, lease_token)
+      ON j.id = held.id AND j.lease_token = held.lease_token
+    WHERE j.status = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j
+)
 UPDATE {schema}.jobs AS j
 SET locked_until = now() + %(lease_seconds)s * interval '1 second'
-FROM unnest(%(ids)s::bigint[], %(lease_tokens)s::uuid[]) AS held(id, lease_token)
+FROM held
 WHERE j.id = held.id
-  AND j.lease_token = held.lease_token
-  AND j.status = 'running'
 RETURNING j.id, j.lease_token;
 
 -- finish_jobs: record a batch of outcomes, each fenced by its lease token (edges: running -> succeeded | queued | dead)
 -- A row whose token no longer matches (lease lost, job rescued) is left alone and not returned.
 -- refund_attempt gives the attempt back (snooze, hand back at shutdown): those were not the job's fault.
+-- Rows are locked in id order first, as extend_leases locks them (see there).
+WITH outcome AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::bigint[],
+        %(lease_tokens)s::uuid[],
+        %(statuses)s::text[],
+        %(delays_seconds)s::float8[],
+        %(refund_attempts)s::boolean[],
+        %(errors)s::text[],
+        %(tracebacks)s::text[]
+    ) AS outcome(id, lease_token, status, delay_seconds, refund_attempt, error, traceback)
+),
+locked AS (
+    SELECT j.id, j.lease_token
+    FROM {schema}.jobs AS j
+    JOIN outcome ON j.id = outcome.id AND j.lease_token = outcome.lease_token
+    WHERE j.status = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j
+)
 UPDATE {schema}.jobs AS j
 SET status = outcome.status::{schema}.job_status,
     run_at = coalesce(now() + outcome.delay_seconds * interval '1 second', j.run_at),
@@ -130,18 +160,9 @@ SET status = outcome.status::{schema}.job_status,
             'error', outcome.error,
             'traceback', outcome.traceback))
     END
-FROM unnest(
-    %(ids)s::bigint[],
-    %(lease_tokens)s::uuid[],
-    %(statuses)s::text[],
-    %(delays_seconds)s::float8[],
-    %(refund_attempts)s::boolean[],
-    %(errors)s::text[],
-    %(tracebacks)s::text[]
-) AS outcome(id, lease_token, status, delay_seconds, refund_attempt, error, traceback)
-WHERE j.id = outcome.id
-  AND j.lease_token = outcome.lease_token
-  AND j.status = 'running'
+FROM locked
+JOIN outcome ON outcome.id = locked.id AND outcome.lease_token = locked.lease_token
+WHERE j.id = locked.id
 RETURNING j.id;
 
 -- rescue_stale_jobs: requeue (with backoff) or kill running jobs whose lease expired; SKIP LOCKED keeps two rescuers apart (edges: running -> queued | dead)

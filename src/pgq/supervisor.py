@@ -89,6 +89,12 @@ class Supervisor:
         delay = min(MAX_RESTART_DELAY_SECONDS, 0.5 * 2 ** max(0, self.quick_deaths[slot] - 1))
         if self.quick_deaths[slot] == 0:
             delay = 0.0
+        alone = not any(c.poll() is None for s, c in self.children.items() if s != slot)
+        if returncode < 0 and alone:
+            # Killed from outside (an OOM killer, an operator) and no other child is
+            # running: restart at once, or nothing would run or rescue jobs at all.
+            # A child that fails by itself (code > 0, e.g. a broken import) still backs off.
+            delay = 0.0
         log.warning(
             "worker process %d (pid %d) exited with code %s; restarting in %.1fs",
             slot, self.children[slot].pid, returncode, delay,

@@ -30,7 +30,7 @@ from pgq import outcome as outcomes
 from pgq.config import resolve_schema, worker_conninfo
 from pgq.enqueue import QUEUE_NAME
 from pgq.errors import ConfigError, GiveUp, Snooze
-from pgq.finish import DATABASE_DOWN, OutcomeWriter, backoff
+from pgq.finish import DATABASE_DOWN, MAX_BACKOFF_SECONDS, OutcomeWriter, backoff
 from pgq.job import ClaimedJob
 from pgq.lease import Heartbeat
 from pgq.listen import listen_for_wakeups
@@ -257,7 +257,11 @@ class Worker:
             # Fail a claim or a write after 10 s without a connection, and retry
             # it with backoff, rather than hang while the database is away.
             timeout=10,
-            reconnect_timeout=3600,
+            # psycopg_pool doubles its reconnect delay without limit until this
+            # timeout: with 3600 s, a worker reconnected as late after an outage as
+            # the outage lasted. Giving up after MAX_BACKOFF_SECONDS lets the next
+            # claim start a fresh attempt.
+            reconnect_timeout=MAX_BACKOFF_SECONDS,
         )
         maintenance = Maintenance(
             dsn=self.dsn,
@@ -351,7 +355,10 @@ class Worker:
                 failures = 0
             except DATABASE_DOWN as error:
                 failures += 1
-                delay = backoff(failures)
+                if self._pool is not None:
+                    with contextlib.suppress(Exception):
+                        await self._pool.check()  # drop every connection the server closed
+                delay = 0.0 if failures == 1 else backoff(failures - 1)
                 log.warning(
                     "claim failed, database unreachable (%s); retrying in %.1fs", error, delay
                 )
@@ -372,13 +379,25 @@ class Worker:
             self._wakeup.clear()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
-        assert self._wakeup is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
-        self._wakeup.clear()
+        # Only a stop cuts a backoff short: job wake-ups (a handler ending, a short
+        # retry coming due) would turn it into a retry storm, each failure doubling
+        # the next delay, up to the 10 s cap within a second.
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.1))
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._running) - self._runner.stuck_threads
+        # Outcomes not yet written still hold their leases. Past one batch's worth,
+        # claim no more: a worker whose writes stall (outage, deadlock retry) would
+        # otherwise keep claiming, and hold hundreds of leases for a concurrency of 4.
+        writer = self._writer
+        unwritten = 0 if writer is None else len(writer.pending) + writer.in_flight
+        return (
+            self.concurrency
+            - len(self._running)
+            - self._runner.stuck_threads
+            - max(0, unwritten - self.concurrency)
+        )
 
     def _queue_room(self, queue: str, limit: int | None) -> int:
         free = self._free_slots()
@@ -539,6 +558,7 @@ class Worker:
 
     def _count_outcome(self, result: Outcome) -> None:
         """Counted once stored, so that a result the fence refused is not counted twice."""
+        self._wake()  # a slot held by an unwritten outcome is free again
         self.stats.counts[result.kind] += 1
         if self.metrics is not None:
             job = result.job

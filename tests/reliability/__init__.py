@@ -5,7 +5,7 @@ form is ``bash scripts/reliability.sh``. See docs/reliability.md for what is
 injected, what is checked and the latest figures.
 
 Modules: ``app`` (the handlers the workers run), ``lab`` (the cluster, the
-database, the worker fleet and the producer), ``faults`` (how each fault is
+database and the worker fleet), ``producer`` (the backlog of jobs), ``faults`` (how each fault is
 injected), ``checks`` (the verdict over the ledger and the finishes table),
 ``scenarios`` (the fault runs, short and long), ``run`` (the command line) and
 ``repro`` (reproductions of the weaknesses the runs found).

@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lab import DOOMED_TASK, Fault, Lab
+from .lab import Fault, Lab
+from .producer import DOOMED_TASK
 
 # Kinds whose damage is one worker's leases: recovery is when rescue returned them.
 ONE_WORKER_FAULTS = ("sigkill", "sigstop")
