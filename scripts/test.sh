@@ -19,5 +19,11 @@ echo "== ruff format --check" >&2
 .venv/bin/ruff format --check .
 echo "== mypy" >&2
 .venv/bin/mypy
+if [ "$#" -eq 0 ]; then
+    # The benchmark's smoke run (pgq and the raw-SQL ceiling, a few hundred jobs), so
+    # that benchmarks/ cannot rot; the full comparison is `python3 benchmarks/run.py`.
+    echo "== benchmark smoke" >&2
+    .venv/bin/python benchmarks/run.py --smoke --no-docs --results "$(mktemp)"
+fi
 echo "== pytest" >&2
 exec .venv/bin/python -m pytest "$@"

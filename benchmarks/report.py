@@ -1,0 +1,311 @@
+"""docs/benchmarks.md and docs/benchmarks.png from the last full run in results/latest.jsonl.
+
+The markdown is written here (standard library only); the chart by chart.py,
+run by the runner venv's python (matplotlib lives there, not in pgq's venv).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs"
+MARKDOWN = DOCS / "benchmarks.md"
+CHART = DOCS / "benchmarks.png"
+PEERS = ("procrastinate", "pgqueuer", "pgqueuer-asyncpg", "awa")
+ORDER = ("pgq", "raw", *PEERS)
+
+
+def last_full_run(path: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    full = [r for r in rows if r.get("mode") == "full"]
+    if not full:
+        return []
+    run_id = full[-1]["run_id"]
+    return [r for r in full if r["run_id"] == run_id]
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if unit == "jobs/s" or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+class Table:
+    """Medians, mins and maxes by (system, scenario, metric)."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.stats = {(r["system"], r["scenario"], r["metric"]): r for r in summary["stats"]}
+        self.incomplete = {tuple(k) for k in summary["incomplete"]}
+        self.failures = {(f["system"], f["scenario"]): f["errors"] for f in summary["failures"]}
+
+    def median(self, system: str, scenario: str, metric: str) -> float | None:
+        row = self.stats.get((system, scenario, metric))
+        return None if row is None else float(row["median"])
+
+    def cell(self, system: str, scenario: str, metric: str, unit: str) -> str:
+        row = self.stats.get((system, scenario, metric))
+        if row is None:
+            return "failed" if (system, scenario) in self.failures else "–"
+        text = fmt(row["median"], unit)
+        if row["n"] > 1:
+            text += f" ({fmt(row['min'], unit)}–{fmt(row['max'], unit)})"
+        if (system, scenario) in self.incomplete:
+            text += " †"
+        return text
+
+    def best_peer(self, scenario: str, metric: str, higher: bool) -> tuple[str, float] | None:
+        found = [(p, v) for p in PEERS if (v := self.median(p, scenario, metric)) is not None]
+        if not found:
+            return None
+        return max(found, key=lambda x: x[1]) if higher else min(found, key=lambda x: x[1])
+
+
+def ratio(ours: float | None, other: float | None) -> str:
+    if ours is None or other is None or other == 0:
+        return "–"
+    return f"{ours / other:.2f}×"
+
+
+def targets(table: Table) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met?) for each target pgq is held to."""
+    m = table.median
+    out: list[tuple[str, str, bool | None]] = []
+
+    def check(name: str, measured: str, met: bool | None) -> None:
+        out.append((name, measured, met))
+
+    drain, raw_drain = m("pgq", "drain_1p", "jobs_per_s"), m("raw", "drain_1p", "jobs_per_s")
+    peer = table.best_peer("drain_1p", "jobs_per_s", True)
+    if drain and peer:
+        check("drain, one process ≥ 2× best Python peer",
+              f"{fmt(drain)} vs {peer[0]} {fmt(peer[1])} = {drain / peer[1]:.2f}×",
+              drain >= 2 * peer[1])  # fmt: skip
+    if drain and raw_drain:
+        check("drain, one process ≥ 70 % of raw", f"{drain / raw_drain:.0%} of raw",
+              drain >= 0.7 * raw_drain)  # fmt: skip
+    single, raw_single = (
+        m("pgq", "enqueue_single", "jobs_per_s"),
+        m("raw", "enqueue_single", "jobs_per_s"),
+    )
+    if single and raw_single:
+        check("enqueue_single ≥ 90 % of raw INSERT+commit", f"{single / raw_single:.0%} of raw",
+              single >= 0.9 * raw_single)  # fmt: skip
+    bulk = m("pgq", "enqueue_bulk", "jobs_per_s")
+    bulk_peer = table.best_peer("enqueue_bulk", "jobs_per_s", True)
+    if bulk:
+        check("enqueue_bulk ≥ 100,000 jobs/s", f"{fmt(bulk)} jobs/s", bulk >= 100_000)
+    if bulk and bulk_peer:
+        check("enqueue_bulk ≥ fastest peer", f"{fmt(bulk)} vs {bulk_peer[0]} {fmt(bulk_peer[1])}",
+              bulk >= bulk_peer[1])  # fmt: skip
+    p95 = m("pgq", "latency_20", "p95_ms")
+    if p95 is not None:
+        check("latency at 20/s: p95 ≤ 3 ms", f"p95 {fmt(p95)} ms", p95 <= 3)
+    small, large = (
+        m("pgq", "history_small", "drain_jobs_per_s"),
+        m("pgq", "history_large", "drain_jobs_per_s"),
+    )
+    if small and large:
+        check("history: large-history drain rate within 1.5× of small",
+              f"{fmt(large)} vs {fmt(small)} jobs/s ({small / large:.2f}× slower)",
+              small <= 1.5 * large)  # fmt: skip
+    c_small, c_large = (
+        m("pgq", "history_small", "claim_p50_ms"),
+        m("pgq", "history_large", "claim_p50_ms"),
+    )
+    if c_small and c_large:
+        check("history: large-history claim latency (p50) within 1.5× of small",
+              f"{fmt(c_large)} vs {fmt(c_small)} ms", c_large <= 1.5 * c_small)  # fmt: skip
+    checkpoint, end = (
+        m("pgq", "memory_worker", "rss_checkpoint_mb"),
+        m("pgq", "memory_worker", "rss_end_mb"),
+    )
+    done = m("pgq", "memory_worker", "jobs_done")
+    if checkpoint and end:
+        check("memory: worker RSS after all jobs within 20 % of RSS after the first 10k",
+              f"{fmt(checkpoint)} → {fmt(end)} MiB after {fmt(done)} jobs",
+              end <= 1.2 * checkpoint)  # fmt: skip
+    return out
+
+
+def render(rows: list[dict[str, Any]], chart_note: str) -> str:
+    import run  # the scenario and system tables; run imports this module at its top
+
+    summary = run.summarise(rows)
+    table = Table(summary)
+    versions: dict[str, dict[str, str]] = summary["versions"]
+    sizes = rows[0].get("sizes", {})
+    postgres = rows[0].get("postgres", "?")
+    when = rows[0]["at"][:16].replace("T", " ")
+    runs = max(int(r["run"]) for r in rows)
+    systems = [s for s in ORDER if any(r["system"] == s for r in rows)]
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `python3 benchmarks/run.py` (a full run); do not edit by hand. -->",
+        "",
+        "pgq against Python peers and a raw-SQL ceiling, on the same PostgreSQL in the same run.",
+        "**Absolute numbers depend on the machine** (and on what else it was doing): "
+        "the ratios between systems measured side by side are the point.",
+        "",
+        f"Run `{rows[0]['run_id']}`, {when} UTC: PostgreSQL {postgres}; each scenario run "
+        f"{runs} time(s), the heavy ones (history_*, memory_*) once; median with (min–max).",
+        "",
+        "**Machine:** 2 cores, 24 GiB, shared with other work (noisy); PostgreSQL on the same "
+        "machine (127.0.0.1), default settings (`synchronous_commit=on`, `fsync=on`, "
+        "`shared_buffers=128MB`). Workers, producers and the server compete for the same 2 cores.",
+        "",
+        "![throughput and latency per system](benchmarks.png)",
+        "",
+    ]
+    if chart_note:
+        lines += [chart_note, ""]
+    lines += [
+        "## Results",
+        "",
+        "† capped by the time limit: jobs/s over the jobs that finished.",
+        "",
+    ]
+    header = ["scenario", "metric", *systems, "pgq / raw", "pgq / best peer"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, scenario in run.SCENARIOS.items():
+        for metric, unit, higher in scenario.metrics:
+            if not any(table.stats.get((s, name, metric)) for s in systems):
+                continue
+            best = table.best_peer(name, metric, higher)
+            ours = table.median("pgq", name, metric)
+            cells = [table.cell(s, name, metric, unit) for s in systems]
+            arrow = "↑" if higher else "↓"
+            best_text = f"{ratio(ours, best[1])} ({best[0]})" if best else "–"
+            lines.append(
+                f"| {name} | {metric} ({unit}) {arrow} | "
+                + " | ".join(cells)
+                + f" | {ratio(ours, table.median('raw', name, metric))} | {best_text} |"
+            )
+    lines += ["", "↑ higher is better, ↓ lower is better. Ratios are of medians.", ""]
+    if table.failures:
+        lines += ["### Failures", ""]
+        for (system, scenario), errors in sorted(table.failures.items()):
+            lines.append(f"- **{system}**, {scenario}: {errors[0][:400]}")
+        lines.append("")
+    lines += ["## Targets for pgq", "", "| target | measured | met |", "|---|---|---|"]
+    for name, measured, met in targets(table):
+        lines.append(f"| {name} | {measured} | {'yes' if met else 'no'} |")
+    lines += ["", "## Versions", "", "| system | packages |", "|---|---|"]
+    for system in systems:
+        found = versions.get(system, {})
+        lines.append(f"| {system} | " + ", ".join(f"{k} {v}" for k, v in found.items()) + " |")
+    lines += [f"| PostgreSQL | {postgres} |", ""]
+    lines += method(sizes)
+    return "\n".join(lines) + "\n"
+
+
+def method(sizes: dict[str, Any]) -> list[str]:
+    def n(key: str) -> str:
+        value = sizes.get(key)
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    return [
+        "## Method",
+        "",
+        "One command: `python3 benchmarks/run.py` (see `--help`; `--smoke` is the CI check). "
+        "Each system has its own virtual environment under `benchmarks/.venvs/`, built from "
+        "`benchmarks/requirements/<system>.txt` with pinned versions; its adapter "
+        "(`benchmarks/adapters/<system>_adapter.py`) runs as a subprocess of that venv's "
+        "python and prints one JSON line. Every run of every scenario gets a fresh database "
+        "(`CREATE DATABASE`, then `DROP DATABASE ... WITH (FORCE)`) and a timeout; a timeout "
+        "or an error is recorded as a failure row. Systems are interleaved within each run, "
+        "so drift on the shared machine hits all of them alike. Raw rows: "
+        "`benchmarks/results/latest.jsonl`.",
+        "",
+        f"- **enqueue_single**: {n('single')} jobs, each its own committed transaction "
+        "(pgq: `pgq.enqueue` + `commit`; procrastinate: `task.defer`; pgqueuer: "
+        "`Queries.enqueue`; awa: `Client.insert`; raw: a bare `INSERT` + `commit`).",
+        f"- **enqueue_bulk**: {n('bulk')} jobs through the bulk API: pgq `enqueue_many` fed "
+        "by a generator (one transaction, COPY); raw `COPY`; peers' bulk calls take "
+        "materialised lists, so they get chunks of 10,000 (procrastinate `batch_defer`, "
+        "pgqueuer `enqueue` with lists, awa `enqueue_many_copy`).",
+        f"- **drain_1p / drain_2p**: {n('drain')} no-op jobs pre-loaded, then the workers "
+        "started; timed from process start until a poll of the table (every 20 ms) finds no "
+        "unfinished job, so worker start-up is included. pgq runs its CLI "
+        f"(`pgq work --processes 1|2 --concurrency {n('concurrency')}`); peers run one worker "
+        "per process (procrastinate `run_worker_async(concurrency=C)`, pgqueuer "
+        "`QueueManager.run(batch_size=C)`, awa `start([(queue, C)])`), raw a loop of batch "
+        f"claim (`LIMIT C`) and batch completion. C = {n('concurrency')} for every system; "
+        f"other settings at their defaults; LISTEN/NOTIFY on. Capped at {n('drain_seconds')} s "
+        "(†): procrastinate and awa do not finish in that time here.",
+        "- **latency_20 / latency_200**: an idle, listening worker; "
+        f"{n('latency')} jobs enqueued one by one at a steady 20 or 200 per second. Each job's "
+        "commit time is `time.time()` right after its commit (producer side), the handler "
+        "notes `time.time()` first thing; latency = start − commit (same machine clock). "
+        "Raw adds a `NOTIFY` to each insert here, since an idle worker must be woken.",
+        f"- **history_small / history_large**: {n('history_small')} or "
+        f"{n('history_large')} finished jobs written straight into each system's table "
+        "(`INSERT ... SELECT generate_series`, finished within the last hour so no retention "
+        "prunes them during the run), then `VACUUM (ANALYZE)`: a settled history. This is "
+        "written once per system into a template database that each run clones "
+        f"(`CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY`). Then {n('history_drain')} "
+        "jobs are drained by one worker (drain rate), and 100 jobs at 50/s measure claim "
+        "latency (pickup, as above). pgqueuer keeps finished jobs in `pgqueuer_log` (already "
+        "aggregated), awa in `awa.done_entries`. Slow systems drain "
+        f"{sizes.get('slow_factor', 0.1):.0%} as many jobs.",
+        f"- **memory_worker**: {n('memory')} jobs pre-loaded; the worker process's VmRSS "
+        "(`/proc/<pid>/status`) sampled as it drains: at its first finished job, after the "
+        f"first 10,000 (the checkpoint) and at the end. pgq drains all of them (cap "
+        f"{n('memory_seconds')} s); raw and the peers get "
+        f"{sizes.get('peer_memory_factor', 0.3):.0%} (slow ones "
+        f"{sizes.get('slow_factor', 0.1):.0%}) of the jobs and "
+        f"{n('peer_memory_seconds')} s, and are compared at the point reached (`jobs_done`).",
+        f"- **memory_enqueue**: {n('memory')} jobs through the bulk API in a fresh producer "
+        "process; `peak_rss_mb` is its `ru_maxrss`, `growth_mb` the growth over the same "
+        "process after a 10-job warm-up bulk call.",
+        "",
+        "Finished means: pgq not `queued`/`running`; procrastinate not `todo`/`doing`; "
+        "pgqueuer no row left in its queue table; raw `done`. The harness polls one "
+        "`EXISTS (... WHERE status = s)` per status, on a connection without parallel workers "
+        "or JIT: an `IN (...)` list is not matched to partial indexes, and a sequential scan "
+        "of a 5M-row history every 20 ms would slow the drain it times (a first version of "
+        "this harness did exactly that). Statuses with no index of their own (raw `running`, "
+        "procrastinate `doing`) are checked once the indexed ones are empty. awa: its handler "
+        "has run (awa keeps completion receipts in rotating ring partitions that no cheap "
+        "query counts, and its `queue_stats()` took minutes with history present). "
+        "memory_worker counts handler records for every system, so counting a million rows "
+        "every second does not load the machine the worker shares.",
+        "",
+    ]
+
+
+def write_docs(results: Path, ensure_runner: Callable[[], Path]) -> int:
+    rows = last_full_run(results) if results.exists() else []
+    if not rows:
+        print(f"no full run in {results}: run `python3 benchmarks/run.py` first", file=sys.stderr)
+        return 1
+    import run
+
+    chart_note = ""
+    try:
+        python = ensure_runner()
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump(run.summarise(rows), handle)
+        done = subprocess.run(
+            [str(python), str(HERE / "chart.py"), handle.name, str(CHART)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        Path(handle.name).unlink(missing_ok=True)
+        if done.returncode != 0:
+            chart_note = f"(The chart could not be drawn: {done.stderr.strip()[-300:]})"
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        chart_note = f"(The chart could not be drawn: {error})"
+    MARKDOWN.write_text(render(rows, chart_note))
+    print(f"wrote {MARKDOWN} and {CHART}", file=sys.stderr)
+    return 0
