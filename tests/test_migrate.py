@@ -173,7 +173,7 @@ def test_migrate_sql_with_a_schema_targets_that_schema() -> None:
     result = run_pgq("migrate", "--sql", "--schema", "jobs_sql")
 
     assert result.returncode == 0, output(result)
-    assert "CREATE SCHEMA IF NOT EXISTS jobs_sql" in result.stdout
+    assert 'CREATE SCHEMA IF NOT EXISTS "jobs_sql"' in result.stdout
     assert "CREATE TABLE jobs_sql.jobs" in result.stdout
     assert "pgq." not in result.stdout.replace("pgq.migrate", "")
 

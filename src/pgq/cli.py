@@ -373,6 +373,8 @@ def demo(
     """
     from pgq.demo import run_demo
 
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     configure_logging(log_level)
     run_demo(dsn)
 

@@ -19,7 +19,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from pgq.config import DSN_ENV_VARS, describe_dsn, redact, resolve_dsn
+from pgq.config import DSN_ENV_VARS, describe_dsn, redact, resolve_dsn, worker_conninfo
 from pgq.enqueue import JobSpec, enqueue, enqueue_many
 from pgq.errors import ConfigError, GiveUp, PgqError
 from pgq.migrate import migrate
@@ -83,7 +83,9 @@ def raise_give_up(url: str) -> None:
 def find_database(console: Console, dsn: str | None) -> str:
     """The configured DSN, else a local server, else an embedded PostgreSQL."""
     if dsn or any(os.environ.get(name) for name in DSN_ENV_VARS):
-        return resolve_dsn(dsn)
+        chosen = resolve_dsn(dsn)
+        worker_conninfo(chosen)  # ConfigError "invalid DSN: ..." before anything else
+        return chosen
     try:
         with psycopg.connect(LOCAL_SERVER, autocommit=True) as conn:
             if not conn.execute(query("find_database", SCHEMA), {"name": DEMO_DATABASE}).fetchone():
