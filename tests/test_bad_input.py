@@ -838,7 +838,6 @@ CLI_CASES: dict[str, Cli] = {
 CLI_BUGS: dict[str, str] = {}  # every bug it found is fixed
 
 
-
 def cli_params() -> list[Any]:
     params = []
     for name, case in CLI_CASES.items():

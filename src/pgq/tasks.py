@@ -170,9 +170,7 @@ class App:
 
         def register(function: Handler) -> Task:
             if name is not None and not name:
-                raise ConfigError(
-                    "invalid task name '': leave name out to use the function's name"
-                )
+                raise ConfigError("invalid task name '': leave name out to use the function's name")
             task = Task(
                 name=function.__name__ if name is None else name,
                 handler=function,
