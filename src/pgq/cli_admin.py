@@ -366,7 +366,7 @@ def prune(
     try:
         age_seconds = parse_duration(older_than)
     except ConfigError as problem:
-        fail(f"--older-than: {problem}")
+        fail(f"{problem} (--older-than)")
     statuses = status or ["succeeded", "cancelled"]
     with database(dsn, schema) as (conn, schema_name):
         for name in statuses:

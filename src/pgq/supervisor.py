@@ -117,7 +117,9 @@ class Supervisor:
                 log.warning("worker pid %d did not stop in time; killing it", child.pid)
                 child.kill()
                 child.wait()
-        failed = [c.returncode for c in stopping if c.returncode != 0]
+        # Killed by our own SIGTERM before it could install its handler (it was just
+        # starting): that is a stop, not a failure.
+        failed = [c.returncode for c in stopping if c.returncode not in (0, -signal.SIGTERM)]
         if failed:
             log.warning("worker processes exited with codes %s", failed)
             return 1
