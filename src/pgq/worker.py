@@ -233,8 +233,7 @@ class Worker:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
-        if not await self._wait_for_database():
-            return
+        await self._wait_for_database()
         heartbeat = Heartbeat(
             dsn=self.dsn,
             schema=self.schema,
@@ -310,14 +309,14 @@ class Worker:
 
     # -- claiming ------------------------------------------------------------
 
-    async def _wait_for_database(self) -> bool:
-        """True once the schema checks out; False if a stop came first."""
+    async def _wait_for_database(self) -> None:
+        """Return once the schema checks out; ConfigError if that cannot happen (or a stop came)."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         failures = 0
         while True:
             try:
                 await asyncio.to_thread(self._check_schema)
-                return True
+                return
             except DATABASE_DOWN as error:
                 failures += 1
                 if _not_an_outage(error):
