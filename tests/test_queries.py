@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from psycopg import ClientCursor, sql
 
 from pgq.config import wakeup_channel
-from pgq.queries import QUERIES, query
+from pgq.queries import QUERIES, array_literal, query
 from pgq.roles import roles_sql
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -41,7 +42,7 @@ def test_queries_sql_has_the_statements_pgq_runs() -> None:
     assert expected <= set(QUERIES)
 
 
-def compose(name: str) -> sql.Composed:
+def compose(name: str) -> sql.SQL | sql.Composed:
     """``query(name, "pgq")``; identifiers other than {schema} and {channel} get test names."""
     if name == "grant_roles":
         return roles_sql("pgq")  # role names are literals as well as identifiers
@@ -169,3 +170,16 @@ def test_claim_jobs_from_queue_uses_the_per_queue_claim_index(busy_conn: Conn) -
     params = {**CLAIM_PARAMS, "queue": "queue_3"}
 
     assert "jobs_queue_claim_idx" in plan_index_names(busy_conn, "claim_jobs_from_queue", params)
+
+
+def test_array_literal_round_trips_ids_tokens_and_task_names(conn: psycopg.Connection[Any]) -> None:
+    # The worker passes its arrays as one literal; what arrives must be what was sent,
+    # including a task named like the array keyword NULL.
+    tokens = [uuid.uuid4(), uuid.uuid4()]
+    names = ["null", "NULL", "a.b:c-d_9"]
+    row = conn.execute(
+        "SELECT %s::bigint[], %s::uuid[], %s::text[], %s::bigint[]",
+        [array_literal([1, 9_007_199_254_740_993]), array_literal(tokens),
+         array_literal(names), array_literal([])],
+    ).fetchone()  # fmt: skip
+    assert row == ([1, 9_007_199_254_740_993], tokens, names, [])

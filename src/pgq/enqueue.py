@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema, wakeup_channel
@@ -91,6 +92,12 @@ class _Row(NamedTuple):
     delay_seconds: float
     max_attempts: int
     dedupe_key: str | None
+
+    def statement(self, schema: str) -> tuple[sql.SQL, dict[str, Any]]:
+        """The single-job enqueue statement for this row, and its parameters."""
+        if self.dedupe_key is None:
+            return query("insert_job", schema), {**self.params(), "channel": wakeup_channel(schema)}
+        return query("enqueue_job", schema), self.params()
 
     def params(self) -> dict[str, Any]:
         return {
@@ -288,9 +295,7 @@ def enqueue(
     )  # fmt: skip
     # A cursor of our own: the caller's connection may use dict_row or another factory.
     with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
-        result = cursor.execute(
-            query("enqueue_job", resolve_schema(schema)), row.params()
-        ).fetchone()
+        result = cursor.execute(*row.statement(resolve_schema(schema))).fetchone()
     assert result is not None, "pgq.enqueue() always returns a row"
     return EnqueueResult(id=int(result[0]), created=bool(result[1]))
 
@@ -315,7 +320,7 @@ async def enqueue_async(
     )  # fmt: skip
     with _schema_errors(schema):
         async with conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(query("enqueue_job", resolve_schema(schema)), row.params())
+            await cursor.execute(*row.statement(resolve_schema(schema)))
             result = await cursor.fetchone()
     assert result is not None, "pgq.enqueue() always returns a row"
     return EnqueueResult(id=int(result[0]), created=bool(result[1]))

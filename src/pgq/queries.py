@@ -1,13 +1,16 @@
 """Loads queries.sql and hands out its statements by name, bound to a schema.
 
-Statements are composed once per (name, schema) and cached: composing is cheap
-but the worker's hot path runs the same few statements thousands of times a second.
+Statements are rendered once per (name, schema) and cached as plain SQL text:
+the worker's hot path runs the same few statements thousands of times a second,
+and a ``Composed`` would be rendered again, identifier quoting and all, at every
+execute (about 15 µs each, measured).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from importlib import resources
 from typing import Final
 
@@ -38,14 +41,28 @@ QUERIES: Final[dict[str, str]] = _parse(
 
 
 @functools.cache
-def query(name: str, schema: str, database: str | None = None) -> sql.Composed:
+def query(name: str, schema: str, database: str | None = None) -> sql.SQL:
     """The statement called ``name`` in queries.sql, for pgq's ``schema``."""
     try:
         text = QUERIES[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in queries.sql") from None
-    return sql.SQL(text).format(
+    composed = sql.SQL(text).format(
         schema=sql.Identifier(schema),
         channel=sql.Identifier(wakeup_channel(schema)),
         database=sql.Identifier(database or "unused"),
     )
+    # Identifiers are quoted by psycopg here; the result is SQL, not data.
+    return sql.SQL(composed.as_string(None))
+
+
+def array_literal(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal (``{"1","2"}``) for a ``%s::bigint[]``-style parameter.
+
+    psycopg dumps a list parameter element by element in Python, which a profile
+    of the worker showed as its largest cost after waiting for the server. One
+    string is dumped at C speed. Only for values whose text holds no ``"``, ``\\``
+    or ``{}``: integers, UUIDs and validated task names. Each element is quoted,
+    so a task named ``null`` stays a name.
+    """
+    return "{" + ",".join([f'"{value}"' for value in values]) + "}"

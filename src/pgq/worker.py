@@ -39,7 +39,7 @@ from pgq.maintenance import PRUNE_INTERVAL_SECONDS, Maintenance
 from pgq.metrics import DEFAULT_HOST, QueueStatsCollector, WorkerMetrics, serve
 from pgq.migrate import check_schema
 from pgq.outcome import Outcome
-from pgq.queries import query
+from pgq.queries import array_literal, query
 from pgq.rescue import RescuedJob
 from pgq.retention import Retention
 from pgq.retry import Retry
@@ -162,6 +162,7 @@ class Worker:
         self.name = name or worker_name()
         self.stats = WorkerStats()
         self.task_names = sorted(app.tasks)
+        self._tasks_literal = array_literal(self.task_names)
 
         # Both keyed by lease token, not job id: a stale run of a job (a sync
         # handler past a lost lease) and its newer run may both be here at once.
@@ -411,7 +412,7 @@ class Worker:
         if self._free_slots() <= 0:
             return False
         params: dict[str, Any] = {
-            "tasks": self.task_names,
+            "tasks": self._tasks_literal,
             "lease_seconds": self.lease_seconds,
             "worker": self.name,
         }
