@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ORDER = ("pgq", "raw", "procrastinate", "pgqueuer", "pgqueuer-asyncpg", "awa")
+ORDER = ("pgq", "pgq-sync", "raw", "procrastinate", "pgqueuer", "pgqueuer-asyncpg", "awa")
 COLORS = {
     "pgq": "#1f77b4",
     "raw": "#7f7f7f",

@@ -56,12 +56,17 @@ class System:
     #: Drains under ~1,000 jobs/s: history and memory runs use fewer jobs (the
     #: time caps would cut them off anyway); documented in docs/benchmarks.md.
     slow: bool = False
+    #: Only these scenarios (None: all): a variant that differs only in its worker.
+    scenarios: tuple[str, ...] | None = None
 
 
 SYSTEMS = {
     s.name: s
     for s in (
         System("pgq", "pgq", "pgq_adapter.py"),
+        # pgq's worker with --synchronous-commit: its claims and outcomes wait for
+        # the WAL flush, as raw's do.
+        System("pgq-sync", "pgq", "pgq_adapter.py", "sync", scenarios=("drain_1p", "drain_2p")),
         System("raw", "raw", "raw_adapter.py"),
         System("procrastinate", "procrastinate", "procrastinate_adapter.py", slow=True),
         System("pgqueuer", "pgqueuer", "pgqueuer_adapter.py", "psycopg"),
@@ -420,7 +425,9 @@ class Suite:
                     # Systems interleaved within each run: drift on a shared
                     # machine then hits every system alike.
                     for system in self.systems:
-                        self.run_one(SYSTEMS[system], scenario, run)
+                        only = SYSTEMS[system].scenarios
+                        if only is None or scenario in only:
+                            self.run_one(SYSTEMS[system], scenario, run)
         finally:
             for template in self.templates.values():
                 drop_database(self.admin, template)

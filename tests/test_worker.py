@@ -961,6 +961,45 @@ def test_poll_only_worker_processes_jobs_without_listening(dsn: str) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, "off"),
+        ({"synchronous_commit": True}, "on"),
+        # PgBouncer in transaction mode cannot hold a session setting: left alone.
+        ({"listen": False}, "on"),
+    ],
+)
+def test_claims_and_outcomes_commit_without_waiting_for_the_wal_flush_unless_asked(
+    dsn: str, options: dict[str, Any], expected: str
+) -> None:
+    app = pgq.App()
+    done: list[int] = []
+
+    @app.task()
+    async def ping(n: int) -> None:
+        done.append(n)
+
+    async def scenario() -> str:
+        worker = make_worker(app, dsn, **options)
+        async with await connect(dsn) as db:
+            job_id = await enqueue(db, "ping", {"n": 1})
+            async with running(worker) as worker_task:
+                await eventually(lambda: done == [1], "the job ran", worker_task=worker_task)
+                await eventually(
+                    has_status(db, job_id, "succeeded"), "its outcome was written",
+                    worker_task=worker_task,
+                )  # fmt: skip
+                assert worker._pool is not None
+                async with worker._pool.connection() as pooled:
+                    cursor = await pooled.execute("SHOW synchronous_commit")
+                    row = await cursor.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    assert asyncio.run(scenario()) == expected
+
+
 # -- graceful shutdown ----------------------------------------------------------------------
 
 

@@ -34,6 +34,9 @@ class PgqAdapter:
     needs_record = False
     packages = ("pgq-jobs", "psycopg", "psycopg-binary", "psycopg-pool")
 
+    def __init__(self, synchronous_commit: bool = False) -> None:
+        self.synchronous_commit = synchronous_commit
+
     def install(self, dsn: str) -> None:
         migrate(dsn)
 
@@ -77,12 +80,16 @@ class PgqAdapter:
             "--processes", str(processes), "--concurrency", str(concurrency),
             "--log-level", "warning",
         ]  # fmt: skip
+        if self.synchronous_commit:
+            argv.append("--synchronous-commit")
         return [(argv, HERE)]
 
     def run_worker(self, dsn: str, concurrency: int) -> None:
-        worker = pgq.Worker(app, dsn, concurrency=concurrency)
+        worker = pgq.Worker(
+            app, dsn, concurrency=concurrency, synchronous_commit=self.synchronous_commit
+        )
         asyncio.run(worker.run(handle_signals=True))
 
 
 if __name__ == "__main__":
-    bench_common.main(lambda _variant: PgqAdapter())
+    bench_common.main(lambda variant: PgqAdapter(synchronous_commit=variant == "sync"))

@@ -177,6 +177,14 @@ def work(
             help="On SIGTERM, how long running jobs may take before they are handed back."
         ),
     ] = 30.0,
+    synchronous_commit: Annotated[
+        bool,
+        typer.Option(
+            "--synchronous-commit",
+            help="Wait for the WAL flush on every claim and outcome write. Off by default: "
+            "after a database crash a lost write only re-runs a job.",
+        ),
+    ] = False,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Serve Prometheus metrics on /metrics and a health check on /health."),
@@ -229,6 +237,7 @@ def work(
             poll_seconds=poll_seconds, lease_seconds=lease_seconds, listen=not poll_only,
             shutdown_grace_seconds=shutdown_grace_seconds, retention=retention,
             metrics_port=metrics_port, metrics_host=metrics_host,
+            synchronous_commit=synchronous_commit,
         )  # fmt: skip
         if processes > 1:
             worker.check_schema_now()
@@ -243,6 +252,8 @@ def work(
                 child += ["--queues", queue]
             if poll_only:
                 child.append("--poll-only")
+            if synchronous_commit:
+                child.append("--synchronous-commit")
 
             def child_argv(slot: int) -> list[str]:
                 # One metrics port per process: child N serves on --metrics-port + N.

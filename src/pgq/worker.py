@@ -92,6 +92,8 @@ class Worker:
     ``queues`` maps queue name to its own concurrency limit (None: no limit but
     the total); None serves every queue. ``listen=False`` is the poll-only mode
     for PgBouncer in transaction mode (no LISTEN, no prepared statements).
+    ``synchronous_commit=False`` (the default) lets claims and outcome writes
+    commit without waiting for their WAL flush; see docs/concepts/delivery.md.
 
     Example::
 
@@ -117,6 +119,7 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_HOST,
         name: str | None = None,
+        synchronous_commit: bool = False,
     ) -> None:
         if not app.tasks:
             raise ConfigError("the app has no tasks: register handlers with @app.task")
@@ -160,6 +163,7 @@ class Worker:
         self.metrics_host = metrics_host
         self.metrics = WorkerMetrics() if metrics_port is not None else None
         self.name = name or worker_name()
+        self.synchronous_commit = synchronous_commit
         self.stats = WorkerStats()
         self.task_names = sorted(app.tasks)
         self._tasks_literal = array_literal(self.task_names)
@@ -252,6 +256,7 @@ class Worker:
             min_size=1,
             max_size=4,
             kwargs={"autocommit": True, "prepare_threshold": 5 if self.listen else None},
+            configure=self._configure_connection,
             open=False,
             name="pgq-worker",
             # Fail a claim or a write after 10 s without a connection, and retry
@@ -307,6 +312,17 @@ class Worker:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
+
+    async def _configure_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Claims and outcome writes need not wait for their WAL flush: a write
+        # lost in a database crash only re-runs a job (the claim reverts to queued,
+        # a lost outcome leaves it to rescue), which at-least-once allows. Jobs are
+        # enqueued in the application's own transactions, which this leaves alone.
+        # Measured: +60 % drain rate here (docs/concepts/delivery.md).
+        # Not with PgBouncer in transaction mode (listen=False): a session setting
+        # would land on whichever server connection the SET happened to get.
+        if not self.synchronous_commit and self.listen:
+            await conn.execute("SET synchronous_commit = off")
 
     # -- claiming ------------------------------------------------------------
 
