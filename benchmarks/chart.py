@@ -14,9 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ORDER = ("pgq", "pgq-sync", "raw", "procrastinate", "pgqueuer", "pgqueuer-asyncpg", "awa")
+ORDER = (
+    "pgq", "pgq-sync", "pgq-ids", "raw", "procrastinate", "pgqueuer", "pgqueuer-asyncpg", "awa",
+)  # fmt: skip
 COLORS = {
     "pgq": "#1f77b4",
+    "pgq-sync": "#6baed6",
+    "pgq-ids": "#9ecae1",
     "raw": "#7f7f7f",
     "procrastinate": "#ff7f0e",
     "pgqueuer": "#2ca02c",

@@ -19,7 +19,7 @@ DOCS = HERE.parent / "docs"
 MARKDOWN = DOCS / "benchmarks.md"
 CHART = DOCS / "benchmarks.png"
 PEERS = ("procrastinate", "pgqueuer", "pgqueuer-asyncpg", "awa")
-ORDER = ("pgq", "pgq-sync", "raw", *PEERS)
+ORDER = ("pgq", "pgq-sync", "pgq-ids", "raw", *PEERS)
 
 
 def last_full_run(path: Path) -> list[dict[str, Any]]:
@@ -236,7 +236,10 @@ def method(sizes: dict[str, Any]) -> list[str]:
         "(pgq: `pgq.enqueue` + `commit`; procrastinate: `task.defer`; pgqueuer: "
         "`Queries.enqueue`; awa: `Client.insert`; raw: a bare `INSERT` + `commit`).",
         f"- **enqueue_bulk**: {n('bulk')} jobs through the bulk API: pgq `enqueue_many` fed "
-        "by a generator (one transaction, COPY); raw `COPY`; peers' bulk calls take "
+        "by a generator (one transaction, COPY) with `return_ids=False`, which COPYs "
+        "straight into the jobs table and returns a count; **pgq-ids** is the default call, "
+        "which returns every id and so goes through a staging table (it runs enqueue_bulk "
+        "and memory_enqueue only); raw `COPY`; peers' bulk calls take "
         "materialised lists, so they get chunks of 10,000 (procrastinate `batch_defer`, "
         "pgqueuer `enqueue` with lists, awa `enqueue_many_copy`).",
         f"- **drain_1p / drain_2p**: {n('drain')} no-op jobs pre-loaded, then the workers "

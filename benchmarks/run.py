@@ -67,6 +67,11 @@ SYSTEMS = {
         # pgq's worker with --synchronous-commit: its claims and outcomes wait for
         # the WAL flush, as raw's do.
         System("pgq-sync", "pgq", "pgq_adapter.py", "sync", scenarios=("drain_1p", "drain_2p")),
+        # pgq's enqueue_many returning every id (the default), where pgq's row uses
+        # return_ids=False, which streams straight into the table.
+        System(
+            "pgq-ids", "pgq", "pgq_adapter.py", "ids", scenarios=("enqueue_bulk", "memory_enqueue")
+        ),
         System("raw", "raw", "raw_adapter.py"),
         System("procrastinate", "procrastinate", "procrastinate_adapter.py", slow=True),
         System("pgqueuer", "pgqueuer", "pgqueuer_adapter.py", "psycopg"),

@@ -293,6 +293,50 @@ def test_enqueue_many_on_an_autocommit_connection_is_one_transaction(dsn: str) -
         assert count_jobs(auto) == 2
 
 
+def test_enqueue_many_without_ids_counts_what_it_created_across_straight_and_staged_chunks(
+    conn: Conn, listener: Conn
+) -> None:
+    # Plain chunks are COPYed straight into jobs; a chunk holding a dedupe key or a
+    # delay goes through staging. Both must land, and the count must match the table.
+    pgq.enqueue(conn, "sync_account", dedupe_key="sync:taken")
+    plain = [JobSpec("resize", {"n": n}, queue="images") for n in range(ENQUEUE_MANY_CHUNK + 5)]
+    tail = [
+        JobSpec("sync_account", dedupe_key="sync:taken"),  # skipped: held by a queued job
+        JobSpec("sync_account", dedupe_key="sync:new"),
+        JobSpec("later", delay=60),
+    ]
+
+    created = pgq.enqueue_many(conn, iter(plain + tail), return_ids=False)
+    assert wakeups(listener) == []
+    conn.commit()
+
+    assert created == len(plain) + 2
+    assert count_jobs(conn) == 1 + created
+    stored = conn.execute(
+        "SELECT args->>'n', queue, priority, max_attempts, status, run_at <= now() "
+        "FROM pgq.jobs WHERE task = 'resize'"
+    ).fetchall()
+    assert sorted(int(row[0]) for row in stored) == list(range(len(plain)))
+    assert {row[1:] for row in stored} == {("images", 0, 5, "queued", True)}
+    later = conn.execute("SELECT run_at - created_at FROM pgq.jobs WHERE task = 'later'").fetchone()
+    assert later == (timedelta(seconds=60),)
+    assert sorted(wakeups(listener, expected=2)) == ["default", "images"]
+
+
+def test_enqueue_many_without_ids_is_all_or_nothing_when_a_later_chunk_is_invalid(
+    rollback_conn: Conn,
+) -> None:
+    conn = rollback_conn
+    before = count_jobs(conn)
+    jobs = [JobSpec("ok", {"n": n}) for n in range(ENQUEUE_MANY_CHUNK)]  # one full straight chunk
+    jobs.append(JobSpec("ok", priority=-1))
+
+    with pytest.raises(InvalidJobError, match="priority"):
+        pgq.enqueue_many(conn, jobs, return_ids=False)
+
+    assert count_jobs(conn) == before
+
+
 # --- async twins ---------------------------------------------------------------------------
 
 
@@ -310,6 +354,10 @@ def test_async_enqueue_and_enqueue_many_follow_the_transaction(dsn: str) -> None
             many = await pgq.enqueue_many_async(
                 aconn, (JobSpec("resize", {"n": n}) for n in range(3))
             )
+            counted = await pgq.enqueue_many_async(
+                aconn, [JobSpec("thumb"), JobSpec("thumb", dedupe_key="t")], return_ids=False
+            )
+            assert counted == 2
             await aconn.commit()
             cursor = await aconn.execute("SELECT count(*) FROM pgq.jobs")
             row = await cursor.fetchone()
@@ -318,12 +366,12 @@ def test_async_enqueue_and_enqueue_many_follow_the_transaction(dsn: str) -> None
 
     one_id, many_ids, total = asyncio.run(scenario())
 
-    assert total == 5
+    assert total == 7
     assert len(many_ids) == 3
     with psycopg.connect(dsn) as check:
         job = fetch_job(check, one_id)
         assert (job["task"], job["args"], job["queue"]) == ("send_email", {"to": "x"}, "emails")
-        assert count_jobs(check) == 5
+        assert count_jobs(check) == 7
 
 
 def test_async_enqueue_wakes_workers_at_commit(dsn: str, listener: Conn) -> None:

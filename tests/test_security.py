@@ -350,6 +350,9 @@ ACTIONS: dict[str, Callable[[Conn, RoleLab, dict[str, int]], object]] = {
     "enqueue_many": lambda c, lab, j: pgq.enqueue_many(
         c, [pgq.JobSpec("sec_ok"), pgq.JobSpec("sec_ok", dedupe_key="k2")], schema=lab.schema
     ),
+    "enqueue_many_count": lambda c, lab, j: pgq.enqueue_many(
+        c, [pgq.JobSpec("sec_ok")], schema=lab.schema, return_ids=False
+    ),
     "enqueue_sql": lambda c, lab, j: c.execute(lab.q("SELECT * FROM {s}.enqueue('sec_ok')")),
     "read_args": lambda c, lab, j: c.execute(lab.q("SELECT args FROM {s}.jobs")).fetchall(),
     "update": lambda c, lab, j: c.execute(
@@ -368,7 +371,14 @@ ACTIONS: dict[str, Callable[[Conn, RoleLab, dict[str, int]], object]] = {
 }
 # From the grant_roles block of queries.sql: which role may do what.
 ALLOWED = {
-    "producer": {"check_schema", "enqueue", "enqueue_dedupe", "enqueue_many", "enqueue_sql"},
+    "producer": {
+        "check_schema",
+        "enqueue",
+        "enqueue_dedupe",
+        "enqueue_many",
+        "enqueue_many_count",
+        "enqueue_sql",
+    },
     "worker": {"check_schema", "read_args", "update", "delete", "claim", "stats", "prune"},
     "operator": set(ACTIONS),
 }

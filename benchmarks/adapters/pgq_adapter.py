@@ -1,7 +1,9 @@
 """pgq under the benchmark harness; also the app that `pgq work pgq_adapter:app` runs.
 
 Enqueue: ``pgq.enqueue`` + commit per job; bulk: ``pgq.enqueue_many`` fed by a
-generator. Workers: the real CLI, ``pgq work --processes N --concurrency C``.
+generator, with ``return_ids=False`` (variant "ids": returning every id). Workers:
+the real CLI, ``pgq work --processes N --concurrency C`` (variant "sync": with
+``--synchronous-commit``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ class PgqAdapter:
     needs_record = False
     packages = ("pgq-jobs", "psycopg", "psycopg-binary", "psycopg-pool")
 
-    def __init__(self, synchronous_commit: bool = False) -> None:
+    def __init__(self, synchronous_commit: bool = False, return_ids: bool = False) -> None:
         self.synchronous_commit = synchronous_commit
+        self.return_ids = return_ids
 
     def install(self, dsn: str) -> None:
         migrate(dsn)
@@ -49,7 +52,11 @@ class PgqAdapter:
 
     def enqueue_bulk(self, dsn: str, count: int) -> None:
         with psycopg.connect(dsn) as conn:
-            pgq.enqueue_many(conn, (pgq.JobSpec("noop", {"seq": n}) for n in range(count)))
+            specs = (pgq.JobSpec("noop", {"seq": n}) for n in range(count))
+            if self.return_ids:
+                pgq.enqueue_many(conn, specs)
+            else:
+                pgq.enqueue_many(conn, specs, return_ids=False)
             conn.commit()
 
     def monitor(self, dsn: str, record: Path | None, expected: int) -> bench_common.Monitor:
@@ -92,4 +99,8 @@ class PgqAdapter:
 
 
 if __name__ == "__main__":
-    bench_common.main(lambda variant: PgqAdapter(synchronous_commit=variant == "sync"))
+
+    def make(variant: str) -> PgqAdapter:
+        return PgqAdapter(synchronous_commit=variant == "sync", return_ids=variant == "ids")
+
+    bench_common.main(make)

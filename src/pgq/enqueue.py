@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, overload
 
 import psycopg
 import psycopg.errors
@@ -341,15 +341,57 @@ def _chunks(jobs: Iterable[JobSpec]) -> Iterator[list[_Row]]:
         yield chunk
 
 
+def _copies_straight(chunk: list[_Row]) -> bool:
+    """Can this chunk be COPYed into jobs as it is (no ids wanted)?
+
+    A dedupe key needs ON CONFLICT, and a delay needs the server's clock: both
+    go through the staging table. So do explicit run_at values, to keep one
+    column list (PostgreSQL 15's COPY has no per-row DEFAULT).
+    """
+    return all(
+        row.dedupe_key is None and row.run_at is None and row.delay_seconds == 0 for row in chunk
+    )
+
+
+def _straight_row(row: _Row) -> tuple[str, str, str, int, int]:
+    return (row.task, row.args_json, row.queue, row.priority, row.max_attempts)
+
+
+@overload
 def enqueue_many(
-    conn: psycopg.Connection[Any], jobs: Iterable[JobSpec], *, schema: str | None = None
-) -> list[int]:
+    conn: psycopg.Connection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: Literal[True] = True,
+) -> list[int]: ...
+@overload
+def enqueue_many(
+    conn: psycopg.Connection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: Literal[False],
+) -> int: ...
+def enqueue_many(
+    conn: psycopg.Connection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: bool = True,
+) -> list[int] | int:
     """Enqueue many jobs in ``conn``'s current transaction; never commits.
 
     Jobs are validated, streamed with COPY into a session-local staging table, and
     moved into the jobs table in chunks, so ``jobs`` may be a generator of any
     length. Returns the ids of the jobs created; a job whose dedupe key is held by
     an unfinished job is skipped. Workers get one wake-up per queue, not per job.
+
+    ``return_ids=False`` returns how many jobs were created instead, and keeps no
+    list: memory stays flat however many jobs stream through. Chunks without
+    dedupe keys, ``run_at`` or ``delay`` are then COPYed straight into the jobs
+    table, with no staging: the server stores each chunk while the next one is
+    encoded (about 40 % faster, measured in docs/benchmarks.md).
 
     All or nothing: if any job is invalid, InvalidJobError is raised and none of
     this call's jobs is written (the caller's own earlier writes stay). On an
@@ -362,6 +404,7 @@ def enqueue_many(
     """
     schema = resolve_schema(schema)
     ids: list[int] = []
+    created = 0
     queues: set[str] = set()
     # A savepoint inside the caller's transaction (a transaction of its own on an
     # autocommit connection): all of the jobs or none, and the staging table,
@@ -373,26 +416,56 @@ def enqueue_many(
         cursor.execute(query("create_enqueue_staging", schema))
         with conn.transaction():
             for chunk in _chunks(jobs):
+                queues.update(row.queue for row in chunk)
+                if not return_ids and _copies_straight(chunk):
+                    with cursor.copy(query("copy_to_jobs", schema)) as copy:
+                        for row in chunk:
+                            copy.write_row(_straight_row(row))
+                    created += len(chunk)
+                    continue
                 with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
                     for row in chunk:
                         copy.write_row(row)
                 cursor.execute(query("enqueue_staged_jobs", schema))
-                ids.extend(row[0] for row in cursor.fetchall())
-                queues.update(row.queue for row in chunk)
+                if return_ids:
+                    ids.extend(row[0] for row in cursor.fetchall())
+                else:
+                    created += cursor.rowcount
             if queues:
                 cursor.execute(
                     query("notify_queues", schema),
                     {"channel": wakeup_channel(schema), "queues": sorted(queues)},
                 )
-    return ids
+    return ids if return_ids else created
 
 
+@overload
 async def enqueue_many_async(
-    conn: psycopg.AsyncConnection[Any], jobs: Iterable[JobSpec], *, schema: str | None = None
-) -> list[int]:
+    conn: psycopg.AsyncConnection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: Literal[True] = True,
+) -> list[int]: ...
+@overload
+async def enqueue_many_async(
+    conn: psycopg.AsyncConnection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: Literal[False],
+) -> int: ...
+async def enqueue_many_async(
+    conn: psycopg.AsyncConnection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: bool = True,
+) -> list[int] | int:
     """``enqueue_many`` for an ``AsyncConnection``."""
     schema = resolve_schema(schema)
     ids: list[int] = []
+    created = 0
     queues: set[str] = set()
     with _schema_errors(schema):
         async with conn.cursor(row_factory=tuple_row) as cursor:
@@ -402,15 +475,24 @@ async def enqueue_many_async(
             await cursor.execute(query("create_enqueue_staging", schema))
             async with conn.transaction():
                 for chunk in _chunks(jobs):
+                    queues.update(row.queue for row in chunk)
+                    if not return_ids and _copies_straight(chunk):
+                        async with cursor.copy(query("copy_to_jobs", schema)) as copy:
+                            for row in chunk:
+                                await copy.write_row(_straight_row(row))
+                        created += len(chunk)
+                        continue
                     async with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
                         for row in chunk:
                             await copy.write_row(row)
                     await cursor.execute(query("enqueue_staged_jobs", schema))
-                    ids.extend(row[0] for row in await cursor.fetchall())
-                    queues.update(row.queue for row in chunk)
+                    if return_ids:
+                        ids.extend(row[0] for row in await cursor.fetchall())
+                    else:
+                        created += cursor.rowcount
                 if queues:
                     await cursor.execute(
                         query("notify_queues", schema),
                         {"channel": wakeup_channel(schema), "queues": sorted(queues)},
                     )
-    return ids
+    return ids if return_ids else created

@@ -46,6 +46,10 @@ CREATE TEMPORARY TABLE IF NOT EXISTS pgq_enqueue_staging (
 COPY pgq_enqueue_staging (task, args, queue, priority, run_at, delay_seconds, max_attempts, dedupe_key)
 FROM STDIN;
 
+-- copy_to_jobs: stream validated jobs straight into jobs: enqueue_many(return_ids=False), for chunks without dedupe keys, run_at or delay (edge: new -> queued)
+COPY {schema}.jobs (task, args, queue, priority, max_attempts)
+FROM STDIN;
+
 -- enqueue_staged_jobs: move staged jobs into jobs; a taken dedupe key skips its row (edge: new -> queued)
 WITH staged AS (
     DELETE FROM pgq_enqueue_staging
