@@ -12,6 +12,8 @@ import psycopg
 import pytest
 from psycopg import ClientCursor, sql
 
+import pgq
+from pgq import JobSpec
 from pgq.config import wakeup_channel
 from pgq.queries import QUERIES, array_literal, query
 from pgq.roles import roles_sql
@@ -135,7 +137,7 @@ def busy_conn(conn: Conn) -> Iterator[Conn]:
 
 
 def plan_index_names(conn: Conn, name: str, params: dict[str, Any]) -> set[str]:
-    """The indexes in the plan PostgreSQL picks for query ``name`` with ``params``."""
+    """The indexes (and "Sort", if it sorts) in the plan PostgreSQL picks for ``name``."""
     explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + query(name, "pgq")
     with ClientCursor(conn) as cursor:
         cursor.execute(explain, params)
@@ -147,6 +149,8 @@ def plan_index_names(conn: Conn, name: str, params: dict[str, Any]) -> set[str]:
     def walk(node: dict[str, Any]) -> None:
         if "Index Name" in node:
             found.add(node["Index Name"])
+        if node["Node Type"] == "Sort":
+            found.add("Sort")
         for child in node.get("Plans", []):
             walk(child)
 
@@ -170,6 +174,26 @@ def test_claim_jobs_from_queue_uses_the_per_queue_claim_index(busy_conn: Conn) -
     params = {**CLAIM_PARAMS, "queue": "queue_3"}
 
     assert "jobs_queue_claim_idx" in plan_index_names(busy_conn, "claim_jobs_from_queue", params)
+
+
+@pytest.mark.parametrize("worker_settings", [True, False], ids=["worker", "plain"])
+def test_a_claim_walks_its_index_in_order_before_the_table_was_ever_analyzed(
+    conn: Conn, worker_settings: bool
+) -> None:
+    # A first burst, COPYed in: no statistics yet, so the planner guesses few queued
+    # jobs. The worker's session settings keep it off a bitmap scan that sorts them all.
+    pgq.enqueue_many(conn, (JobSpec("task_0", {"n": n}) for n in range(20_000)), return_ids=False)
+    conn.commit()
+    if worker_settings:
+        conn.execute(query("worker_session_plans", "pgq"))
+        conn.commit()
+
+    used = plan_index_names(conn, "claim_jobs", CLAIM_PARAMS)
+
+    if worker_settings:
+        assert "jobs_claim_idx" in used and "Sort" not in used, used
+    else:  # what the setting is for: without it, this planner sorts every queued job
+        assert "Sort" in used, used
 
 
 def test_array_literal_round_trips_ids_tokens_and_task_names(conn: psycopg.Connection[Any]) -> None:

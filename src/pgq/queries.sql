@@ -75,11 +75,24 @@ FROM unnest(%(queues)s::text[]) AS queue_name;
 -- listen_for_jobs: subscribe this connection to enqueue wake-ups
 LISTEN {channel};
 
+-- worker_session_plans: set on each of the worker's pooled connections (claims and outcome writes only)
+-- Before a table's first ANALYZE (or with stats taken while the queue was empty), the
+-- planner thinks few jobs are queued and claims with a bitmap scan that sorts every
+-- queued job: 53 ms per claim over 50,000 jobs, against 0.6 ms along the claim index,
+-- measured. Autovacuum's next ANALYZE can be a minute away. Without bitmap scans the
+-- claim always walks its index in order; the outcome writes use the primary key.
+SET enable_bitmapscan = off;
+
+-- worker_session_async_commit: claims and outcome writes do not wait for the WAL flush (see Worker._configure_connection)
+SET synchronous_commit = off;
+
 -- claim_jobs: lease up to %(limit)s due jobs of known tasks from any queue; the claim counts the attempt (edge: queued -> running)
 -- The due ids are gathered once (an InitPlan), then updated through the primary key.
 -- This shape keeps a good generic plan, so the prepared statement is not planned again
 -- at every claim; joined to a CTE, the generic plan guessed 10% of the table for the
 -- LIMIT and hash-joined a sequential scan, and PostgreSQL re-planned every claim instead.
+-- args come back as text: json.loads in the worker costs 7 µs a job less than
+-- psycopg's jsonb loader (measured on 10-row claims).
 UPDATE {schema}.jobs AS j
 SET status = 'running',
     attempts = j.attempts + 1,
@@ -97,7 +110,7 @@ WHERE j.id = ANY(ARRAY(
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
 ))
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.lease_token, j.created_at;
+RETURNING j.id, j.queue, j.task, j.args::text, j.attempts, j.max_attempts, j.lease_token, j.created_at;
 
 -- claim_jobs_from_queue: as claim_jobs, from one named queue (edge: queued -> running)
 UPDATE {schema}.jobs AS j
@@ -118,7 +131,7 @@ WHERE j.id = ANY(ARRAY(
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
 ))
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.lease_token, j.created_at;
+RETURNING j.id, j.queue, j.task, j.args::text, j.attempts, j.max_attempts, j.lease_token, j.created_at;
 
 -- extend_leases: heartbeat; push locked_until forward for every job this worker still holds, returning those it holds
 -- Rows are locked in id order, as finish_jobs locks them: both run at once on the same rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -79,6 +80,14 @@ def _check_range(
     if not number or not (low < value if above_low else low <= value) or not value <= high:
         bound = f"> {low:g}" if above_low else f">= {low:g}"
         raise ConfigError(f"{what} must be {bound}{unit} and <= {high:g}{unit}, got {value!r}")
+
+
+def _claimed(row: tuple[Any, ...]) -> ClaimedJob:
+    """A claim_jobs row as a ClaimedJob; args arrive as JSON text (see claim_jobs)."""
+    job_id, queue, task, args_json, attempt, max_attempts, lease_token, created_at = row
+    return ClaimedJob(
+        job_id, queue, task, json.loads(args_json), attempt, max_attempts, lease_token, created_at
+    )
 
 
 def worker_name() -> str:
@@ -314,15 +323,23 @@ class Worker:
                 metrics_server.server_close()
 
     async def _configure_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        # Claims and outcome writes need not wait for their WAL flush: a write
-        # lost in a database crash only re-runs a job (the claim reverts to queued,
-        # a lost outcome leaves it to rescue), which at-least-once allows. Jobs are
-        # enqueued in the application's own transactions, which this leaves alone.
-        # Measured: +60 % drain rate here (docs/concepts/delivery.md).
-        # Not with PgBouncer in transaction mode (listen=False): a session setting
-        # would land on whichever server connection the SET happened to get.
-        if not self.synchronous_commit and self.listen:
-            await conn.execute("SET synchronous_commit = off")
+        """Session settings for the pooled connections (claims and outcome writes).
+
+        Plans: the claim walks its index even when the table's statistics are
+        missing or stale (see worker_session_plans in queries.sql). Commits: claims
+        and outcome writes need not wait for their WAL flush, since a write lost in
+        a database crash only re-runs a job (the claim reverts to queued, a lost
+        outcome leaves the job to rescue), which at-least-once allows; enqueues run
+        in the application's own transactions, untouched. Measured: +60 % drain rate
+        (docs/concepts/delivery.md). Neither with PgBouncer in transaction mode
+        (listen=False): a session setting would land on whichever server connection
+        the SET happened to get.
+        """
+        if not self.listen:
+            return
+        await conn.execute(query("worker_session_plans", self.schema))
+        if not self.synchronous_commit:
+            await conn.execute(query("worker_session_async_commit", self.schema))
 
     # -- claiming ------------------------------------------------------------
 
@@ -439,7 +456,7 @@ class Worker:
                 cursor = await conn.execute(query("claim_jobs", self.schema), params)
                 rows = await cursor.fetchall()
                 for row in rows:
-                    self._start(ClaimedJob(*row))
+                    self._start(_claimed(row))
                 self._observe_claim(len(rows))
                 more_due = len(rows) == params["limit"]
             else:
@@ -456,7 +473,7 @@ class Worker:
                     cursor = await conn.execute(query("claim_jobs_from_queue", self.schema), params)
                     rows = await cursor.fetchall()
                     for row in rows:
-                        self._start(ClaimedJob(*row))
+                        self._start(_claimed(row))
                     self._observe_claim(len(rows))
                     more_due = more_due or len(rows) == room
         self._backlog = more_due
