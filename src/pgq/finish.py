@@ -154,19 +154,15 @@ class OutcomeWriter:
         # parameters; the rest (retries, dead, snoozes, hand-backs) the full one.
         successes = [o for o in batch if o.status is JobStatus.SUCCEEDED]
         others = [o for o in batch if o.status is not JobStatus.SUCCEEDED]
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if successes:
+            statements.append(("finish_succeeded_jobs", _fence(successes)))
+        if others:
+            statements.append(("finish_jobs", {**_fence(others), **_details(others)}))
         applied: set[int] = set()
         async with self.pool.connection() as conn:
-            if successes:
-                cursor = await conn.execute(
-                    query("finish_succeeded_jobs", self.schema),
-                    {
-                        "ids": array_literal(o.job.id for o in successes),
-                        "lease_tokens": array_literal(o.job.lease_token for o in successes),
-                    },
-                )
-                applied.update(row[0] for row in await cursor.fetchall())
-            if others:
-                cursor = await conn.execute(query("finish_jobs", self.schema), _params(others))
+            for name, params in statements:
+                cursor = await conn.execute(query(name, self.schema), params)
                 applied.update(row[0] for row in await cursor.fetchall())
         self.release([o.job.lease_token for o in batch])
         for o in batch:
@@ -180,10 +176,17 @@ class OutcomeWriter:
                 )  # fmt: skip
 
 
-def _params(batch: list[Outcome]) -> dict[str, Any]:
+def _fence(batch: list[Outcome]) -> dict[str, str]:
+    """Which rows to write: each job's id and the lease token of the claim that ran it."""
     return {
         "ids": array_literal(o.job.id for o in batch),
         "lease_tokens": array_literal(o.job.lease_token for o in batch),
+    }
+
+
+def _details(batch: list[Outcome]) -> dict[str, Any]:
+    """What finish_jobs writes beyond a success: status, delay, refund, error."""
+    return {
         "statuses": array_literal(o.status.value for o in batch),
         "delays_seconds": [o.delay_seconds for o in batch],
         "refund_attempts": [o.refund_attempt for o in batch],

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from pgq.connection import ThreadConnection
-from pgq.queries import query
+from pgq.queries import array_literal, query
 
 log = logging.getLogger("pgq.lease")
 
@@ -86,8 +86,8 @@ class Heartbeat(threading.Thread):
         if not held:
             return
         params = {
-            "ids": [job_id for job_id, _ in held],
-            "lease_tokens": [token for _, token in held],
+            "ids": array_literal(job_id for job_id, _ in held),
+            "lease_tokens": array_literal(token for _, token in held),
             "lease_seconds": self.lease_seconds,
         }
         cursor = conn.execute(query("extend_leases", self.schema), params)
