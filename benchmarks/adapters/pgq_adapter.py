@@ -53,10 +53,7 @@ class PgqAdapter:
     def enqueue_bulk(self, dsn: str, count: int) -> None:
         with psycopg.connect(dsn) as conn:
             specs = (pgq.JobSpec("noop", {"seq": n}) for n in range(count))
-            if self.return_ids:
-                pgq.enqueue_many(conn, specs)
-            else:
-                pgq.enqueue_many(conn, specs, return_ids=False)
+            pgq.enqueue_many(conn, specs, return_ids=self.return_ids)
             conn.commit()
 
     def monitor(self, dsn: str, record: Path | None, expected: int) -> bench_common.Monitor:

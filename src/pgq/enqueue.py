@@ -373,6 +373,14 @@ def enqueue_many(
     schema: str | None = None,
     return_ids: Literal[False],
 ) -> int: ...
+@overload
+def enqueue_many(
+    conn: psycopg.Connection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: bool,
+) -> list[int] | int: ...
 def enqueue_many(
     conn: psycopg.Connection[Any],
     jobs: Iterable[JobSpec],
@@ -455,6 +463,14 @@ async def enqueue_many_async(
     schema: str | None = None,
     return_ids: Literal[False],
 ) -> int: ...
+@overload
+async def enqueue_many_async(
+    conn: psycopg.AsyncConnection[Any],
+    jobs: Iterable[JobSpec],
+    *,
+    schema: str | None = None,
+    return_ids: bool,
+) -> list[int] | int: ...
 async def enqueue_many_async(
     conn: psycopg.AsyncConnection[Any],
     jobs: Iterable[JobSpec],
