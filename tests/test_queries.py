@@ -1,11 +1,14 @@
-"""Every runtime statement in queries.sql against the real schema, and the claim queries' plans."""
+"""Every statement in queries.sql (and demo.sql, bench.sql): each one used, each one prepared
+against the real schema; and the claim queries' plans."""
 
 from __future__ import annotations
 
+import ast
 import re
 import string
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,8 +17,9 @@ from psycopg import ClientCursor, sql
 
 import pgq
 from pgq import JobSpec
-from pgq.config import wakeup_channel
-from pgq.queries import QUERIES, array_literal, query
+from pgq.bench import bench_query
+from pgq.demo import demo_query
+from pgq.queries import Statements, array_literal, query
 from pgq.roles import roles_sql
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -38,24 +42,90 @@ def to_server_syntax(text: str) -> tuple[str, list[str]]:
     return _PLACEHOLDER.sub(replace, text), names
 
 
-def test_queries_sql_has_the_statements_pgq_runs() -> None:
-    expected = {"enqueue_job", "claim_jobs", "finish_jobs", "rescue_stale_jobs", "job_statuses"}
+# -- every name used exists, every block is used ------------------------------------------
 
-    assert expected <= set(QUERIES)
+SRC = Path(pgq.__file__).resolve().parent
+STATEMENT_FILES: dict[str, Statements] = {
+    "queries.sql": query,
+    "demo.sql": demo_query,
+    "bench.sql": bench_query,
+}
+# How src/ names a statement: the callee, which argument holds the name, and the file.
+NAMING_CALLS = {
+    "query": (0, "queries.sql"),
+    "_fetch": (1, "queries.sql"),  # pgq.admin's helper: _fetch(conn, name, schema, params)
+    "demo_query": (0, "demo.sql"),
+    "bench_query": (0, "bench.sql"),
+}
 
 
-def compose(name: str) -> sql.SQL | sql.Composed:
-    """``query(name, "pgq")``; identifiers other than {schema} and {channel} get test names."""
+def names_used_in_src() -> dict[str, set[str]]:
+    """Statement names that src/pgq passes to a naming call (or QUERIES[...]), by file."""
+    used: dict[str, set[str]] = {name: set() for name in STATEMENT_FILES}
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        # A naming helper's own body passes the name on (admin._fetch): skip it.
+        helpers = [
+            node for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name in NAMING_CALLS
+        ]  # fmt: skip
+        for helper in helpers:
+            helper.body = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                callee = node.func
+                name = callee.id if isinstance(callee, ast.Name) else getattr(callee, "attr", "")
+                if name in NAMING_CALLS:
+                    index, filename = NAMING_CALLS[name]
+                    argument = node.args[index] if len(node.args) > index else None
+                    assert isinstance(argument, ast.Constant), (
+                        f"{path.name}:{node.lineno}: {name}() must name its statement literally"
+                    )
+                    used[filename].add(str(argument.value))
+            elif isinstance(node, ast.Subscript) and getattr(node.value, "id", "") == "QUERIES":
+                assert isinstance(node.slice, ast.Constant)
+                used["queries.sql"].add(str(node.slice.value))
+    return used
+
+
+def test_every_statement_src_names_exists_in_its_file() -> None:
+    for filename, names in names_used_in_src().items():
+        missing = names - set(STATEMENT_FILES[filename].blocks)
+        assert not missing, f"{filename} has no block named {sorted(missing)}"
+
+
+def test_every_block_is_used_by_src_so_none_lingers_for_tests_alone() -> None:
+    for filename, names in names_used_in_src().items():
+        unused = set(STATEMENT_FILES[filename].blocks) - names
+        assert not unused, f"{filename} blocks nothing in src/pgq uses: {sorted(unused)}"
+
+
+def test_statement_names_are_verb_noun() -> None:
+    verbs = {
+        "enqueue", "insert", "create", "copy", "notify", "listen", "disable", "claim", "extend",
+        "finish", "lock", "rescue", "try", "release", "read", "find", "probe", "count", "list",
+        "get", "requeue", "cancel", "retry", "prune", "refresh", "grant", "drop", "mark",
+    }  # fmt: skip
+    for filename, statements in STATEMENT_FILES.items():
+        for name in statements.blocks:
+            assert name.split("_")[0] in verbs and "_" in name, f"{filename}: {name}"
+
+
+ALL_STATEMENTS = [
+    (filename, name) for filename, statements in STATEMENT_FILES.items()
+    for name in sorted(statements.blocks)
+]  # fmt: skip
+
+
+def compose(filename: str, name: str) -> sql.SQL | sql.Composed:
+    """The statement for schema pgq; identifiers other than {schema}, {channel} get test names."""
     if name == "grant_roles":
         return roles_sql("pgq")  # role names are literals as well as identifiers
-    fields = {field for _, field, _, _ in string.Formatter().parse(QUERIES[name]) if field}
+    text = STATEMENT_FILES[filename].blocks[name]
+    fields = {field for _, field, _, _ in string.Formatter().parse(text) if field}
     extra = fields - {"schema", "channel"}
-    if not extra:
-        return query(name, "pgq")
-    return sql.SQL(QUERIES[name]).format(
-        schema=sql.Identifier("pgq"),
-        channel=sql.Identifier(wakeup_channel("pgq")),
-        **{field: sql.Identifier(f"pgq_test_unused_{field}") for field in extra},
+    return STATEMENT_FILES[filename](
+        name, "pgq", **{field: f"pgq_test_unused_{field}" for field in extra}
     )
 
 
@@ -82,18 +152,18 @@ def prepare(conn: Conn, name: str, text: str, params: list[str]) -> None:
     assert described.nparams == len(params), f"{name}: {params}"
 
 
-@pytest.mark.parametrize("name", sorted(QUERIES))
-def test_every_named_query_prepares_against_the_migrated_schema(
-    rollback_conn: Conn, name: str
+@pytest.mark.parametrize(("filename", "name"), ALL_STATEMENTS)
+def test_every_named_statement_prepares_against_the_migrated_schema(
+    rollback_conn: Conn, filename: str, name: str
 ) -> None:
     conn = rollback_conn
     # Statements may rely on tables that other blocks create (a session's staging
     # table, the demo's own table): create those first, in this same transaction.
-    for other in sorted(QUERIES):
-        text = QUERIES[other]
+    for other_file, other in ALL_STATEMENTS:
+        text = STATEMENT_FILES[other_file].blocks[other]
         if _DDL.search(text) and not _OUTSIDE_TRANSACTION.match(text) and "%(" not in text:
-            conn.execute(compose(other))
-    statement = compose(name)
+            conn.execute(compose(other_file, other))
+    statement = compose(filename, name)
     server_text, params = to_server_syntax(statement.as_string(conn))
 
     if _COPY.match(server_text):
@@ -185,7 +255,7 @@ def test_a_claim_walks_its_index_in_order_before_the_table_was_ever_analyzed(
     pgq.enqueue_many(conn, (JobSpec("task_0", {"n": n}) for n in range(20_000)), return_ids=False)
     conn.commit()
     if worker_settings:
-        conn.execute(query("worker_session_plans", "pgq"))
+        conn.execute(query("disable_bitmap_scans", "pgq"))
         conn.commit()
 
     used = plan_index_names(conn, "claim_jobs", CLAIM_PARAMS)

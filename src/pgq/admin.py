@@ -18,12 +18,11 @@ from psycopg.rows import tuple_row
 
 from pgq.config import MAX_DURATION_SECONDS, resolve_schema
 from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError
-from pgq.job import JobStatus
+from pgq.job import FINISHED_STATUSES, MAX_JOB_ID, JobStatus
 from pgq.queries import query
+from pgq.retention import PRUNE_BATCH
 
-FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELLED)
 REQUEUE_BATCH = 500
-PRUNE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +92,6 @@ class DeadJobFilter:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-MAX_JOB_ID = 2**63 - 1
-
-
 @contextmanager
 def _job_errors(job_id: int) -> Iterator[None]:
     """Turn the operator functions' SQL errors into pgq's exceptions."""
@@ -111,7 +107,7 @@ def _job_errors(job_id: int) -> Iterator[None]:
 
 def queue_stats(conn: psycopg.Connection[Any], *, schema: str | None = None) -> list[QueueStats]:
     """Jobs due, scheduled, running and the lag of every queue with unfinished jobs."""
-    rows = _fetch(conn, "queue_stats", schema)
+    rows = _fetch(conn, "read_queue_stats", schema)
     return [QueueStats(*row) for row in rows]
 
 
@@ -119,7 +115,7 @@ def job_counts(
     conn: psycopg.Connection[Any], *, schema: str | None = None
 ) -> list[tuple[str, str, int]]:
     """(queue, status, jobs) over the whole table, finished jobs included."""
-    rows = _fetch(conn, "job_counts", schema)
+    rows = _fetch(conn, "count_jobs", schema)
     return [(str(q), str(s), int(n)) for q, s, n in rows]
 
 

@@ -21,11 +21,14 @@ import psycopg
 
 from pgq.enqueue import JobSpec, enqueue, enqueue_many
 from pgq.migrate import migrate
-from pgq.queries import query
+from pgq.queries import Statements
 from pgq.tasks import App, JobContext
 from pgq.worker import Worker
 
 POLL_SECONDS = 0.02
+
+# The bench's own statements (waiting for the drain, dropping its schema).
+bench_query = Statements("bench.sql")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,7 @@ def temporary_schema(dsn: str) -> Iterator[str]:
         yield schema
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(query("drop_schema", schema))
+            conn.execute(bench_query("drop_schema", schema))
 
 
 def bench_enqueue_single(dsn: str, schema: str, count: int, progress: Progress) -> float:
@@ -100,7 +103,7 @@ async def _drain(dsn: str, schema: str, total: int, concurrency: int, progress: 
     running = asyncio.create_task(worker.run())
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         while True:
-            cursor = await conn.execute(query("count_unfinished_jobs", schema))
+            cursor = await conn.execute(bench_query("count_unfinished_jobs", schema))
             row = await cursor.fetchone()
             left = int(row[0]) if row else 0
             progress("drain", total - left, total)

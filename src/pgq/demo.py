@@ -23,7 +23,7 @@ from pgq.config import DSN_ENV_VARS, describe_dsn, redact, resolve_dsn, worker_c
 from pgq.enqueue import JobSpec, enqueue, enqueue_many
 from pgq.errors import ConfigError, GiveUp, PgqError
 from pgq.migrate import migrate
-from pgq.queries import query
+from pgq.queries import Statements
 from pgq.retry import Retry
 from pgq.tasks import App, JobContext
 from pgq.worker import Worker
@@ -35,6 +35,9 @@ EMBEDDED_DATA_DIR = Path("/var/tmp/pgq-demo-postgres")
 DEMO_TIMEOUT_SECONDS = 60.0
 
 FAST_RETRY = Retry(base_seconds=0.2, cap_seconds=1.0)
+
+# The demo's own statements (its shop's table, what it shows of its jobs).
+demo_query = Statements("demo.sql")
 
 
 def build_app(dsn: str) -> App:
@@ -48,13 +51,13 @@ def build_app(dsn: str) -> App:
         if ctx.attempt <= 2:
             raise ConnectionError(f"payment gateway timed out (attempt {ctx.attempt})")
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            await conn.execute(query("demo_mark_charged", SCHEMA), {"order_id": order_id})
+            await conn.execute(demo_query("mark_charged", SCHEMA), {"order_id": order_id})
 
     @app.task(max_attempts=3, retry=FAST_RETRY)
     def send_confirmation(order_id: int, to: str) -> None:
         # A plain def: runs in the worker's thread pool, never blocking the loop.
         with psycopg.connect(dsn) as conn:
-            conn.execute(query("demo_mark_confirmation_sent", SCHEMA), {"order_id": order_id})
+            conn.execute(demo_query("mark_confirmation_sent", SCHEMA), {"order_id": order_id})
 
     @app.task(max_attempts=3, retry=FAST_RETRY)
     def sync_inventory(sku: str, ctx: JobContext) -> None:
@@ -88,8 +91,10 @@ def find_database(console: Console, dsn: str | None) -> str:
         return chosen
     try:
         with psycopg.connect(LOCAL_SERVER, autocommit=True) as conn:
-            if not conn.execute(query("find_database", SCHEMA), {"name": DEMO_DATABASE}).fetchone():
-                conn.execute(query("create_database", SCHEMA, DEMO_DATABASE))
+            if not conn.execute(
+                demo_query("find_database", SCHEMA), {"name": DEMO_DATABASE}
+            ).fetchone():
+                conn.execute(demo_query("create_database", SCHEMA, database=DEMO_DATABASE))
         console.print(f"using the local PostgreSQL server, database [bold]{DEMO_DATABASE}[/]")
         return LOCAL_SERVER.replace("dbname=postgres", f"dbname={DEMO_DATABASE}")
     except psycopg.OperationalError:
@@ -111,7 +116,7 @@ def enqueue_shop_jobs(dsn: str, app: App) -> tuple[list[int], list[str]]:
     story: list[str] = []
     ids: list[int] = []
     with psycopg.connect(dsn) as conn:
-        conn.execute(query("demo_create_orders", SCHEMA))
+        conn.execute(demo_query("create_orders", SCHEMA))
         conn.commit()
         for customer, cents in [("ada", 4200), ("grace", 1999), ("linus", 12000)]:
             with conn.transaction():
@@ -155,7 +160,7 @@ def enqueue_shop_jobs(dsn: str, app: App) -> tuple[list[int], list[str]]:
 
 def _insert_order(conn: psycopg.Connection[Any], customer: str, cents: int) -> int:
     row = conn.execute(
-        query("demo_insert_order", SCHEMA), {"customer": customer, "total_cents": cents}
+        demo_query("insert_order", SCHEMA), {"customer": customer, "total_cents": cents}
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -166,7 +171,9 @@ async def work_until_done(worker: Worker, dsn: str, ids: list[int]) -> None:
         deadline = time.monotonic() + DEMO_TIMEOUT_SECONDS
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             while time.monotonic() < deadline:
-                cursor = await conn.execute(query("demo_unfinished_count", SCHEMA), {"ids": ids})
+                cursor = await conn.execute(
+                    demo_query("count_unfinished_jobs", SCHEMA), {"ids": ids}
+                )
                 row = await cursor.fetchone()
                 if row is not None and row[0] == 0:
                     break
@@ -185,13 +192,13 @@ def report(console: Console, dsn: str, ids: list[int]) -> None:
     )
     with psycopg.connect(dsn) as conn:
         for job_id, task, status, attempts, max_attempts, error in conn.execute(
-            query("demo_job_states", SCHEMA), {"ids": ids}
+            demo_query("read_job_states", SCHEMA), {"ids": ids}
         ):
             colour = {"succeeded": "green", "dead": "red"}.get(status, "yellow")
             table.add_row(str(job_id), task, f"[{colour}]{status}[/]", f"{attempts}/{max_attempts}",
                           error or "")  # fmt: skip
         orders, charged, confirmed = conn.execute(
-            query("demo_count_orders", SCHEMA)
+            demo_query("count_orders", SCHEMA)
         ).fetchone() or (0, 0, 0)
     console.print(table)
     console.print(f"orders stored: {orders}, charged: {charged}, confirmation sent: {confirmed}")

@@ -1,4 +1,8 @@
-"""Loads queries.sql and hands out its statements by name, bound to a schema.
+"""Loads named SQL blocks from a .sql file of the package and hands them out by name.
+
+``query`` serves queries.sql, every statement pgq runs at runtime. The demo and
+``pgq bench`` keep their own statements beside them (demo.sql, bench.sql) and
+load them the same way.
 
 Statements are rendered once per (name, schema) and cached as plain SQL text:
 the worker's hot path runs the same few statements thousands of times a second,
@@ -12,7 +16,6 @@ import functools
 import re
 from collections.abc import Iterable
 from importlib import resources
-from typing import Final
 
 from psycopg import sql
 
@@ -21,7 +24,8 @@ from pgq.config import wakeup_channel
 _BLOCK_START = re.compile(r"^-- (?P<name>[a-z_]+): ", re.MULTILINE)
 
 
-def _parse(text: str) -> dict[str, str]:
+def parse_blocks(text: str) -> dict[str, str]:
+    """``-- name: purpose`` blocks of a .sql file, by name, without their comment lines."""
     blocks: dict[str, str] = {}
     starts = list(_BLOCK_START.finditer(text))
     for index, match in enumerate(starts):
@@ -35,25 +39,40 @@ def _parse(text: str) -> dict[str, str]:
     return blocks
 
 
-QUERIES: Final[dict[str, str]] = _parse(
-    resources.files("pgq").joinpath("queries.sql").read_text(encoding="utf-8")
-)
+class Statements:
+    """The named statements of one .sql file in the pgq package.
+
+    Blocks may name ``{schema}`` (pgq's schema) and ``{channel}`` (its wake-up
+    channel); any other ``{identifier}`` is passed by the caller. All are quoted
+    as identifiers by psycopg.
+    """
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        text = resources.files("pgq").joinpath(filename).read_text(encoding="utf-8")
+        self.blocks = parse_blocks(text)
+        self._render = functools.lru_cache(maxsize=None)(self._compose)
+
+    def __call__(self, name: str, schema: str, **identifiers: str) -> sql.SQL:
+        """The statement called ``name``, for pgq's ``schema``."""
+        return self._render(name, schema, tuple(sorted(identifiers.items())))
+
+    def _compose(self, name: str, schema: str, identifiers: tuple[tuple[str, str], ...]) -> sql.SQL:
+        try:
+            text = self.blocks[name]
+        except KeyError:
+            raise KeyError(f"no query named {name!r} in {self.filename}") from None
+        composed = sql.SQL(text).format(
+            schema=sql.Identifier(schema),
+            channel=sql.Identifier(wakeup_channel(schema)),
+            **{key: sql.Identifier(value) for key, value in identifiers},
+        )
+        # Identifiers are quoted by psycopg here; the result is SQL, not data.
+        return sql.SQL(composed.as_string(None))
 
 
-@functools.cache
-def query(name: str, schema: str, database: str | None = None) -> sql.SQL:
-    """The statement called ``name`` in queries.sql, for pgq's ``schema``."""
-    try:
-        text = QUERIES[name]
-    except KeyError:
-        raise KeyError(f"no query named {name!r} in queries.sql") from None
-    composed = sql.SQL(text).format(
-        schema=sql.Identifier(schema),
-        channel=sql.Identifier(wakeup_channel(schema)),
-        database=sql.Identifier(database or "unused"),
-    )
-    # Identifiers are quoted by psycopg here; the result is SQL, not data.
-    return sql.SQL(composed.as_string(None))
+query = Statements("queries.sql")
+QUERIES = query.blocks
 
 
 def array_literal(values: Iterable[object]) -> str:

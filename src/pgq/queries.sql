@@ -1,7 +1,9 @@
 -- Every statement pgq runs at runtime. Each block starts with "-- name: purpose".
 -- {schema} is pgq's schema and {channel} the wake-up channel, both quoted as
 -- identifiers by pgq.queries; %(name)s are parameters. Literal braces are doubled.
--- The schema (tables, indexes, functions) lives in migrations/, not here.
+-- The schema (tables, indexes, functions) lives in migrations/, not here; the
+-- statements of `pgq demo` and `pgq bench` live beside them (demo.sql, bench.sql).
+-- "edge:" names the state-machine edge a statement performs (docs/concepts/lifecycle.md).
 
 -- enqueue_job: insert one job through the SQL function (edge: new -> queued)
 SELECT id, created
@@ -10,7 +12,7 @@ FROM {schema}.enqueue(
     args => %(args)s::jsonb,
     queue => %(queue)s,
     priority => %(priority)s,
-    run_at => coalesce(%(run_at)s::timestamptz, now() + %(delay_seconds)s * interval '1 second'),
+    run_at => {schema}.resolve_run_at(%(run_at)s, %(delay_seconds)s),
     max_attempts => %(max_attempts)s,
     dedupe_key => %(dedupe_key)s
 );
@@ -23,7 +25,7 @@ FROM {schema}.enqueue(
 WITH job AS (
     INSERT INTO {schema}.jobs (task, args, queue, priority, run_at, max_attempts)
     VALUES (%(task)s, %(args)s::jsonb, %(queue)s, %(priority)s,
-            coalesce(%(run_at)s::timestamptz, now() + %(delay_seconds)s * interval '1 second'),
+            {schema}.resolve_run_at(%(run_at)s, %(delay_seconds)s),
             %(max_attempts)s)
     RETURNING id, queue
 )
@@ -60,7 +62,7 @@ SELECT staged.task,
        staged.args::jsonb,
        staged.queue,
        staged.priority,
-       coalesce(staged.run_at, now() + staged.delay_seconds * interval '1 second'),
+       {schema}.resolve_run_at(staged.run_at, staged.delay_seconds),
        staged.max_attempts,
        staged.dedupe_key
 FROM staged
@@ -75,7 +77,7 @@ FROM unnest(%(queues)s::text[]) AS queue_name;
 -- listen_for_jobs: subscribe this connection to enqueue wake-ups
 LISTEN {channel};
 
--- worker_session_plans: set on each of the worker's pooled connections (claims and outcome writes only)
+-- disable_bitmap_scans: set on each of the worker's pooled connections (claims and outcome writes only)
 -- Before a table's first ANALYZE (or with stats taken while the queue was empty), the
 -- planner thinks few jobs are queued and claims with a bitmap scan that sorts every
 -- queued job: 53 ms per claim over 50,000 jobs, against 0.6 ms along the claim index,
@@ -83,7 +85,7 @@ LISTEN {channel};
 -- claim always walks its index in order; the outcome writes use the primary key.
 SET enable_bitmapscan = off;
 
--- worker_session_async_commit: claims and outcome writes do not wait for the WAL flush (see Worker._configure_connection)
+-- disable_synchronous_commit: claims and outcome writes do not wait for the WAL flush (see pgq.worker.database)
 SET synchronous_commit = off;
 
 -- claim_jobs: lease up to %(limit)s due jobs of known tasks from any queue; the claim counts the attempt (edge: queued -> running)
@@ -220,21 +222,23 @@ FROM locked
 WHERE j.id = locked.id
 RETURNING j.id;
 
--- rescue_stale_jobs: requeue (with backoff) or kill running jobs whose lease expired; SKIP LOCKED keeps two rescuers apart (edges: running -> queued | dead)
-WITH stale AS (
-    SELECT id
-    FROM {schema}.jobs
-    WHERE status = 'running'
-      AND locked_until < now()
-    ORDER BY locked_until
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
+-- lock_stale_jobs: lock up to %(limit)s running jobs whose lease expired, oldest expiry first; SKIP LOCKED keeps two rescuers apart
+-- pgq.rescue decides each one's fate (retry after a backoff, or dead) with the
+-- same policy as a handler's failure (pgq.retry), then writes it with rescue_jobs
+-- in the same transaction.
+SELECT id, attempts, max_attempts
+FROM {schema}.jobs
+WHERE status = 'running'
+  AND locked_until < now()
+ORDER BY locked_until
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- rescue_jobs: requeue after its delay, or kill (no delay), each job lock_stale_jobs locked (edges: running -> queued | dead)
 UPDATE {schema}.jobs AS j
-SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END::{schema}.job_status,
-    run_at = now() + least(%(cap_seconds)s, %(base_seconds)s * 2 ^ least(j.attempts - 1, 30))
-                     * (0.5 + random() / 2) * interval '1 second',
-    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+SET status = CASE WHEN rescue.delay_seconds IS NULL THEN 'dead' ELSE 'queued' END::{schema}.job_status,
+    run_at = coalesce(now() + rescue.delay_seconds * interval '1 second', j.run_at),
+    finished_at = CASE WHEN rescue.delay_seconds IS NULL THEN now() END,
     locked_until = NULL,
     locked_by = NULL,
     last_error = 'worker lost: ' || coalesce(j.locked_by, 'unknown worker')
@@ -244,8 +248,9 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' EN
         'at', now(),
         'worker', j.locked_by,
         'error', 'worker lost: lease expired at ' || j.locked_until::text))
-FROM stale
-WHERE j.id = stale.id
+FROM unnest(%(ids)s::bigint[], %(delays_seconds)s::float8[]) AS rescue(id, delay_seconds)
+WHERE j.id = rescue.id
+  AND j.status = 'running'
 RETURNING j.id, j.task, j.queue, j.attempts, j.status::text AS status;
 
 -- try_migration_lock: serialise concurrent `pgq migrate` runs (session-level, polled)
@@ -263,68 +268,15 @@ SELECT 1
 FROM pg_namespace
 WHERE nspname = %(schema_name)s;
 
--- job_statuses: the statuses the database allows, in order (checked against JobStatus by tests)
-SELECT unnest(enum_range(NULL::{schema}.job_status))::text;
-
 -- probe_server: is the server answering (`pgq demo` looking for a database, the /health check)
 SELECT 1;
 
--- find_database: does this database exist
-SELECT 1
-FROM pg_database
-WHERE datname = %(name)s;
-
--- create_database: a database for `pgq demo` on a local server
-CREATE DATABASE {database};
-
--- demo_create_orders: the demo application's own table (`pgq demo`), recreated at each run
-DROP TABLE IF EXISTS pgq_demo_orders;
-CREATE TABLE pgq_demo_orders (
-    id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    customer             text NOT NULL,
-    total_cents          integer NOT NULL CHECK (total_cents > 0),
-    charged_at           timestamptz,
-    confirmation_sent_at timestamptz
-);
-
--- demo_insert_order: the demo application's business write
-INSERT INTO pgq_demo_orders (customer, total_cents)
-VALUES (%(customer)s, %(total_cents)s)
-RETURNING id;
-
--- demo_mark_charged: idempotent: a re-run after a crash does not charge twice
-UPDATE pgq_demo_orders
-SET charged_at = coalesce(charged_at, now())
-WHERE id = %(order_id)s;
-
--- demo_mark_confirmation_sent: idempotent: a re-run does not send a second email
-UPDATE pgq_demo_orders
-SET confirmation_sent_at = coalesce(confirmation_sent_at, now())
-WHERE id = %(order_id)s AND confirmation_sent_at IS NULL
-RETURNING id;
-
--- demo_count_orders: orders the demo stored
-SELECT count(*), count(charged_at), count(confirmation_sent_at)
-FROM pgq_demo_orders;
-
--- demo_job_states: the demo's jobs as they stand
-SELECT id, task, status::text, attempts, max_attempts, last_error
-FROM {schema}.jobs
-WHERE id = ANY(%(ids)s::bigint[])
-ORDER BY id;
-
--- demo_unfinished_count: demo jobs not yet succeeded or dead
-SELECT count(*)
-FROM {schema}.jobs
-WHERE id = ANY(%(ids)s::bigint[])
-  AND status IN ('queued', 'running');
-
--- queue_stats: live numbers per queue (operators' view pgq.queue_stats)
+-- read_queue_stats: live numbers per queue (operators' view pgq.queue_stats)
 SELECT queue, due, scheduled, running, lease_expired, lag_seconds
 FROM {schema}.queue_stats
 ORDER BY queue;
 
--- job_counts: jobs by queue and status, finished ones included (scans the table)
+-- count_jobs: jobs by queue and status, finished ones included (scans the table)
 SELECT queue, status, jobs
 FROM {schema}.job_counts
 ORDER BY queue, status;
@@ -346,34 +298,29 @@ SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, 
 FROM {schema}.jobs
 WHERE id = %(id)s::bigint;
 
--- find_dead_jobs: one page of the dead jobs a requeue by filter can requeue (none whose dedupe key is taken), in id order after %(after_id)s
-SELECT id, queue, task, attempts, finished_at, last_error
-FROM {schema}.jobs
-WHERE status = 'dead'
-  AND (%(task)s::text IS NULL OR task = %(task)s)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-  AND (%(error_pattern)s::text IS NULL OR last_error ILIKE %(error_pattern)s)
-  AND (%(died_after)s::timestamptz IS NULL OR finished_at >= %(died_after)s)
-  AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s)
-  AND NOT EXISTS (
-      SELECT 1 FROM {schema}.jobs AS holder
-      WHERE holder.dedupe_key = jobs.dedupe_key AND holder.status IN ('queued', 'running'))
-  AND id > %(after_id)s
-ORDER BY id
+-- find_dead_jobs: one page of the dead jobs a requeue by filter can requeue (the filter is requeueable_dead_job_ids, in migrations/0003), in id order after %(after_id)s
+SELECT j.id, j.queue, j.task, j.attempts, j.finished_at, j.last_error
+FROM {schema}.requeueable_dead_job_ids(
+    task => %(task)s,
+    queue => %(queue)s,
+    error_pattern => %(error_pattern)s,
+    died_after => %(died_after)s,
+    died_before => %(died_before)s
+) AS requeueable(id)
+JOIN {schema}.jobs AS j ON j.id = requeueable.id
+WHERE requeueable.id > %(after_id)s
+ORDER BY requeueable.id
 LIMIT %(limit)s;
 
 -- count_dead_jobs: how many dead jobs a requeue by filter can requeue (for the dry run and the progress bar)
 SELECT count(*)
-FROM {schema}.jobs
-WHERE status = 'dead'
-  AND (%(task)s::text IS NULL OR task = %(task)s)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-  AND (%(error_pattern)s::text IS NULL OR last_error ILIKE %(error_pattern)s)
-  AND (%(died_after)s::timestamptz IS NULL OR finished_at >= %(died_after)s)
-  AND (%(died_before)s::timestamptz IS NULL OR finished_at < %(died_before)s)
-  AND NOT EXISTS (
-      SELECT 1 FROM {schema}.jobs AS holder
-      WHERE holder.dedupe_key = jobs.dedupe_key AND holder.status IN ('queued', 'running'));
+FROM {schema}.requeueable_dead_job_ids(
+    task => %(task)s,
+    queue => %(queue)s,
+    error_pattern => %(error_pattern)s,
+    died_after => %(died_after)s,
+    died_before => %(died_before)s
+);
 
 -- find_dedupe_holder: the unfinished job holding a dedupe key, if any (why a requeue would be refused)
 SELECT id
@@ -434,6 +381,7 @@ GRANT USAGE ON SCHEMA {schema} TO {producer}, {worker}, {operator};
 GRANT SELECT ON {schema}.alembic_version TO {producer}, {worker}, {operator};
 -- Producer: enqueue, and nothing else (it cannot read args, claim or change jobs).
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {producer};
+GRANT EXECUTE ON FUNCTION {schema}.resolve_run_at(timestamptz, float8) TO {producer}, {operator};
 -- Only the columns enqueue sets: no chosen id, status, lease or history.
 GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
     ON {schema}.jobs TO {producer};
@@ -449,6 +397,8 @@ GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {operator};
 GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.dead_job_matches({schema}.jobs, text, text, text, timestamptz, timestamptz) TO {operator};
+GRANT EXECUTE ON FUNCTION {schema}.requeueable_dead_job_ids(text, text, text, timestamptz, timestamptz) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.cancel(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.retry_now(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {operator};
@@ -458,10 +408,3 @@ GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
 -- Functions that later migrations add are not executable by everyone either.
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
--- count_unfinished_jobs: jobs still queued or running (`pgq bench` waits for zero)
-SELECT count(*)
-FROM {schema}.jobs
-WHERE status IN ('queued', 'running');
-
--- drop_schema: remove a temporary pgq schema and everything in it (`pgq bench` cleaning up)
-DROP SCHEMA IF EXISTS {schema} CASCADE;

@@ -4,6 +4,9 @@ Lease expiry, not worker liveness, decides rescue: a partitioned worker may stil
 be running the job, so handlers must be idempotent. Its late result is refused by
 the fence (``finish_jobs`` matches the lease token). Every worker rescues; SKIP
 LOCKED keeps two rescuers off the same row, so no leader is needed.
+
+The lost attempt is a failure like a handler's, decided by the same policy
+(pgq.retry): the delay before the next attempt, or dead when none is left.
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ from typing import Any
 import psycopg
 
 from pgq.queries import query
-from pgq.retry import Retry
+from pgq.retry import DEFAULT_RETRY, Retry, retry_delay
 
 log = logging.getLogger("pgq.rescue")
 
 RESCUE_BATCH = 500
-# Rescue does not know the task's own policy (the task may not even be registered here).
-DEFAULT_RESCUE_RETRY = Retry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +35,29 @@ class RescuedJob:
 
 
 def rescue_stale_jobs(
-    conn: psycopg.Connection[Any], schema: str, policy: Retry = DEFAULT_RESCUE_RETRY
+    conn: psycopg.Connection[Any], schema: str, policy: Retry = DEFAULT_RETRY
 ) -> list[RescuedJob]:
-    """Move every running job whose lease expired to queued (with backoff) or dead.
+    """Move every running job whose lease expired to queued (after a backoff) or dead.
 
     The crashed attempt stays counted: a job that keeps killing its worker ends
-    dead after ``max_attempts`` instead of taking the fleet down forever.
+    dead after ``max_attempts`` instead of taking the fleet down forever. Rescue
+    does not know the task's own retry policy (no worker may have it), so
+    ``policy`` is the default one. ``conn`` must be in autocommit mode: each
+    batch is a transaction of its own.
     """
     rescued: list[RescuedJob] = []
-    params = {
-        "limit": RESCUE_BATCH,
-        "base_seconds": policy.base_seconds,
-        "cap_seconds": policy.cap_seconds,
-    }
     while True:
         with conn.transaction():
-            rows = conn.execute(query("rescue_stale_jobs", schema), params).fetchall()
+            stale = conn.execute(query("lock_stale_jobs", schema), {"limit": RESCUE_BATCH})
+            ids, delays = [], []
+            for job_id, attempts, max_attempts in stale.fetchall():
+                ids.append(job_id)
+                # A row an operator set running by hand may show 0 attempts.
+                delays.append(retry_delay(max(attempts, 1), max_attempts, policy))
+            rows = []
+            if ids:
+                params = {"ids": ids, "delays_seconds": delays}
+                rows = conn.execute(query("rescue_jobs", schema), params).fetchall()
         batch = [RescuedJob(*row) for row in rows]
         rescued.extend(batch)
         for job in batch:
@@ -57,5 +65,5 @@ def rescue_stale_jobs(
                 "rescued job %s (%s, queue %s) after its worker lost the lease: attempt %s, now %s",
                 job.id, job.task, job.queue, job.attempts, job.status,
             )  # fmt: skip
-        if len(batch) < RESCUE_BATCH:
+        if len(ids) < RESCUE_BATCH:
             return rescued
