@@ -619,7 +619,7 @@ def test_enqueue_works_on_a_connection_with_a_dict_row_factory(dsn: str) -> None
 
 
 def test_args_over_the_size_limit_are_refused_and_nothing_is_written(conn: Conn) -> None:
-    from pgq.enqueue import MAX_ARGS_BYTES
+    from pgq.job import MAX_ARGS_BYTES
 
     before = conn.execute("SELECT count(*) FROM pgq.jobs").fetchone()
     for size in (MAX_ARGS_BYTES + 1, 10 * 1024 * 1024):

@@ -3,6 +3,11 @@
 If the caller's transaction rolls back, the job never existed; if it commits, the
 job is stored and idle workers are woken at that commit. pgq never commits or
 rolls back the caller's connection.
+
+One path serves every way in (``enqueue``, ``enqueue_async``, ``Task.enqueue``,
+``JobSpec`` with ``enqueue_many``): the options are declared once
+(``EnqueueOptions``), one pure step validates a job and plans its statement
+(``plan_job``), and the sync and async drivers only run what was planned.
 """
 
 from __future__ import annotations
@@ -11,10 +16,10 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any, Literal, NamedTuple, Protocol, overload
+from typing import Any, Literal, NamedTuple, Protocol, TypedDict, Unpack, overload
 
 import psycopg
 import psycopg.errors
@@ -23,23 +28,43 @@ from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema, wakeup_channel
 from pgq.errors import InvalidJobError, SchemaError
+from pgq.job import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    MAX_ARGS_BYTES,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_DEDUPE_KEY_LENGTH,
+    MAX_DELAY_SECONDS,
+    MAX_PRIORITY,
+    QUEUE_NAME,
+    TASK_NAME,
+)
 from pgq.queries import query
-from pgq.retry import MAX_DELAY_SECONDS
 
-DEFAULT_QUEUE = "default"
-DEFAULT_MAX_ATTEMPTS = 5
-MAX_PRIORITY = 2**31 - 1
-MAX_ATTEMPTS_LIMIT = 1_000_000
-MAX_DEDUPE_KEY_LENGTH = 500
-# Args are for identifiers and small values; a bigger payload belongs in your
-# own table or object store, with its key in the args. Checked in SQL too.
-MAX_ARGS_BYTES = 1_048_576
 # enqueue_many validates and COPYs this many jobs, then moves them into the
 # table in one statement: memory stays bounded for a generator of any length.
 ENQUEUE_MANY_CHUNK = 10_000
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
-TASK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")
+
+class EnqueueOptions(TypedDict, total=False):
+    """How to enqueue a job: the keyword arguments of every enqueue function and of ``JobSpec``.
+
+    ``queue`` and ``max_attempts`` default to the task's (a registered ``pgq.Task``),
+    else ``default`` and 5. ``priority``: higher runs first (0 to 2**31-1, default 0).
+    ``run_at`` (timezone-aware) or ``delay`` (seconds or a timedelta) schedule it
+    later. ``dedupe_key``: while a job with this key is queued or running,
+    enqueueing another returns that job instead.
+    """
+
+    queue: str | None
+    priority: int
+    run_at: datetime | None
+    delay: timedelta | float | None
+    max_attempts: int | None
+    dedupe_key: str | None
+
+
+_OPTION_NAMES = EnqueueOptions.__optional_keys__
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,22 +92,34 @@ class TaskDefaults(Protocol):
     def max_attempts(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class JobSpec:
-    """One job for ``enqueue_many``; the fields mean what ``enqueue``'s arguments mean."""
+    """One job for ``enqueue_many``: a task, its args, and ``enqueue``'s options.
+
+    Example: ``pgq.JobSpec("resize", {"id": 7}, queue="images", delay=60)``.
+    """
 
     task: str | TaskDefaults
-    args: Mapping[str, Any] = field(default_factory=dict)
-    queue: str | None = None
-    priority: int = 0
-    run_at: datetime | None = None
-    delay: timedelta | float | None = None
-    max_attempts: int | None = None
-    dedupe_key: str | None = None
+    args: Mapping[str, Any] | None
+    options: EnqueueOptions
+
+    def __init__(
+        self,
+        task: str | TaskDefaults,
+        args: Mapping[str, Any] | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> None:
+        _check_option_names(options, "JobSpec")
+        object.__setattr__(self, "task", task)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "options", options)
 
 
-class _Row(NamedTuple):
-    """A validated job, ready to be bound as parameters (a tuple: cheap in bulk)."""
+class PlannedJob(NamedTuple):
+    """A validated job, ready to be bound as parameters (a tuple: cheap in bulk).
+
+    The fields are the staging table's columns, in order (create_enqueue_staging).
+    """
 
     task: str
     args_json: str
@@ -94,13 +131,8 @@ class _Row(NamedTuple):
     dedupe_key: str | None
 
     def statement(self, schema: str) -> tuple[sql.SQL, dict[str, Any]]:
-        """The single-job enqueue statement for this row, and its parameters."""
-        if self.dedupe_key is None:
-            return query("insert_job", schema), {**self.params(), "channel": wakeup_channel(schema)}
-        return query("enqueue_job", schema), self.params()
-
-    def params(self) -> dict[str, Any]:
-        return {
+        """The single-job enqueue statement for this job, and its parameters."""
+        params = {
             "task": self.task,
             "args": self.args_json,
             "queue": self.queue,
@@ -110,6 +142,9 @@ class _Row(NamedTuple):
             "max_attempts": self.max_attempts,
             "dedupe_key": self.dedupe_key,
         }
+        if self.dedupe_key is None:
+            return query("insert_job", schema), {**params, "channel": wakeup_channel(schema)}
+        return query("enqueue_job", schema), params
 
 
 # One encoder for every job: json.dumps() with options builds a new one per call.
@@ -209,21 +244,25 @@ def _delay_seconds(delay: timedelta | float | None) -> float:
     return float(seconds)
 
 
-def _validate(
-    task: str | TaskDefaults,
-    args: Mapping[str, Any] | None,
-    *,
-    queue: str | None,
-    priority: int,
-    run_at: datetime | None,
-    delay: timedelta | float | None,
-    max_attempts: int | None,
-    dedupe_key: str | None,
-) -> _Row:
+def _check_option_names(options: Mapping[str, object], caller: str) -> None:
+    # Keyword arguments typed by EnqueueOptions are checked by type checkers only:
+    # refuse a misspelt one here as Python refuses one in a plain signature.
+    if not options.keys() <= _OPTION_NAMES:
+        unknown = sorted(options.keys() - _OPTION_NAMES)[0]
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown!r}")
+
+
+def plan_job(
+    task: str | TaskDefaults, args: Mapping[str, Any] | None, options: EnqueueOptions
+) -> PlannedJob:
+    """Validate one job and resolve its defaults; InvalidJobError names what is wrong.
+
+    Pure: no database, no I/O. Every enqueue function goes through here.
+    """
+    queue = options.get("queue")
+    max_attempts = options.get("max_attempts")
     if isinstance(task, str):
         task_name = task
-        queue = DEFAULT_QUEUE if queue is None else queue
-        max_attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
     elif isinstance(getattr(task, "name", None), str):
         # a registered Task: its queue and max_attempts are the defaults
         task_name = task.name
@@ -231,6 +270,8 @@ def _validate(
         max_attempts = task.max_attempts if max_attempts is None else max_attempts
     else:
         raise InvalidJobError(f"task must be a task name or a registered pgq.Task, got {task!r}")
+    run_at = options.get("run_at")
+    delay = options.get("delay")
     if run_at is not None:
         if delay is not None:
             raise InvalidJobError("pass run_at or delay, not both")
@@ -241,6 +282,7 @@ def _validate(
                 f"run_at must be timezone-aware, got naive {run_at.isoformat()}: "
                 "use datetime.now(timezone.utc) or attach a tzinfo"
             )
+    dedupe_key = options.get("dedupe_key")
     if dedupe_key is not None and (
         not isinstance(dedupe_key, str)
         or not 1 <= len(dedupe_key) <= MAX_DEDUPE_KEY_LENGTH
@@ -250,16 +292,36 @@ def _validate(
             f"dedupe_key must be a string of 1 to {MAX_DEDUPE_KEY_LENGTH} characters "
             f"without NUL, got {dedupe_key!r:.80}"
         )
-    return _Row(
+    return PlannedJob(
         _check_name("task", task_name, TASK_NAME, 200),
         encode_args(args),
-        _check_name("queue", queue, QUEUE_NAME, 128),
-        _check_int("priority", priority, 0, MAX_PRIORITY),
+        _check_name("queue", DEFAULT_QUEUE if queue is None else queue, QUEUE_NAME, 128),
+        _check_int("priority", options.get("priority", 0), 0, MAX_PRIORITY),
         run_at,
-        0.0 if delay is None else _delay_seconds(delay),
-        _check_int("max_attempts", max_attempts, 1, MAX_ATTEMPTS_LIMIT),
+        _delay_seconds(delay),
+        _check_int(
+            "max_attempts",
+            DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts,
+            1,
+            MAX_ATTEMPTS_LIMIT,
+        ),
         dedupe_key,
     )
+
+
+def _plan_enqueue(
+    task: str | TaskDefaults,
+    args: Mapping[str, Any] | None,
+    options: EnqueueOptions,
+    schema: str | None,
+) -> tuple[sql.SQL, dict[str, Any]]:
+    _check_option_names(options, "enqueue")
+    return plan_job(task, args, options).statement(resolve_schema(schema))
+
+
+def _result(row: tuple[Any, ...] | None) -> EnqueueResult:
+    assert row is not None, "pgq.enqueue() always returns a row"
+    return EnqueueResult(id=int(row[0]), created=bool(row[1]))
 
 
 def enqueue(
@@ -267,21 +329,15 @@ def enqueue(
     task: str | TaskDefaults,
     args: Mapping[str, Any] | None = None,
     *,
-    queue: str | None = None,
-    priority: int = 0,
-    run_at: datetime | None = None,
-    delay: timedelta | float | None = None,
-    max_attempts: int | None = None,
-    dedupe_key: str | None = None,
     schema: str | None = None,
+    **options: Unpack[EnqueueOptions],
 ) -> EnqueueResult:
     """Enqueue one job in ``conn``'s current transaction; never commits.
 
     ``task`` is a task name, or a registered ``pgq.Task`` whose queue and
-    max_attempts then are the defaults (else ``default`` and 5).
-    ``priority``: higher runs first. ``run_at`` (timezone-aware) or ``delay``
-    (seconds or timedelta) schedule it later. ``dedupe_key``: while a job with this
-    key is queued or running, enqueueing another returns that job instead.
+    max_attempts then are the defaults. The options (``queue``, ``priority``,
+    ``run_at`` or ``delay``, ``max_attempts``, ``dedupe_key``) are described
+    under ``EnqueueOptions``.
 
     Example::
 
@@ -289,15 +345,10 @@ def enqueue(
             conn.execute("INSERT INTO orders (id) VALUES (%s)", [order_id])
             pgq.enqueue(conn, "send_confirmation", {"order_id": order_id})
     """
-    row = _validate(
-        task, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
-        max_attempts=max_attempts, dedupe_key=dedupe_key,
-    )  # fmt: skip
+    statement, params = _plan_enqueue(task, args, options, schema)
     # A cursor of our own: the caller's connection may use dict_row or another factory.
     with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
-        result = cursor.execute(*row.statement(resolve_schema(schema))).fetchone()
-    assert result is not None, "pgq.enqueue() always returns a row"
-    return EnqueueResult(id=int(result[0]), created=bool(result[1]))
+        return _result(cursor.execute(statement, params).fetchone())
 
 
 async def enqueue_async(
@@ -305,43 +356,80 @@ async def enqueue_async(
     task: str | TaskDefaults,
     args: Mapping[str, Any] | None = None,
     *,
-    queue: str | None = None,
-    priority: int = 0,
-    run_at: datetime | None = None,
-    delay: timedelta | float | None = None,
-    max_attempts: int | None = None,
-    dedupe_key: str | None = None,
     schema: str | None = None,
+    **options: Unpack[EnqueueOptions],
 ) -> EnqueueResult:
     """``enqueue`` for an ``AsyncConnection``: same arguments, same contract."""
-    row = _validate(
-        task, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
-        max_attempts=max_attempts, dedupe_key=dedupe_key,
-    )  # fmt: skip
+    statement, params = _plan_enqueue(task, args, options, schema)
     with _schema_errors(schema):
         async with conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(*row.statement(resolve_schema(schema)))
-            result = await cursor.fetchone()
-    assert result is not None, "pgq.enqueue() always returns a row"
-    return EnqueueResult(id=int(result[0]), created=bool(result[1]))
+            await cursor.execute(statement, params)
+            return _result(await cursor.fetchone())
 
 
-def _validate_spec(spec: JobSpec) -> _Row:
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """One chunk of an enqueue_many: COPY its rows, then run ``move`` (if any)."""
+
+    copy: sql.SQL
+    rows: Iterable[tuple[Any, ...]]
+    #: Moves the staged rows into jobs; None when the COPY wrote into jobs itself.
+    move: sql.SQL | None
+
+
+class _BulkEnqueue:
+    """Everything enqueue_many does but talk to the database, for both drivers.
+
+    Validates jobs a chunk at a time (all of them or none are written: the
+    drivers run the chunks in one savepoint), chooses each chunk's path, and
+    counts what was created.
+    """
+
+    def __init__(self, jobs: Iterable[JobSpec], schema: str | None, return_ids: bool) -> None:
+        self.schema = resolve_schema(schema)
+        self.return_ids = return_ids
+        self.ids: list[int] = []
+        self.created = 0
+        self.queues: set[str] = set()
+        self.create_staging = query("create_enqueue_staging", self.schema)
+        self._jobs = jobs
+
+    def chunks(self) -> Iterator[_Chunk]:
+        planned = map(_plan_spec, self._jobs)
+        while chunk := list(islice(planned, ENQUEUE_MANY_CHUNK)):
+            self.queues.update(job.queue for job in chunk)
+            if not self.return_ids and _copies_straight(chunk):
+                self.created += len(chunk)
+                yield _Chunk(query("copy_to_jobs", self.schema), map(_straight_row, chunk), None)
+            else:
+                staging = query("copy_to_enqueue_staging", self.schema)
+                yield _Chunk(staging, chunk, query("enqueue_staged_jobs", self.schema))
+
+    def moved(self, created: list[tuple[Any, ...]] | int) -> None:
+        """Record what a chunk's move created: its rows (ids wanted) or their count."""
+        if isinstance(created, int):
+            self.created += created
+        else:
+            self.ids.extend(row[0] for row in created)
+
+    def notify(self) -> tuple[sql.SQL, dict[str, Any]] | None:
+        """One wake-up per queue written to, sent at commit; None if nothing was."""
+        if not self.queues:
+            return None
+        params = {"channel": wakeup_channel(self.schema), "queues": sorted(self.queues)}
+        return query("notify_queues", self.schema), params
+
+    def result(self) -> list[int] | int:
+        return self.ids if self.return_ids else self.created
+
+
+def _plan_spec(spec: JobSpec) -> PlannedJob:
     if not isinstance(spec, JobSpec):
         raise InvalidJobError(f"enqueue_many takes JobSpec items, got {type(spec).__name__}")
-    return _validate(
-        spec.task, spec.args, queue=spec.queue, priority=spec.priority, run_at=spec.run_at,
-        delay=spec.delay, max_attempts=spec.max_attempts, dedupe_key=spec.dedupe_key,
-    )  # fmt: skip
+    return plan_job(spec.task, spec.args, spec.options)
 
 
-def _chunks(jobs: Iterable[JobSpec]) -> Iterator[list[_Row]]:
-    rows = map(_validate_spec, jobs)
-    while chunk := list(islice(rows, ENQUEUE_MANY_CHUNK)):
-        yield chunk
-
-
-def _copies_straight(chunk: list[_Row]) -> bool:
+def _copies_straight(chunk: list[PlannedJob]) -> bool:
     """Can this chunk be COPYed into jobs as it is (no ids wanted)?
 
     A dedupe key needs ON CONFLICT, and a delay needs the server's clock: both
@@ -349,12 +437,13 @@ def _copies_straight(chunk: list[_Row]) -> bool:
     column list (PostgreSQL 15's COPY has no per-row DEFAULT).
     """
     return all(
-        row.dedupe_key is None and row.run_at is None and row.delay_seconds == 0 for row in chunk
+        job.dedupe_key is None and job.run_at is None and job.delay_seconds == 0 for job in chunk
     )
 
 
-def _straight_row(row: _Row) -> tuple[str, str, str, int, int]:
-    return (row.task, row.args_json, row.queue, row.priority, row.max_attempts)
+def _straight_row(job: PlannedJob) -> tuple[str, str, str, int, int]:
+    """The columns copy_to_jobs writes."""
+    return (job.task, job.args_json, job.queue, job.priority, job.max_attempts)
 
 
 @overload
@@ -410,41 +499,23 @@ def enqueue_many(
         with conn.transaction():
             pgq.enqueue_many(conn, (pgq.JobSpec("resize", {"id": i}) for i in ids))
     """
-    schema = resolve_schema(schema)
-    ids: list[int] = []
-    created = 0
-    queues: set[str] = set()
-    # A savepoint inside the caller's transaction (a transaction of its own on an
-    # autocommit connection): all of the jobs or none, and the staging table,
-    # emptied at commit, lives as long as the call.
+    bulk = _BulkEnqueue(jobs, schema, return_ids)
     with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
         # Outside autocommit, this opens the caller's transaction if none is open
         # yet, so conn.transaction() is a savepoint: on an idle connection it would
         # BEGIN and COMMIT a transaction of its own, behind the caller's back.
-        cursor.execute(query("create_enqueue_staging", schema))
+        cursor.execute(bulk.create_staging)
         with conn.transaction():
-            for chunk in _chunks(jobs):
-                queues.update(row.queue for row in chunk)
-                if not return_ids and _copies_straight(chunk):
-                    with cursor.copy(query("copy_to_jobs", schema)) as copy:
-                        for row in chunk:
-                            copy.write_row(_straight_row(row))
-                    created += len(chunk)
-                    continue
-                with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
-                    for row in chunk:
+            for chunk in bulk.chunks():
+                with cursor.copy(chunk.copy) as copy:
+                    for row in chunk.rows:
                         copy.write_row(row)
-                cursor.execute(query("enqueue_staged_jobs", schema))
-                if return_ids:
-                    ids.extend(row[0] for row in cursor.fetchall())
-                else:
-                    created += cursor.rowcount
-            if queues:
-                cursor.execute(
-                    query("notify_queues", schema),
-                    {"channel": wakeup_channel(schema), "queues": sorted(queues)},
-                )
-    return ids if return_ids else created
+                if chunk.move is not None:
+                    cursor.execute(chunk.move)
+                    bulk.moved(cursor.fetchall() if return_ids else cursor.rowcount)
+            if (notify := bulk.notify()) is not None:
+                cursor.execute(*notify)
+    return bulk.result()
 
 
 @overload
@@ -478,37 +549,19 @@ async def enqueue_many_async(
     schema: str | None = None,
     return_ids: bool = True,
 ) -> list[int] | int:
-    """``enqueue_many`` for an ``AsyncConnection``."""
-    schema = resolve_schema(schema)
-    ids: list[int] = []
-    created = 0
-    queues: set[str] = set()
+    """``enqueue_many`` for an ``AsyncConnection``: the same steps, awaited."""
+    bulk = _BulkEnqueue(jobs, schema, return_ids)
     with _schema_errors(schema):
         async with conn.cursor(row_factory=tuple_row) as cursor:
-            # Outside autocommit, this opens the caller's transaction if none is open
-            # yet, so conn.transaction() is a savepoint: on an idle connection it would
-            # BEGIN and COMMIT a transaction of its own, behind the caller's back.
-            await cursor.execute(query("create_enqueue_staging", schema))
+            await cursor.execute(bulk.create_staging)  # see enqueue_many
             async with conn.transaction():
-                for chunk in _chunks(jobs):
-                    queues.update(row.queue for row in chunk)
-                    if not return_ids and _copies_straight(chunk):
-                        async with cursor.copy(query("copy_to_jobs", schema)) as copy:
-                            for row in chunk:
-                                await copy.write_row(_straight_row(row))
-                        created += len(chunk)
-                        continue
-                    async with cursor.copy(query("copy_to_enqueue_staging", schema)) as copy:
-                        for row in chunk:
+                for chunk in bulk.chunks():
+                    async with cursor.copy(chunk.copy) as copy:
+                        for row in chunk.rows:
                             await copy.write_row(row)
-                    await cursor.execute(query("enqueue_staged_jobs", schema))
-                    if return_ids:
-                        ids.extend(row[0] for row in await cursor.fetchall())
-                    else:
-                        created += cursor.rowcount
-                if queues:
-                    await cursor.execute(
-                        query("notify_queues", schema),
-                        {"channel": wakeup_channel(schema), "queues": sorted(queues)},
-                    )
-    return ids if return_ids else created
+                    if chunk.move is not None:
+                        await cursor.execute(chunk.move)
+                        bulk.moved(await cursor.fetchall() if return_ids else cursor.rowcount)
+                if (notify := bulk.notify()) is not None:
+                    await cursor.execute(*notify)
+    return bulk.result()

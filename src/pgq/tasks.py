@@ -7,27 +7,24 @@ import inspect
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, overload
+from typing import Any, NoReturn, Unpack, overload
 
 import psycopg
 
 from pgq.config import resolve_schema
-from pgq.enqueue import (
+from pgq.enqueue import EnqueueOptions, EnqueueResult, enqueue, enqueue_async
+from pgq.errors import ConfigError, GiveUp, Snooze
+from pgq.job import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
     MAX_ATTEMPTS_LIMIT,
+    MAX_DELAY_SECONDS,
     QUEUE_NAME,
     TASK_NAME,
-    EnqueueResult,
-    enqueue,
-    enqueue_async,
 )
-from pgq.errors import ConfigError, GiveUp, Snooze
-from pgq.retry import MAX_DELAY_SECONDS, Retry
-
-DEFAULT_RETRY = Retry()
+from pgq.retry import DEFAULT_RETRY, Retry
 
 Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
 
@@ -84,40 +81,22 @@ class Task:
         conn: psycopg.Connection[Any],
         args: Mapping[str, Any] | None = None,
         *,
-        queue: str | None = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        delay: timedelta | float | None = None,
-        max_attempts: int | None = None,
-        dedupe_key: str | None = None,
         schema: str | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> EnqueueResult:
         """``pgq.enqueue`` with this task's name, queue and max_attempts as defaults."""
-        return enqueue(
-            conn, self, args, queue=queue, priority=priority, run_at=run_at,
-            delay=delay, max_attempts=max_attempts, dedupe_key=dedupe_key,
-            schema=schema or self.schema,
-        )  # fmt: skip
+        return enqueue(conn, self, args, schema=schema or self.schema, **options)
 
     async def enqueue_async(
         self,
         conn: psycopg.AsyncConnection[Any],
         args: Mapping[str, Any] | None = None,
         *,
-        queue: str | None = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        delay: timedelta | float | None = None,
-        max_attempts: int | None = None,
-        dedupe_key: str | None = None,
         schema: str | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> EnqueueResult:
         """``enqueue`` for an ``AsyncConnection``."""
-        return await enqueue_async(
-            conn, self, args, queue=queue, priority=priority, run_at=run_at,
-            delay=delay, max_attempts=max_attempts, dedupe_key=dedupe_key,
-            schema=schema or self.schema,
-        )  # fmt: skip
+        return await enqueue_async(conn, self, args, schema=schema or self.schema, **options)
 
 
 class App:
@@ -177,7 +156,7 @@ class App:
                 queue=queue,
                 max_attempts=max_attempts,
                 timeout_seconds=timeout,
-                retry=retry or Retry(),
+                retry=retry or DEFAULT_RETRY,
                 is_async=inspect.iscoroutinefunction(function),
                 wants_context="ctx" in inspect.signature(function).parameters,
                 schema=self.schema,
