@@ -26,10 +26,11 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 import pgq
-from pgq.cli import parse_queues
+from pgq.cli_work import parse_queues
 from pgq.config import MAX_DURATION_SECONDS, describe_dsn, parse_duration, redact
-from pgq.enqueue import QUEUE_NAME, encode_args
-from pgq.retry import MAX_DELAY_SECONDS, Retry, backoff_ceiling, backoff_seconds
+from pgq.enqueue import encode_args
+from pgq.job import MAX_DELAY_SECONDS, QUEUE_NAME
+from pgq.retry import Retry, backoff_ceiling, backoff_seconds
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

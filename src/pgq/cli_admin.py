@@ -18,11 +18,9 @@ from pgq import admin
 from pgq.cli_shared import DsnOption, JsonOption, SchemaOption, database, fail, out
 from pgq.config import parse_duration
 from pgq.errors import ConfigError, PgqError
-from pgq.job import JobStatus
+from pgq.job import MAX_JOB_ID, JobStatus
 
 admin_commands = typer.Typer()
-
-MAX_ID = 2**63 - 1  # job ids are bigint
 
 
 def _print_json(value: Any) -> None:
@@ -177,7 +175,9 @@ def jobs(
 
 @admin_commands.command()
 def job(
-    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.", min=1, max=MAX_ID)],
+    job_id: Annotated[
+        int, typer.Argument(metavar="ID", help="The job's id.", min=1, max=MAX_JOB_ID)
+    ],
     dsn: DsnOption = None,
     schema: SchemaOption = None,
     as_json: JsonOption = False,
@@ -217,7 +217,7 @@ def requeue(
     job_ids: Annotated[
         list[int] | None,
         typer.Argument(
-            metavar="[ID]...", help="Dead or cancelled jobs to requeue.", min=1, max=MAX_ID
+            metavar="[ID]...", help="Dead or cancelled jobs to requeue.", min=1, max=MAX_JOB_ID
         ),
     ] = None,
     dsn: DsnOption = None,
@@ -328,7 +328,8 @@ def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_r
 @admin_commands.command()
 def cancel(
     job_ids: Annotated[
-        list[int], typer.Argument(metavar="ID...", help="Queued jobs to cancel.", min=1, max=MAX_ID)
+        list[int],
+        typer.Argument(metavar="ID...", help="Queued jobs to cancel.", min=1, max=MAX_JOB_ID),
     ],
     dsn: DsnOption = None,
     schema: SchemaOption = None,

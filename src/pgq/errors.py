@@ -3,9 +3,14 @@
 ``PgqError`` and its children are failures. ``JobSignal`` and its children are
 outcomes a handler raises on purpose (snooze, give up): they are not failures,
 so they live outside ``PgqError``.
+
+This module imports only pgq.job (which imports nothing from pgq): every other
+module may raise these errors without an import cycle.
 """
 
 from __future__ import annotations
+
+from pgq.job import MAX_DELAY_SECONDS
 
 
 class PgqError(Exception):
@@ -48,8 +53,6 @@ class Snooze(JobSignal):
     """
 
     def __init__(self, seconds: float) -> None:
-        from pgq.retry import MAX_DELAY_SECONDS
-
         if not 0 <= seconds <= MAX_DELAY_SECONDS:
             raise InvalidJobError(
                 f"Snooze needs 0 <= seconds <= {MAX_DELAY_SECONDS:g} (ten years), got {seconds!r}"

@@ -1,12 +1,36 @@
-"""The job as pgq sees it: its status (the state machine) and the row a worker claims."""
+"""The job as every layer sees it: its status (the state machine), its limits, the claimed row.
+
+This module imports nothing from pgq, so that any other module (errors included)
+may use the names and limits it holds without creating an import cycle.
+"""
 
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+DAY_SECONDS = 86_400.0
+#: The longest delay pgq schedules (ten years): PostgreSQL's timestamps end
+#: somewhere, and a longer wait is a bug rather than a plan.
+MAX_DELAY_SECONDS = 10 * 365 * DAY_SECONDS
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 5
+MAX_ATTEMPTS_LIMIT = 1_000_000
+MAX_PRIORITY = 2**31 - 1
+MAX_JOB_ID = 2**63 - 1  # ids are bigint
+MAX_DEDUPE_KEY_LENGTH = 500
+# Args are for identifiers and small values; a bigger payload belongs in your
+# own table or object store, with its key in the args. Checked in SQL too.
+MAX_ARGS_BYTES = 1_048_576
+
+# The same patterns as the jobs table's CHECK constraints (migrations/0001).
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
+TASK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")
 
 
 class JobStatus(enum.StrEnum):
@@ -30,9 +54,12 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELLED)
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
-    """A job leased to this worker: what a claim returns and a handler runs."""
+    """A job leased to a worker: what a claim returns and a handler runs."""
 
     id: int
     queue: str

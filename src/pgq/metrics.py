@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pgq.connection import ThreadConnection
 from pgq.queries import query
 
 log = logging.getLogger("pgq.metrics")
@@ -111,26 +112,25 @@ class QueueStatsCollector(Collector):
         self._lock = threading.Lock()
         self._rows: list[tuple[Any, ...]] = []
         self._read_at = 0.0
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._connection = ThreadConnection(dsn)  # used under self._lock only
 
     def _read(self) -> list[tuple[Any, ...]]:
         with self._lock:
             if time.monotonic() - self._read_at < self.max_age_seconds / 2:
                 return self._rows
+            # No retry loop: a failed read keeps the last figures, and the next
+            # scrape reconnects.
             try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True)
+                conn = self._connection.get()
                 params = {"max_age_seconds": self.max_age_seconds}
-                self._conn.execute(query("refresh_queue_stats", self.schema), params)
-                self._rows = self._conn.execute(
+                conn.execute(query("refresh_queue_stats", self.schema), params)
+                self._rows = conn.execute(
                     query("read_queue_stats_snapshot", self.schema)
                 ).fetchall()
                 self._read_at = time.monotonic()
             except psycopg.Error as error:
                 log.warning("queue metrics unavailable: %s", error)
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+                self._connection.close()
             return self._rows
 
     def collect(self) -> Iterable[Metric]:

@@ -13,12 +13,11 @@ from typing import Any
 import psycopg
 
 from pgq.errors import ConfigError
-from pgq.job import JobStatus
+from pgq.job import DAY_SECONDS, JobStatus
 from pgq.queries import query
 
 log = logging.getLogger("pgq.retention")
 
-DAY_SECONDS = 86_400.0
 PRUNE_BATCH = 1_000
 # A worker's share of pruning per cycle; whatever is left waits for the next
 # cycle (or another worker), so one cycle never keeps a connection busy long.

@@ -1,4 +1,9 @@
-"""Backoff with jitter, as pure functions so that tests can check the arithmetic."""
+"""Retry policy: backoff with jitter, and when a failed job has no attempt left.
+
+Pure functions, so that tests can check the arithmetic. Both places that fail a
+job use them: a worker recording a handler's failure (pgq.worker.outcome) and
+rescue returning the job of a lost worker (pgq.rescue).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,7 @@ import random
 from dataclasses import dataclass
 
 from pgq.errors import ConfigError
-
-#: The longest delay pgq schedules (ten years): PostgreSQL's timestamps end
-#: somewhere, and a longer wait is a bug rather than a plan.
-MAX_DELAY_SECONDS = 10 * 365 * 86_400.0
+from pgq.job import MAX_DELAY_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,9 @@ class Retry:
             )
 
 
+DEFAULT_RETRY = Retry()
+
+
 def backoff_ceiling(attempt: int, policy: Retry) -> float:
     """The un-jittered delay after failed attempt number ``attempt`` (1-based)."""
     if attempt < 1:
@@ -53,3 +58,15 @@ def backoff_seconds(attempt: int, policy: Retry, rng: random.Random | None = Non
     ceiling = backoff_ceiling(attempt, policy)
     draw = (rng or random).random()
     return ceiling / 2 + draw * ceiling / 2
+
+
+def retry_delay(
+    attempt: int, max_attempts: int, policy: Retry, rng: random.Random | None = None
+) -> float | None:
+    """Seconds until the next attempt after attempt ``attempt`` failed; None if none is left.
+
+    None means the job is dead: it used its last attempt.
+    """
+    if attempt >= max_attempts:
+        return None
+    return backoff_seconds(attempt, policy, rng)
