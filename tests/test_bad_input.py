@@ -55,8 +55,9 @@ from pgq import (
     admin,
 )
 from pgq.cli import app as cli_app
-from pgq.enqueue import MAX_ARGS_BYTES
-from pgq.supervisor import Supervisor
+from pgq.job import MAX_ARGS_BYTES
+from pgq.worker.producer import Producer
+from pgq.worker.supervisor import Supervisor
 from test_enqueue import BAD_INPUTS
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -701,13 +702,13 @@ def harmless_work(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     `pgq work` also configures the root logger: put it back afterwards.
     """
 
-    async def claim_nothing(self: pgq.Worker) -> None:
+    async def claim_nothing(self: Producer, *_: object) -> None:
         return None
 
     def spawn_nothing(self: Supervisor) -> int:
         raise AssertionError(f"pgq work was about to start {self.processes} processes")
 
-    monkeypatch.setattr(pgq.worker.Worker, "_claim_loop", claim_nothing)
+    monkeypatch.setattr(Producer, "run", claim_nothing)
     monkeypatch.setattr(Supervisor, "run", spawn_nothing)
     root = logging.getLogger()
     handlers = root.handlers[:]

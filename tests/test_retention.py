@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from pgq.errors import ConfigError
-from pgq.maintenance import Maintenance
 from pgq.retention import KEEP_EVERYTHING, Retention, prune_finished_jobs
+from pgq.worker.maintenance import Maintenance
 from seeding import Conn, job_ids, seed_job
 from worker_helpers import REPO_ROOT, wait_until
 

@@ -31,8 +31,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
 import pgq
-import pgq.maintenance
 import pgq.migrate
+import pgq.worker.maintenance
 from conftest import Databases
 from pgcluster import free_port
 from pgq import admin
@@ -456,7 +456,7 @@ def test_a_worker_login_runs_jobs_end_to_end_retries_kills_rescues_and_prunes(
         }
         unknown = pgq.enqueue(producer, "sec_no_worker_knows_this", queue=queue, schema=lab.schema)
         ids["sec_no_worker_knows_this"] = unknown.id
-    monkeypatch.setattr(pgq.maintenance, "random", NoJitter)
+    monkeypatch.setattr(pgq.worker.maintenance, "random", NoJitter)
     metrics_port = free_port()
     worker = pgq.Worker(
         SEC_APP, lab.login_dsn("worker"), schema=lab.schema, queues={queue: None},

@@ -939,7 +939,7 @@ def test_poll_only_worker_processes_jobs_without_listening(dsn: str) -> None:
         done.append(n)
 
     async def scenario() -> None:
-        worker = make_worker(app, dsn, listen=False, poll_seconds=0.2)
+        worker = make_worker(app, dsn, poll_only=True, poll_seconds=0.2)
         async with await connect(dsn) as db:
             for n in range(3):
                 await enqueue(db, "ping", {"n": n})
@@ -967,7 +967,7 @@ def test_poll_only_worker_processes_jobs_without_listening(dsn: str) -> None:
         ({}, "off"),
         ({"synchronous_commit": True}, "on"),
         # PgBouncer in transaction mode cannot hold a session setting: left alone.
-        ({"listen": False}, "on"),
+        ({"poll_only": True}, "on"),
     ],
 )
 def test_claims_and_outcomes_commit_without_waiting_for_the_wal_flush_unless_asked(
@@ -990,8 +990,8 @@ def test_claims_and_outcomes_commit_without_waiting_for_the_wal_flush_unless_ask
                     has_status(db, job_id, "succeeded"), "its outcome was written",
                     worker_task=worker_task,
                 )  # fmt: skip
-                assert worker._pool is not None
-                async with worker._pool.connection() as pooled:
+                assert worker.pool is not None
+                async with worker.pool.connection() as pooled:
                     cursor = await pooled.execute("SHOW synchronous_commit")
                     row = await cursor.fetchone()
         assert row is not None

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 import pgq
 from pgcluster import StopMode, ThrowawayCluster
-from pgq.worker import DUPLICATE_SIGNAL_SECONDS
+from pgq.worker.shutdown import DUPLICATE_SIGNAL_SECONDS
 from worker_helpers import (
     REPO_ROOT,
     WorkerProcess,

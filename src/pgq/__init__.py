@@ -1,6 +1,7 @@
 """pgq: a PostgreSQL-native background job queue."""
 
 from pgq.enqueue import (
+    EnqueueOptions,
     EnqueueResult,
     JobSpec,
     enqueue,
@@ -19,15 +20,16 @@ from pgq.errors import (
     SchemaError,
     Snooze,
 )
-from pgq.job import ClaimedJob, JobStatus
+from pgq.job import JobStatus
+from pgq.retention import Retention
 from pgq.retry import Retry
 from pgq.tasks import App, JobContext, Task
 from pgq.worker import Worker
 
 __all__ = [
     "App",
-    "ClaimedJob",
     "ConfigError",
+    "EnqueueOptions",
     "EnqueueResult",
     "GiveUp",
     "InvalidJobError",
@@ -38,6 +40,7 @@ __all__ = [
     "JobStateError",
     "JobStatus",
     "PgqError",
+    "Retention",
     "Retry",
     "SchemaError",
     "Snooze",

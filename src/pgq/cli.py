@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import sys
 from typing import Annotated, Any
 
@@ -13,11 +11,10 @@ import typer
 
 from pgq.cli_admin import admin_commands
 from pgq.cli_shared import DsnOption, SchemaOption, database, err, fail, out
-from pgq.config import describe_dsn, parse_duration, resolve_dsn, resolve_schema
-from pgq.enqueue import QUEUE_NAME
-from pgq.errors import ConfigError, PgqError
-from pgq.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
-from pgq.retention import Retention
+from pgq.cli_work import work_commands
+from pgq.config import describe_dsn, resolve_dsn, resolve_schema
+from pgq.errors import PgqError
+from pgq.logs import LOG_LEVELS, configure_logging
 
 app = typer.Typer(
     name="pgq",
@@ -26,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(work_commands)
 app.add_typer(admin_commands)
 
 
@@ -93,193 +91,6 @@ def migrate(
         out.print(
             f"pgq schema {schema!r}: {before or 'none'} -> {after or 'none'}", highlight=False
         )
-
-
-MAX_PROCESSES = 256
-ASCII_SPACE = " \t\n\r\f\v"
-
-
-def parse_retention(value: str, option: str) -> float | None:
-    """``"forever"`` (keep) or a duration in seconds."""
-    if value.strip().lower() == "forever":
-        return None
-    try:
-        return parse_duration(value)
-    except ConfigError as error:
-        raise ConfigError(f"{option}: {error}, or 'forever'") from None
-
-
-def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
-    """``["default", "emails=5"]`` (or comma-separated) to ``{"default": None, "emails": 5}``."""
-    if not values:
-        return None
-    queues: dict[str, int | None] = {}
-    for value in values:
-        for item in filter(None, (part.strip(ASCII_SPACE) for part in value.split(","))):
-            name, sep, limit = item.partition("=")
-            name = name.strip(ASCII_SPACE)  # "emails = 5" is "emails"; int() trims the limit
-            if not QUEUE_NAME.match(name):
-                raise ConfigError(
-                    f"--queues {item!r}: invalid queue name {name!r}: use 1 to 128 letters, "
-                    "digits, '_', '.', ':' or '-'"
-                )
-            if not sep:
-                queues[name] = None
-                continue
-            try:
-                queues[name] = int(limit)
-            except ValueError:
-                raise ConfigError(
-                    f"--queues {item!r}: the concurrency after '=' must be an integer"
-                ) from None
-    if not queues:
-        raise ConfigError("--queues names no queue: leave it out to serve every queue")
-    return queues
-
-
-@app.command()
-def work(
-    app_path: Annotated[
-        str, typer.Argument(metavar="APP", help="Your pgq.App, as 'package.module:app'.")
-    ],
-    dsn: DsnOption = None,
-    schema: SchemaOption = None,
-    queues: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--queues",
-            "-q",
-            help="Queues to serve, each optionally NAME=CONCURRENCY; "
-            "repeat or separate with commas. Default: all queues.",
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", help="Jobs run at once per process.")
-    ] = 10,
-    processes: Annotated[
-        int, typer.Option("--processes", "-p", help="Worker processes under one supervisor.")
-    ] = 1,
-    poll_seconds: Annotated[
-        float, typer.Option(help="Poll interval when no wake-up arrives.")
-    ] = 1.0,
-    lease_seconds: Annotated[
-        float, typer.Option(help="How long a claim holds a job without a heartbeat.")
-    ] = 30.0,
-    poll_only: Annotated[
-        bool,
-        typer.Option(
-            "--poll-only", help="No LISTEN and no prepared statements (PgBouncer transaction mode)."
-        ),
-    ] = False,
-    shutdown_grace_seconds: Annotated[
-        float,
-        typer.Option(
-            help="On SIGTERM, how long running jobs may take before they are handed back."
-        ),
-    ] = 30.0,
-    synchronous_commit: Annotated[
-        bool,
-        typer.Option(
-            "--synchronous-commit",
-            help="Wait for the WAL flush on every claim and outcome write. Off by default: "
-            "after a database crash a lost write only re-runs a job.",
-        ),
-    ] = False,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(help="Serve Prometheus metrics on /metrics and a health check on /health."),
-    ] = None,
-    metrics_host: Annotated[
-        str, typer.Option(help="Address for the metrics server; 0.0.0.0 exposes it.")
-    ] = "127.0.0.1",
-    keep_succeeded: Annotated[
-        str, typer.Option(help="Prune succeeded jobs older than this (7d, 12h...) or 'forever'.")
-    ] = "1d",
-    keep_cancelled: Annotated[
-        str, typer.Option(help="Prune cancelled jobs older than this, or 'forever'.")
-    ] = "7d",
-    keep_dead: Annotated[
-        str, typer.Option(help="Prune dead jobs older than this, or 'forever' (operators decide).")
-    ] = "forever",
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    log_format: Annotated[str, typer.Option(help="text, or json: one object per line.")] = "text",
-) -> None:
-    """Run a worker: claim and run jobs until SIGTERM or SIGINT."""
-    from pgq.supervisor import Supervisor, child_environment
-    from pgq.tasks import load_app
-    from pgq.worker import Worker
-
-    if log_format not in LOG_FORMATS:
-        fail(f"--log-format must be text or json, got {log_format!r}")
-    if log_level.lower() not in LOG_LEVELS:
-        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    configure_logging(log_level, log_format)
-    try:
-        retention = Retention(
-            succeeded_seconds=parse_retention(keep_succeeded, "--keep-succeeded"),
-            cancelled_seconds=parse_retention(keep_cancelled, "--keep-cancelled"),
-            dead_seconds=parse_retention(keep_dead, "--keep-dead"),
-        )
-        dsn = resolve_dsn(dsn)
-        parsed_queues = parse_queues(queues)
-        app_object = load_app(app_path)  # fail here, not in N restarting children
-        schema = resolve_schema(schema or app_object.schema)
-        if metrics_port is not None and not 0 <= metrics_port <= 65535:
-            raise ConfigError(f"--metrics-port {metrics_port}: a port is 0 to 65535")
-        if processes < 1:
-            raise ConfigError(f"--processes must be >= 1, got {processes}")
-        if processes > MAX_PROCESSES:
-            raise ConfigError(f"--processes must be <= {MAX_PROCESSES}, got {processes}")
-        # Built (and so checked) here even when children run it: a bad option
-        # fails once, not in N children restarted forever.
-        worker = Worker(
-            app_object, dsn, schema=schema, queues=parsed_queues, concurrency=concurrency,
-            poll_seconds=poll_seconds, lease_seconds=lease_seconds, listen=not poll_only,
-            shutdown_grace_seconds=shutdown_grace_seconds, retention=retention,
-            metrics_port=metrics_port, metrics_host=metrics_host,
-            synchronous_commit=synchronous_commit,
-        )  # fmt: skip
-        if processes > 1:
-            worker.check_schema_now()
-            child = [sys.executable, "-m", "pgq", "work", app_path, "--schema", schema,
-                     "--concurrency", str(concurrency), "--poll-seconds", str(poll_seconds),
-                     "--lease-seconds", str(lease_seconds), "--log-level", log_level,
-                     "--log-format", log_format, "--keep-succeeded", keep_succeeded,
-                     "--keep-cancelled", keep_cancelled, "--keep-dead", keep_dead,
-                     "--shutdown-grace-seconds", str(shutdown_grace_seconds)]  # fmt: skip
-            child += ["--metrics-host", metrics_host]
-            for queue in queues or []:
-                child += ["--queues", queue]
-            if poll_only:
-                child.append("--poll-only")
-            if synchronous_commit:
-                child.append("--synchronous-commit")
-
-            def child_argv(slot: int) -> list[str]:
-                # One metrics port per process: child N serves on --metrics-port + N.
-                if metrics_port is None:
-                    return child
-                return [*child, "--metrics-port", str(metrics_port + slot)]
-
-            supervisor = Supervisor(
-                child_argv, processes, env=child_environment(dsn),
-                grace_seconds=shutdown_grace_seconds,
-            )  # fmt: skip
-            raise typer.Exit(supervisor.run())
-        asyncio.run(worker.run(handle_signals=True))
-    except PgqError as error:
-        fail(str(error), dsn, as_json=log_format == "json")
-    except psycopg.OperationalError as error:
-        fail(f"cannot connect to {describe_dsn(dsn or '')}: {error}", dsn,
-             as_json=log_format == "json")  # fmt: skip
-    if worker.stuck_threads:
-        # Threads cannot be killed, and Python waits for them at exit: their jobs
-        # are already handed back, so leave without them.
-        logging.getLogger("pgq.worker").warning(
-            "%d sync handlers are still running; exiting without them", worker.stuck_threads
-        )
-        logging.shutdown()
-        os._exit(0)
 
 
 @app.command()

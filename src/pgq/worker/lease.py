@@ -1,36 +1,73 @@
-"""Heartbeats: push ``locked_until`` forward for every job this worker runs.
+"""Leases: which jobs this worker holds, and the heartbeat that keeps them from expiring.
 
-The heartbeat runs in its own thread with its own connection, so neither a
-CPU-bound async handler hogging the event loop, nor a full connection pool, nor
-a slow maintenance sweep can starve it. One statement extends all of the
-worker's leases at once.
+A job's lease is held from its claim until its outcome is written (or its
+lease is found lost). The heartbeat runs in its own thread with its own
+connection, so neither a CPU-bound async handler hogging the event loop, nor a
+full connection pool, nor a slow maintenance sweep can starve it. One
+statement extends all of the worker's leases at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
 
-from pgq.connection import ThreadConnection
+from pgq.connection import MAX_BACKOFF_SECONDS, Backoff, DatabaseThread
+from pgq.job import ClaimedJob
 from pgq.queries import array_literal, query
+from pgq.worker.settings import WorkerSettings
 
 log = logging.getLogger("pgq.lease")
 
-MAX_RECONNECT_SECONDS = 10.0
+Lease = tuple[int, uuid.UUID]  # (job id, lease token)
 
 
-class Heartbeat(threading.Thread):
-    """Extends the leases of held jobs every ``lease_seconds / 3``.
+class LeaseTable:
+    """The leases to extend, shared by the event loop and the heartbeat thread.
 
-    ``held`` returns the (job id, lease token) pairs to extend; ``on_lost`` is called
-    (from this thread) with the pairs whose lease is gone: rescued, or changed by an operator.
+    Keyed by lease token, not job id: a stale run of a job (a sync handler past
+    a lost lease) and its newer run may both be here at once.
     """
+
+    def __init__(self) -> None:
+        self._held: dict[uuid.UUID, int] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, job: ClaimedJob) -> None:
+        with self._lock:
+            self._held[job.lease_token] = job.id
+
+    def release(self, lease_tokens: Iterable[uuid.UUID]) -> None:
+        """Stop extending these leases (outcome written, or lease gone)."""
+        with self._lock:
+            for token in lease_tokens:
+                self._held.pop(token, None)
+
+    def snapshot(self) -> list[Lease]:
+        with self._lock:
+            return [(job_id, token) for token, job_id in self._held.items()]
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+class Heartbeat(DatabaseThread):
+    """Extends every held lease each ``lease_seconds / 3``.
+
+    ``on_lost`` is called with the leases that are gone (rescued, or changed by
+    an operator): from this thread, or on ``loop`` if one is given.
+    """
+
+    duty = "heartbeat"
+    log = log
 
     def __init__(
         self,
@@ -38,60 +75,71 @@ class Heartbeat(threading.Thread):
         dsn: str,
         schema: str,
         lease_seconds: float,
-        held: Callable[[], list[tuple[int, uuid.UUID]]],
-        on_lost: Callable[[list[tuple[int, uuid.UUID]]], None],
+        leases: LeaseTable,
+        on_lost: Callable[[list[Lease]], None],
         on_failure: Callable[[], None] | None = None,
         prepare_statements: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(name="pgq-heartbeat", daemon=True)
-        self.dsn = dsn
+        self.heartbeat_seconds = max(0.05, lease_seconds / 3)
+        super().__init__(
+            name="pgq-heartbeat",
+            dsn=dsn,
+            prepare_statements=prepare_statements,
+            # Never wait longer than one heartbeat interval: leases claimed once the
+            # database is back must be extended before they lapse.
+            backoff=Backoff(0.2, min(self.heartbeat_seconds, MAX_BACKOFF_SECONDS)),
+            first_wait_seconds=self.heartbeat_seconds,
+            stop_timeout_seconds=5,
+        )
         self.schema = schema
         self.lease_seconds = lease_seconds
-        self.heartbeat_seconds = max(0.05, lease_seconds / 3)
-        self.held = held
+        self.leases = leases
         self.on_lost = on_lost
-        self.on_failure = on_failure
+        self._on_failure = on_failure
+        self._loop = loop
         self.last_heartbeat = time.monotonic()
         self.failures = 0
-        self._stop_event = threading.Event()
-        self._connection = ThreadConnection(dsn, prepare_statements=prepare_statements)
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
+    def tick(self, conn: psycopg.Connection[tuple[Any, ...]]) -> float:
+        held = self.leases.snapshot()
+        if held:
+            params = {
+                "ids": array_literal(job_id for job_id, _ in held),
+                "lease_tokens": array_literal(token for _, token in held),
+                "lease_seconds": self.lease_seconds,
+            }
+            cursor = conn.execute(query("extend_leases", self.schema), params)
+            extended = {(job_id, token) for job_id, token in cursor}
+            lost = [lease for lease in held if lease not in extended]
+            if lost:
+                self._tell_lost(lost)
+        self.last_heartbeat = time.monotonic()
+        return self.heartbeat_seconds
 
-    def run(self) -> None:
-        reconnect_delay = 0.0
-        while not self._stop_event.wait(reconnect_delay or self.heartbeat_seconds):
-            try:
-                conn = self._connection.get()
-                self._extend(conn)
-                reconnect_delay = 0.0
-                self.last_heartbeat = time.monotonic()
-            except psycopg.Error as error:
-                self.failures += 1
-                if self.on_failure is not None:
-                    self.on_failure()
-                # Never wait longer than one heartbeat interval: leases claimed once the
-                # database is back must be extended before they lapse.
-                reconnect_delay = min(
-                    self.heartbeat_seconds, MAX_RECONNECT_SECONDS, max(0.2, reconnect_delay * 2)
-                )
-                log.warning("heartbeat failed (%s); retrying in %.1fs", error, reconnect_delay)
-                self._connection.close()
-        self._connection.close()
+    @classmethod
+    def for_worker(
+        cls,
+        settings: WorkerSettings,
+        leases: LeaseTable,
+        on_lost: Callable[[list[Lease]], None],
+        on_failure: Callable[[], None],
+    ) -> Heartbeat:
+        """The heartbeat of a worker running on the current event loop."""
+        return cls(
+            dsn=settings.dsn, schema=settings.schema, lease_seconds=settings.lease_seconds,
+            leases=leases, on_lost=on_lost, on_failure=on_failure,
+            prepare_statements=not settings.poll_only, loop=asyncio.get_running_loop(),
+        )  # fmt: skip
 
-    def _extend(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        held = self.held()
-        if not held:
-            return
-        params = {
-            "ids": array_literal(job_id for job_id, _ in held),
-            "lease_tokens": array_literal(token for _, token in held),
-            "lease_seconds": self.lease_seconds,
-        }
-        cursor = conn.execute(query("extend_leases", self.schema), params)
-        extended = {(job_id, token) for job_id, token in cursor}
-        lost = [pair for pair in held if pair not in extended]
-        if lost:
+    def _tell_lost(self, lost: list[Lease]) -> None:
+        if self._loop is None:
             self.on_lost(lost)
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed: nothing left to tell
+            self._loop.call_soon_threadsafe(self.on_lost, lost)
+
+    def on_failure(self, error: Exception) -> None:
+        self.failures += 1
+        if self._on_failure is not None:
+            self._on_failure()

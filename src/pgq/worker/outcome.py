@@ -1,6 +1,8 @@
 """What a finished attempt means for its job: the row of the batched ``finish_jobs`` write.
 
-Pure functions of (job, what happened, retry policy), so tests can check every edge.
+Pure functions of (job, what happened, retry policy), so tests can check every
+edge. The executor turns a handler's run into one of these; the outcome writer
+stores them.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import traceback
 from dataclasses import dataclass
 
 from pgq.job import ClaimedJob, JobStatus
-from pgq.retry import Retry, backoff_seconds
+from pgq.retry import Retry, retry_delay
 
 MAX_ERROR_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 20_000
@@ -54,14 +56,10 @@ def succeeded(job: ClaimedJob) -> Outcome:
 
 def failed(job: ClaimedJob, error: BaseException, policy: Retry) -> Outcome:
     """Retry after backoff while attempts remain, else dead (the dead-letter queue)."""
-    if job.attempt >= job.max_attempts:
-        return Outcome(
-            job, JobStatus.DEAD, "dead",
-            error=describe_error(error), traceback=format_traceback(error),
-        )  # fmt: skip
+    delay = retry_delay(job.attempt, job.max_attempts, policy)
+    status, kind = (JobStatus.DEAD, "dead") if delay is None else (JobStatus.QUEUED, "retried")
     return Outcome(
-        job, JobStatus.QUEUED, "retried",
-        delay_seconds=backoff_seconds(job.attempt, policy),
+        job, status, kind, delay_seconds=delay,
         error=describe_error(error), traceback=format_traceback(error),
     )  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Recording outcomes: one writer batches every finished job into one fenced statement.
+"""The outcome writer: one asyncio task batches every finished job into fenced statements.
 
 Outcomes pile up while the previous write is in flight, so the batch size
 follows the load by itself: one job per write when idle, hundreds when busy,
@@ -15,25 +15,17 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import psycopg
 import psycopg_pool
+from psycopg import sql
 
-from pgq import outcome as outcomes
+from pgq.connection import DATABASE_DOWN, Backoff
 from pgq.job import JobStatus
-from pgq.outcome import Outcome
 from pgq.queries import array_literal, query
 from pgq.tasks import Task
+from pgq.worker import outcome as outcomes
+from pgq.worker.outcome import Outcome
 
 log = logging.getLogger("pgq.worker")
-
-# Errors that mean "the database is unreachable right now": retried with backoff.
-DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
-MAX_BACKOFF_SECONDS = 10.0
-
-
-def backoff(failures: int) -> float:
-    """Seconds to wait after ``failures`` failed tries in a row: 0.5 s doubling to 10 s."""
-    return float(min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** min(failures, 10)))
 
 
 class OutcomeWriter:
@@ -65,7 +57,7 @@ class OutcomeWriter:
 
     async def run(self) -> None:
         """Write whatever is pending, forever; cancel the task to stop."""
-        failures = 0
+        backoff = Backoff()
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
@@ -75,17 +67,16 @@ class OutcomeWriter:
             self.in_flight = len(batch)
             try:
                 await self._write(batch)
-                failures = 0
+                backoff.succeeded()
             except DATABASE_DOWN as error:
                 self.pending[:0] = batch  # kept for the retry
-                failures += 1
                 # A pooled connection the server closed (restart, terminate) fails on
                 # first use: drop every such idle connection, then retry at once.
                 try:
                     await self.pool.check()
                 except Exception:
                     pass
-                delay = 0.0 if failures == 1 else backoff(failures - 1)
+                delay = backoff.failed(at_once=True)
                 log.warning(
                     "recording %d outcomes failed, database unreachable (%s); retrying in %.1fs",
                     len(self.pending), error, delay,
@@ -154,15 +145,16 @@ class OutcomeWriter:
         # parameters; the rest (retries, dead, snoozes, hand-backs) the full one.
         successes = [o for o in batch if o.status is JobStatus.SUCCEEDED]
         others = [o for o in batch if o.status is not JobStatus.SUCCEEDED]
-        statements: list[tuple[str, dict[str, Any]]] = []
+        statements: list[tuple[sql.SQL, dict[str, Any]]] = []
         if successes:
-            statements.append(("finish_succeeded_jobs", _fence(successes)))
+            statements.append((query("finish_succeeded_jobs", self.schema), _fence(successes)))
         if others:
-            statements.append(("finish_jobs", {**_fence(others), **_details(others)}))
+            params = {**_fence(others), **_details(others)}
+            statements.append((query("finish_jobs", self.schema), params))
         applied: set[int] = set()
         async with self.pool.connection() as conn:
-            for name, params in statements:
-                cursor = await conn.execute(query(name, self.schema), params)
+            for statement, params in statements:
+                cursor = await conn.execute(statement, params)
                 applied.update(row[0] for row in await cursor.fetchall())
         self.release([o.job.lease_token for o in batch])
         for o in batch:

@@ -4,12 +4,15 @@ Python handlers are often CPU-bound, and one process per core is how a Python
 fleet uses a machine. The supervisor holds no jobs and no database connection:
 it only keeps N children alive and passes signals on. Jobs of a child that dies
 come back through rescue when their lease expires.
+
+Each child gets its settings in its environment (``child_env``), not on its
+command line: options are not spelt out twice, and the DSN's password does not
+show up in ``ps``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -27,12 +30,12 @@ MAX_RESTART_DELAY_SECONDS = 30.0
 
 class Supervisor:
     def __init__(
-        self, child_argv: Callable[[int], Sequence[str]], processes: int, *,
-        env: dict[str, str] | None = None, grace_seconds: float = 30.0,
+        self, child_argv: Sequence[str], child_env: Callable[[int], dict[str, str]],
+        processes: int, *, grace_seconds: float = 30.0,
     ) -> None:  # fmt: skip
-        self.child_argv = child_argv
+        self.child_argv = list(child_argv)
+        self.child_env = child_env  # slot -> the environment of that slot's child
         self.processes = processes
-        self.env = env
         self.grace_seconds = grace_seconds
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.started_at: dict[int, float] = {}
@@ -42,7 +45,7 @@ class Supervisor:
         self.alive_at_stop: set[int] = set()
 
     def _spawn(self, slot: int) -> None:
-        child = subprocess.Popen(list(self.child_argv(slot)), env=self.env)
+        child = subprocess.Popen(self.child_argv, env=self.child_env(slot))
         self.children[slot] = child
         self.started_at[slot] = time.monotonic()
         log.info("worker process %d started (pid %d)", slot, child.pid)
@@ -124,10 +127,3 @@ class Supervisor:
             log.warning("worker processes exited with codes %s", failed)
             return 1
         return 0
-
-
-def child_environment(dsn: str) -> dict[str, str]:
-    """The children get the DSN by environment, so no password shows up in `ps`."""
-    env = dict(os.environ)
-    env["PGQ_DSN"] = dsn
-    return env

@@ -1,0 +1,26 @@
+"""The worker, as parts with one duty each, wired by ``Worker`` (worker.py).
+
+The layers, from the top:
+
+- ``worker.py``: ``Worker``, the facade. It builds the parts and runs them.
+- ``settings.py``: every option, checked once and frozen (``WorkerSettings``).
+- ``producer.py``: the claim loop: free slots, per-queue limits and fairness.
+- ``executor.py``: runs handlers (timeouts, threads) and decides each outcome.
+- ``outcome.py``: what an attempt's end means for its job (pure functions).
+- ``outcome_writer.py``: writes outcomes in fenced batches.
+- ``lease.py``: the leases held, and the heartbeat thread that extends them.
+- ``listen.py``: LISTEN for enqueues, so that idle workers claim at once.
+- ``maintenance.py``: the thread that runs rescue and pruning.
+- ``shutdown.py``: signals, the grace period, handing jobs back.
+- ``stats.py``: counts, metrics and log lines of what the worker did.
+- ``database.py``: waiting for the database, the pool and its session settings.
+- ``supervisor.py``, ``child.py``: ``pgq work --processes N``.
+
+Below them, in pgq/: ``queries.sql`` (every statement), ``connection.py``
+(reconnects and back-off), ``retry.py``, ``rescue.py``, ``retention.py``.
+Nothing below imports from here.
+"""
+
+from pgq.worker.worker import Worker
+
+__all__ = ["Worker"]

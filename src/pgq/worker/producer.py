@@ -1,0 +1,187 @@
+"""The producer: the claim loop. It claims due jobs into free slots and hands them to the executor.
+
+Claims are sized to free slots, so one round trip fetches many jobs; with
+``queues`` each queue is claimed within its own limit, in a rotating order so
+that no queue always goes first. The loop sleeps until a wake-up (an enqueue's
+NOTIFY, a job finishing while more are due, a short retry coming due) or the
+poll interval, and backs off while the database is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+
+from pgq.connection import DATABASE_DOWN, Backoff
+from pgq.job import ClaimedJob
+from pgq.queries import array_literal, query
+from pgq.worker.executor import Executor
+from pgq.worker.outcome_writer import OutcomeWriter
+from pgq.worker.settings import WorkerSettings
+from pgq.worker.stats import WorkerStats
+
+log = logging.getLogger("pgq.worker")
+
+
+def _claimed(row: tuple[Any, ...]) -> ClaimedJob:
+    """A claim_jobs row as a ClaimedJob; args arrive as JSON text (see claim_jobs)."""
+    job_id, queue, task, args_json, attempt, max_attempts, lease_token, created_at = row
+    return ClaimedJob(
+        job_id, queue, task, json.loads(args_json), attempt, max_attempts, lease_token, created_at
+    )
+
+
+class Producer:
+    """Claims jobs for the executor until ``stop()``."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        task_names: list[str],
+        executor: Executor,
+        stats: WorkerStats,
+    ) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.stats = stats
+        self.stopping = False
+        self._tasks_literal = array_literal(task_names)
+        self._wakeup = asyncio.Event()
+        self._backlog = True  # the last claim filled its batch: more may be due
+        self._claim_rounds = 0
+
+    # -- wake-ups ----------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Claim now rather than at the next poll (a slot is free again)."""
+        self._wakeup.set()
+
+    def wake_for_due_job(self) -> None:
+        """A job is due (enqueued, or a short retry): claim even after a short claim."""
+        self._backlog = True
+        self._wakeup.set()
+
+    def job_done(self) -> None:
+        """A job left its slot: claim again if the last claim suggested more are due."""
+        if self._backlog:
+            self._wakeup.set()
+
+    def serves(self, queue: str) -> bool:
+        return self.settings.queues is None or queue in self.settings.queues
+
+    def stop(self) -> None:
+        """Stop claiming; the loop returns at its next turn."""
+        self.stopping = True
+        self._wakeup.set()
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self, pool: psycopg_pool.AsyncConnectionPool[Any], writer: OutcomeWriter) -> None:
+        """Claim until ``stop()``; outcomes waiting in ``writer`` still hold their slots."""
+        backoff = Backoff()
+        while not self.stopping:
+            try:
+                more_due = await self._claim(pool, writer)
+                if backoff.succeeded():
+                    log.info("database reachable again; claiming resumed")
+            except DATABASE_DOWN as error:
+                with contextlib.suppress(Exception):
+                    await pool.check()  # drop every connection the server closed
+                delay = backoff.failed(at_once=True)
+                log.warning(
+                    "claim failed, database unreachable (%s); retrying in %.1fs", error, delay
+                )
+                await self._sleep_unless_stopping(delay)
+                continue
+            except psycopg.Error as error:
+                # Not an outage (a dropped table, a revoked grant): say so loudly,
+                # but stay alive for when an operator fixes it.
+                delay = backoff.failed()
+                log.error("claim failed: %s; retrying in %.1fs", error, delay)
+                await self._sleep_unless_stopping(delay)
+                continue
+            if more_due and self.free_slots(writer) > 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_seconds)
+            self._wakeup.clear()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        # Only a stop cuts a backoff short: job wake-ups (a handler ending, a short
+        # retry coming due) would turn it into a retry storm, each failure doubling
+        # the next delay, up to the 10 s cap within a second.
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.1))
+
+    # -- capacity ----------------------------------------------------------------
+
+    def free_slots(self, writer: OutcomeWriter) -> int:
+        # Outcomes not yet written still hold their leases. Past one batch's worth,
+        # claim no more: a worker whose writes stall (outage, deadlock retry) would
+        # otherwise keep claiming, and hold hundreds of leases for a concurrency of 4.
+        concurrency = self.settings.concurrency
+        unwritten = len(writer.pending) + writer.in_flight
+        return concurrency - self.executor.busy() - max(0, unwritten - concurrency)
+
+    def _queue_room(self, writer: OutcomeWriter, queue: str, limit: int | None) -> int:
+        free = self.free_slots(writer)
+        if limit is None:
+            return free
+        return min(free, limit - self.executor.running_in(queue))
+
+    # -- claiming ----------------------------------------------------------------
+
+    async def _claim(
+        self, pool: psycopg_pool.AsyncConnectionPool[Any], writer: OutcomeWriter
+    ) -> bool:
+        """Claim into free slots; True if some queue filled its batch (more may be due)."""
+        if self.free_slots(writer) <= 0:
+            return False
+        settings = self.settings
+        params: dict[str, Any] = {
+            "tasks": self._tasks_literal,
+            "lease_seconds": settings.lease_seconds,
+            "worker": settings.name,
+        }
+        more_due = False
+        async with pool.connection() as conn:
+            if settings.queues is None:
+                params["limit"] = self.free_slots(writer)
+                claim = query("claim_jobs", settings.schema)
+                more_due = await self._claim_batch(conn, claim, params)
+            else:
+                # Room is recomputed after each queue's claim, so all queues
+                # together never exceed the total; the order rotates for fairness.
+                claim = query("claim_jobs_from_queue", settings.schema)
+                order = list(settings.queues.items())
+                shift = self._claim_rounds % len(order)
+                self._claim_rounds += 1
+                for queue, limit in order[shift:] + order[:shift]:
+                    room = self._queue_room(writer, queue, limit)
+                    if room <= 0:
+                        continue
+                    params["queue"], params["limit"] = queue, room
+                    filled = await self._claim_batch(conn, claim, params)
+                    more_due = more_due or filled
+        self._backlog = more_due
+        return more_due
+
+    async def _claim_batch(
+        self, conn: psycopg.AsyncConnection[Any], claim: sql.SQL, params: dict[str, Any]
+    ) -> bool:
+        """Run one claim statement and start its jobs; True if it filled its limit."""
+        cursor = await conn.execute(claim, params)
+        jobs = [_claimed(row) for row in await cursor.fetchall()]
+        self.stats.claimed(jobs)
+        for job in jobs:
+            self.executor.start(job)
+        return len(jobs) == int(params["limit"])

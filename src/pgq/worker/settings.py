@@ -1,0 +1,159 @@
+"""A worker's settings, validated once, frozen, and passed whole to each part and child.
+
+``Worker(...)`` and ``pgq work`` build one ``WorkerSettings``; every part reads
+what it needs from it, and ``pgq work --processes N`` hands it to each child
+process as JSON (``to_json``), so no option is spelt out a second time on a
+command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from pgq.config import resolve_schema, worker_conninfo
+from pgq.errors import ConfigError
+from pgq.job import DAY_SECONDS, QUEUE_NAME
+from pgq.retention import Retention
+
+MAX_CONCURRENCY = 10_000
+PRUNE_INTERVAL_SECONDS = 60.0
+_WORKER_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}\Z")
+
+
+def worker_name() -> str:
+    """``host:pid:random``: who holds a lease, as shown in ``locked_by``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSettings:
+    """Everything a worker is told; ``pgq.Worker``'s docstring says what each one means.
+
+    ``dsn`` carries the worker's connection defaults (connect timeout,
+    keepalives); ``rescue_interval_seconds`` is resolved (half the lease by
+    default); ``name`` is unique per process unless given.
+    """
+
+    dsn: str
+    schema: str
+    queues: Mapping[str, int | None] | None
+    concurrency: int
+    poll_seconds: float
+    lease_seconds: float
+    poll_only: bool
+    shutdown_grace_seconds: float
+    rescue_interval_seconds: float
+    retention: Retention
+    prune_interval_seconds: float
+    metrics_port: int | None
+    metrics_host: str
+    synchronous_commit: bool
+    name: str = field(default_factory=worker_name)
+
+    @classmethod
+    def create(
+        cls,
+        dsn: str,
+        *,
+        schema: str | None,
+        queues: Mapping[str, int | None] | None,
+        concurrency: int,
+        poll_seconds: float,
+        lease_seconds: float,
+        poll_only: bool,
+        shutdown_grace_seconds: float,
+        rescue_interval_seconds: float | None,
+        retention: Retention | None,
+        prune_interval_seconds: float,
+        metrics_port: int | None,
+        metrics_host: str,
+        name: str | None,
+        synchronous_commit: bool,
+    ) -> WorkerSettings:
+        """Check every option (ConfigError naming the bad one) and resolve the defaults."""
+        _check_range("concurrency", concurrency, 1, MAX_CONCURRENCY)
+        _check_range("poll interval", poll_seconds, 0, DAY_SECONDS, above_low=True, unit=" seconds")
+        _check_range("lease", lease_seconds, 0.5, DAY_SECONDS, unit=" seconds")
+        _check_range("shutdown grace", shutdown_grace_seconds, 0, DAY_SECONDS, unit=" seconds")
+        if rescue_interval_seconds is not None:
+            _check_range(
+                "rescue interval", rescue_interval_seconds, 0, DAY_SECONDS, above_low=True,
+                unit=" seconds",
+            )  # fmt: skip
+        if not prune_interval_seconds > 0:
+            raise ConfigError(f"prune interval must be > 0 seconds, got {prune_interval_seconds}")
+        if metrics_port is not None:
+            _check_range("metrics port", metrics_port, 0, 65535)
+        if queues is not None and not queues:
+            raise ConfigError("queues is empty: pass None to serve every queue")
+        for queue, limit in (queues or {}).items():
+            if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+                raise ConfigError(f"invalid queue name {queue!r}")
+            if limit is not None:
+                _check_range(f"queue {queue!r}: concurrency", limit, 1, MAX_CONCURRENCY)
+        if name is not None and not _WORKER_NAME.match(name):
+            raise ConfigError(
+                f"invalid worker name {name!r}: 1 to 200 characters, no control characters"
+            )
+        named = {"name": name} if name is not None else {}
+        return cls(
+            dsn=worker_conninfo(dsn),
+            schema=resolve_schema(schema),
+            queues=dict(queues) if queues else None,
+            concurrency=concurrency,
+            poll_seconds=poll_seconds,
+            lease_seconds=lease_seconds,
+            poll_only=poll_only,
+            shutdown_grace_seconds=shutdown_grace_seconds,
+            rescue_interval_seconds=rescue_interval_seconds or max(1.0, lease_seconds / 2),
+            retention=retention or Retention(),
+            prune_interval_seconds=prune_interval_seconds,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            synchronous_commit=synchronous_commit,
+            **named,
+        )
+
+    def to_json(self) -> str:
+        """These settings as JSON (the DSN included: pass it as a secret, not on a command line)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSettings:
+        """Settings written by ``to_json``, each child process getting a name of its own."""
+        values: dict[str, Any] = json.loads(text)
+        values["retention"] = Retention(**values["retention"])
+        values.pop("name")
+        return cls(**values)
+
+    def summary(self) -> str:
+        """How this worker runs, for its start-up log line."""
+        queues = ", ".join(self.queues) if self.queues else "all"
+        wakeups = f"polling every {self.poll_seconds:g}s" if self.poll_only else "listening"
+        return (
+            f"queues {queues}, concurrency {self.concurrency}, "
+            f"lease {self.lease_seconds:g}s, {wakeups}"
+        )
+
+    def for_child(self, slot: int) -> WorkerSettings:
+        """The settings of child ``slot`` of ``--processes``: its own metrics port."""
+        if self.metrics_port is None:
+            return self
+        return replace(self, metrics_port=self.metrics_port + slot)
+
+
+def _check_range(
+    what: str, value: float, low: float, high: float, *, above_low: bool = False, unit: str = ""
+) -> None:
+    """ConfigError unless ``low <= value <= high`` (``low < value`` with ``above_low``)."""
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not (low < value if above_low else low <= value) or not value <= high:
+        bound = f"> {low:g}" if above_low else f">= {low:g}"
+        raise ConfigError(f"{what} must be {bound}{unit} and <= {high:g}{unit}, got {value!r}")

@@ -1,0 +1,74 @@
+"""Shutdown: what a signal means, and how running jobs end when the worker stops.
+
+First SIGTERM or SIGINT: stop claiming, let running jobs finish within the
+grace period, hand back the rest (queued again at once, the attempt given
+back). A second signal: exit now; leases return the unfinished jobs later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from pgq.worker.executor import Executor
+
+log = logging.getLogger("pgq.worker")
+
+DUPLICATE_SIGNAL_SECONDS = 1.0
+#: After the grace period, how long handed-back jobs get to record their hand back.
+HAND_BACK_SECONDS = 5.0
+
+
+class SignalHandler:
+    """Turns SIGTERM/SIGINT into ``request_stop()``, and a second one into an exit."""
+
+    def __init__(self, request_stop: Callable[[], None], describe: Callable[[], str]) -> None:
+        self.request_stop = request_stop
+        self.describe = describe  # what the worker is doing, for the log line
+        self.signals = 0
+        self._first_signal_at = 0.0
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+
+    def on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        # A terminal's Ctrl-C or systemd signals every process of the group, and a
+        # supervisor passes the signal on too: a repeat within a second is the same
+        # request, not an impatient operator's second one.
+        if self.signals and now - self._first_signal_at < DUPLICATE_SIGNAL_SECONDS:
+            return
+        self.signals += 1
+        if self.signals == 1:
+            self._first_signal_at = now
+            log.info("%s: stopping; %s (signal again to exit now)",
+                     signal.Signals(signum).name, self.describe())  # fmt: skip
+            self.request_stop()
+        else:
+            log.warning("second signal: exiting now; leases will return unfinished jobs")
+            logging.shutdown()
+            os._exit(1)
+
+
+async def finish_running_jobs(executor: Executor, grace_seconds: float) -> None:
+    """Let running jobs finish for ``grace_seconds``, then hand back those still running."""
+    # Claimed but not started (waiting for a thread): hand back at once.
+    for run in list(executor.running.values()):
+        if not run.started:
+            executor.hand_back(run)
+    waiting = [run.future for run in executor.running.values() if run.future is not None]
+    if waiting:
+        await asyncio.wait(waiting, timeout=grace_seconds)
+    leftovers = [run for run in executor.running.values() if run.future is not None]
+    if leftovers:
+        log.warning("grace period over: handing back %d running jobs to the queue", len(leftovers))
+        for run in leftovers:
+            executor.hand_back(run)
+        await asyncio.wait(
+            [run.future for run in leftovers if run.future is not None], timeout=HAND_BACK_SECONDS
+        )
