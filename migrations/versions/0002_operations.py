@@ -19,7 +19,50 @@ branch_labels = None
 depends_on = None
 
 # `{schema}` is pgq's schema; literal braces are doubled for str.format.
-UPGRADE = """
+# Its own constant: revision 0003's downgrade puts this definition back.
+REQUEUE_DEAD = """CREATE FUNCTION {schema}.requeue_dead(
+    task text DEFAULT NULL,
+    queue text DEFAULT NULL,
+    error_pattern text DEFAULT NULL,
+    died_after timestamptz DEFAULT NULL,
+    died_before timestamptz DEFAULT NULL,
+    max_jobs integer DEFAULT NULL,
+    job_ids bigint[] DEFAULT NULL
+) RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    candidate bigint;
+    requeued integer := 0;
+BEGIN
+    FOR candidate IN
+        SELECT j.id FROM {schema}.jobs AS j
+        WHERE j.status = 'dead'
+          AND (task IS NULL OR j.task = task)
+          AND (queue IS NULL OR j.queue = queue)
+          AND (error_pattern IS NULL OR j.last_error ILIKE error_pattern)
+          AND (died_after IS NULL OR j.finished_at >= died_after)
+          AND (died_before IS NULL OR j.finished_at < died_before)
+          AND (job_ids IS NULL OR j.id = ANY(job_ids))
+        ORDER BY j.finished_at, j.id
+        LIMIT max_jobs
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        BEGIN
+            PERFORM {schema}.requeue(candidate);
+            requeued := requeued + 1;
+            RETURN NEXT candidate;
+        EXCEPTION WHEN unique_violation THEN
+            RAISE NOTICE 'pgq: job % skipped: an unfinished job holds its dedupe key', candidate;
+        END;
+    END LOOP;
+    RETURN;
+END
+$$;
+"""
+
+UPGRADE = (
+    """
 -- The jobs table churns: every job is inserted, updated at least twice and
 -- eventually deleted. Vacuum it after 2 % of its rows changed (the default 20 %
 -- lets a busy queue bloat), analyze after 1 %, and never sleep between pages.
@@ -156,46 +199,9 @@ COMMENT ON FUNCTION {schema}.requeue(bigint) IS
 -- max_jobs of them, oldest death first. Returns the requeued ids. A job whose
 -- dedupe key is now held by an unfinished job is skipped. job_ids limits the
 -- candidates to a page of ids (how `pgq requeue` batches a large requeue).
-CREATE FUNCTION {schema}.requeue_dead(
-    task text DEFAULT NULL,
-    queue text DEFAULT NULL,
-    error_pattern text DEFAULT NULL,
-    died_after timestamptz DEFAULT NULL,
-    died_before timestamptz DEFAULT NULL,
-    max_jobs integer DEFAULT NULL,
-    job_ids bigint[] DEFAULT NULL
-) RETURNS SETOF bigint
-LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
-DECLARE
-    candidate bigint;
-    requeued integer := 0;
-BEGIN
-    FOR candidate IN
-        SELECT j.id FROM {schema}.jobs AS j
-        WHERE j.status = 'dead'
-          AND (task IS NULL OR j.task = task)
-          AND (queue IS NULL OR j.queue = queue)
-          AND (error_pattern IS NULL OR j.last_error ILIKE error_pattern)
-          AND (died_after IS NULL OR j.finished_at >= died_after)
-          AND (died_before IS NULL OR j.finished_at < died_before)
-          AND (job_ids IS NULL OR j.id = ANY(job_ids))
-        ORDER BY j.finished_at, j.id
-        LIMIT max_jobs
-        FOR UPDATE SKIP LOCKED
-    LOOP
-        BEGIN
-            PERFORM {schema}.requeue(candidate);
-            requeued := requeued + 1;
-            RETURN NEXT candidate;
-        EXCEPTION WHEN unique_violation THEN
-            RAISE NOTICE 'pgq: job % skipped: an unfinished job holds its dedupe key', candidate;
-        END;
-    END LOOP;
-    RETURN;
-END
-$$;
-
+"""
+    + REQUEUE_DEAD
+    + """
 COMMENT ON FUNCTION
     {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) IS
     'Requeue dead jobs matching task, queue, error ILIKE pattern and death time; returns ids.';
@@ -294,6 +300,7 @@ $$;
 COMMENT ON FUNCTION {schema}.prune(text, interval, integer) IS
     'Delete one batch of finished jobs of a status older than an interval; returns how many.';
 """
+)
 
 DOWNGRADE = """
 DROP FUNCTION {schema}.prune(text, interval, integer);

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from pgq.migrate import revision_schema
+from pgq.migrate import load_revision, revision_schema
 
 revision = "0003"
 down_revision = "0002"
@@ -132,47 +132,7 @@ GRANT EXECUTE ON FUNCTION
 TO PUBLIC;
 """
 
-# The revision 0002 body of requeue_dead, which the upgrade replaced.
 DOWNGRADE = """
-CREATE OR REPLACE FUNCTION {schema}.requeue_dead(
-    task text DEFAULT NULL,
-    queue text DEFAULT NULL,
-    error_pattern text DEFAULT NULL,
-    died_after timestamptz DEFAULT NULL,
-    died_before timestamptz DEFAULT NULL,
-    max_jobs integer DEFAULT NULL,
-    job_ids bigint[] DEFAULT NULL
-) RETURNS SETOF bigint
-LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
-DECLARE
-    candidate bigint;
-    requeued integer := 0;
-BEGIN
-    FOR candidate IN
-        SELECT j.id FROM {schema}.jobs AS j
-        WHERE j.status = 'dead'
-          AND (task IS NULL OR j.task = task)
-          AND (queue IS NULL OR j.queue = queue)
-          AND (error_pattern IS NULL OR j.last_error ILIKE error_pattern)
-          AND (died_after IS NULL OR j.finished_at >= died_after)
-          AND (died_before IS NULL OR j.finished_at < died_before)
-          AND (job_ids IS NULL OR j.id = ANY(job_ids))
-        ORDER BY j.finished_at, j.id
-        LIMIT max_jobs
-        FOR UPDATE SKIP LOCKED
-    LOOP
-        BEGIN
-            PERFORM {schema}.requeue(candidate);
-            requeued := requeued + 1;
-            RETURN NEXT candidate;
-        EXCEPTION WHEN unique_violation THEN
-            RAISE NOTICE 'pgq: job % skipped: an unfinished job holds its dedupe key', candidate;
-        END;
-    END LOOP;
-    RETURN;
-END
-$$;
 DROP FUNCTION {schema}.requeueable_dead_job_ids({arguments});
 DROP FUNCTION {schema}.dead_job_matches({schema}.jobs, {arguments});
 DROP FUNCTION {schema}.resolve_run_at(timestamptz, float8);
@@ -188,5 +148,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     schema = revision_schema()
-    sql = DOWNGRADE.format(schema=schema, arguments=FILTER_ARGUMENTS)
+    # Put back revision 0002's requeue_dead, from that revision's own text.
+    previous = load_revision("0002_operations.py").REQUEUE_DEAD
+    restore = previous.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    sql = (restore + DOWNGRADE).format(schema=schema, arguments=FILTER_ARGUMENTS)
     op.execute(sql.strip().removesuffix(";"))

@@ -6,6 +6,7 @@ apart from any ``alembic_version`` the application keeps for itself.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -239,6 +241,17 @@ def check_schema(conn: psycopg.Connection[Any], *, schema: str | None = None) ->
             f"pgq's schema {schema!r} is at revision {found}, this pgq needs {wanted}: "
             "run `pgq migrate`"
         )
+
+
+def load_revision(filename: str) -> ModuleType:
+    """Another revision's module (by file name), for a downgrade that puts back what it made."""
+    path = migrations_dir() / "versions" / filename
+    spec = importlib.util.spec_from_file_location(f"pgq_revision_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise SchemaError(f"pgq's migrations are incomplete: {path} is missing")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def revision_schema() -> str:

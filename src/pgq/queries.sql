@@ -301,11 +301,7 @@ WHERE id = %(id)s::bigint;
 -- find_dead_jobs: one page of the dead jobs a requeue by filter can requeue (the filter is requeueable_dead_job_ids, in migrations/0003), in id order after %(after_id)s
 SELECT j.id, j.queue, j.task, j.attempts, j.finished_at, j.last_error
 FROM {schema}.requeueable_dead_job_ids(
-    task => %(task)s,
-    queue => %(queue)s,
-    error_pattern => %(error_pattern)s,
-    died_after => %(died_after)s,
-    died_before => %(died_before)s
+    %(task)s, %(queue)s, %(error_pattern)s, %(died_after)s, %(died_before)s
 ) AS requeueable(id)
 JOIN {schema}.jobs AS j ON j.id = requeueable.id
 WHERE requeueable.id > %(after_id)s
@@ -315,11 +311,7 @@ LIMIT %(limit)s;
 -- count_dead_jobs: how many dead jobs a requeue by filter can requeue (for the dry run and the progress bar)
 SELECT count(*)
 FROM {schema}.requeueable_dead_job_ids(
-    task => %(task)s,
-    queue => %(queue)s,
-    error_pattern => %(error_pattern)s,
-    died_after => %(died_after)s,
-    died_before => %(died_before)s
+    %(task)s, %(queue)s, %(error_pattern)s, %(died_after)s, %(died_before)s
 );
 
 -- find_dedupe_holder: the unfinished job holding a dedupe key, if any (why a requeue would be refused)
