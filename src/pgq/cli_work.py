@@ -82,9 +82,12 @@ class ChildSpec:
     log_level: str
     log_format: str
 
-    def environment(self) -> dict[str, str]:
-        """This process's environment plus the spec (which holds the DSN: never in argv)."""
-        return {**os.environ, CHILD_SPEC_ENV_VAR: json.dumps(asdict(self))}
+    def environment(self, dsn: str) -> dict[str, str]:
+        """This process's environment plus the spec (which holds the DSN: never in argv).
+
+        PGQ_DSN is set too, as a single ``pgq work`` finds it, for handlers that read it.
+        """
+        return {**os.environ, "PGQ_DSN": dsn, CHILD_SPEC_ENV_VAR: json.dumps(asdict(self))}
 
     @classmethod
     def from_environment(cls) -> ChildSpec:
@@ -198,7 +201,7 @@ def work(
             def child_environment(slot: int) -> dict[str, str]:
                 # One metrics port per process: child N serves on --metrics-port + N.
                 child = settings.for_child(slot).to_json()
-                return ChildSpec(app_path, child, log_level, log_format).environment()
+                return ChildSpec(app_path, child, log_level, log_format).environment(dsn)
 
             supervisor = Supervisor(
                 [sys.executable, "-m", "pgq", "work-child"], child_environment, processes,
@@ -219,10 +222,10 @@ def work_child() -> None:
 
     try:
         spec = ChildSpec.from_environment()
-    except (ConfigError, ValueError, TypeError) as error:
+        settings = WorkerSettings.from_json(spec.settings_json)
+    except (ConfigError, ValueError, TypeError, KeyError) as error:
         fail(f"cannot start a worker process: {error}")
     _configure_logging(spec.log_level, spec.log_format)
-    settings = WorkerSettings.from_json(spec.settings_json)
     try:
         worker = Worker.from_settings(load_app(spec.app_path), settings)
     except PgqError as error:
