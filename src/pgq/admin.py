@@ -1,7 +1,7 @@
 """Inspect and repair jobs: the functions behind `pgq stats`, `pgq jobs`, `pgq requeue`...
 
-Each one wraps a documented view or SQL function (migrations/versions/0002), so
-the CLI, Python callers and an operator in psql all do the same thing.
+Each one wraps a documented view or SQL function (migrations/versions/0002 and
+0003), so the CLI, Python callers and an operator in psql all do the same thing.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def find_dead_jobs(
 def count_dead_jobs(
     conn: psycopg.Connection[Any], where: DeadJobFilter, *, schema: str | None = None
 ) -> int:
-    """How many dead jobs match ``where``."""
+    """How many dead jobs ``requeue_dead`` would requeue (those matching ``where`` whose
+    dedupe key no unfinished job holds)."""
     _check_aware("died_after", where.died_after)
     _check_aware("died_before", where.died_before)
     return int(_fetch(conn, "count_dead_jobs", schema, where.params())[0][0])

@@ -2,8 +2,9 @@
 uses, and the thread that runs a periodic duty on a connection of its own.
 
 Every loop that talks to the database (claims, outcome writes, heartbeats,
-maintenance, LISTEN, the metrics collector) retries through these, so that "the
-database went away" is handled one way everywhere.
+maintenance, LISTEN) retries through these, so that "the database went away" is
+handled one way everywhere. The metrics collector has no loop: it reconnects
+its ThreadConnection at the next scrape.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ class JobStatus(enum.StrEnum):
     #: operator's cancel.
     QUEUED = "queued"
     #: Leased to one worker until ``locked_until``. Left by that worker's finish
-    #: (``finish_jobs``), its hand back at shutdown, or rescue when the lease expires.
+    #: (``finish_succeeded_jobs``, ``finish_jobs``), its hand back at shutdown, or
+    #: rescue when the lease expires (``rescue_jobs``).
     RUNNING = "running"
     #: Finished. Terminal.
     SUCCEEDED = "succeeded"

@@ -105,14 +105,22 @@ class WorkerMetrics:
 class QueueStatsCollector(Collector):
     """Queue gauges read from the fleet's snapshot, refreshed at most every 10 s."""
 
-    def __init__(self, dsn: str, schema: str, max_age_seconds: float = QUEUE_STATS_MAX_AGE_SECONDS):
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        max_age_seconds: float = QUEUE_STATS_MAX_AGE_SECONDS,
+        *,
+        prepare_statements: bool = True,
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
         self._rows: list[tuple[Any, ...]] = []
         self._read_at = 0.0
-        self._connection = ThreadConnection(dsn)  # used under self._lock only
+        # Used under self._lock only. prepare_statements=False behind PgBouncer.
+        self._connection = ThreadConnection(dsn, prepare_statements=prepare_statements)
 
     def _read(self) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -153,7 +153,7 @@ FROM held
 WHERE j.id = held.id
 RETURNING j.id, j.lease_token;
 
--- finish_jobs: record a batch of outcomes, each fenced by its lease token (edges: running -> succeeded | queued | dead)
+-- finish_jobs: record a batch of outcomes other than success, each fenced by its lease token (edges: running -> queued | dead)
 -- A row whose token no longer matches (lease lost, job rescued) is left alone and not returned.
 -- refund_attempt gives the attempt back (snooze, hand back at shutdown): those were not the job's fault.
 -- Rows are locked in id order first, as extend_leases locks them (see there).
@@ -199,7 +199,7 @@ JOIN outcome ON outcome.id = locked.id AND outcome.lease_token = locked.lease_to
 WHERE j.id = locked.id
 RETURNING j.id;
 
--- finish_succeeded_jobs: finish_jobs for the common case, a batch of successes: two parameters instead of seven (edge: running -> succeeded)
+-- finish_succeeded_jobs: record a batch of successes, each fenced by its lease token: two parameters where finish_jobs takes seven (edge: running -> succeeded)
 -- The same fence and the same id-order locking as finish_jobs.
 WITH outcome AS (
     SELECT *

@@ -2,8 +2,8 @@
 
 Lease expiry, not worker liveness, decides rescue: a partitioned worker may still
 be running the job, so handlers must be idempotent. Its late result is refused by
-the fence (``finish_jobs`` matches the lease token). Every worker rescues; SKIP
-LOCKED keeps two rescuers off the same row, so no leader is needed.
+the fence (the finish statements match the lease token). Every worker rescues;
+SKIP LOCKED keeps two rescuers off the same row, so no leader is needed.
 
 The lost attempt is a failure like a handler's, decided by the same policy
 (pgq.retry): the delay before the next attempt, or dead when none is left.

@@ -103,7 +103,7 @@ BEGIN
         VALUES (NEW.id, NEW.status::text, NEW.lease_token, NEW.attempts, OLD.locked_by,
                 OLD.started_at);
     END IF;
-    -- rescue_stale_jobs is the only writer that appends a 'worker lost' error.
+    -- rescue_jobs is the only writer that appends a 'worker lost' error.
     IF OLD.status::text = 'running'
        AND jsonb_array_length(NEW.errors) > jsonb_array_length(OLD.errors)
        AND NEW.errors -> -1 ->> 'error' LIKE 'worker lost:%' THEN

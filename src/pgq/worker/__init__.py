@@ -14,7 +14,7 @@ The layers, from the top:
 - ``shutdown.py``: signals, the grace period, handing jobs back.
 - ``stats.py``: counts, metrics and log lines of what the worker did.
 - ``database.py``: waiting for the database, the pool and its session settings.
-- ``supervisor.py``, ``child.py``: ``pgq work --processes N``.
+- ``supervisor.py``: ``pgq work --processes N`` (its children run ``pgq work-child``).
 
 Below them, in pgq/: ``queries.sql`` (every statement), ``connection.py``
 (reconnects and back-off), ``retry.py``, ``rescue.py``, ``retention.py``.

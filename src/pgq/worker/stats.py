@@ -43,7 +43,9 @@ class WorkerStats:
         try:
             self._server = serve(
                 self.metrics,
-                QueueStatsCollector(settings.dsn, settings.schema),
+                QueueStatsCollector(
+                    settings.dsn, settings.schema, prepare_statements=not settings.poll_only
+                ),
                 heartbeat_age=lambda: time.monotonic() - heartbeat.last_heartbeat,
                 # Healthy while the heartbeat ran within three of its intervals.
                 heartbeat_limit_seconds=3 * heartbeat.heartbeat_seconds + 1,
