@@ -1,7 +1,8 @@
-"""The operators' SQL surface (migration 0002) as an operator uses it from psql.
+"""The operators' SQL surface (migrations 0002 and 0003) as an operator uses it from psql.
 
 Views: queue_stats, job_counts, dead_jobs, running_jobs. Functions: requeue,
-requeue_dead, cancel, retry_now, prune, refresh_queue_stats. Jobs are seeded
+requeue_dead, cancel, retry_now, prune, refresh_queue_stats; from 0003 the dry run
+requeueable_dead_job_ids, the filter dead_job_matches, and resolve_run_at. Jobs are seeded
 straight into pgq.jobs (tests/seeding.py) in every state the functions meet.
 Seeding and checking in one transaction shares one now(), so ages are exact.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -415,6 +416,129 @@ def test_requeue_dead_wakes_each_queue_once_at_commit(conn: Conn, listener: Conn
 
     assert sorted(wakeups(listener, expected=2)) == ["emails", "payments"]
     assert wakeups(listener) == []
+
+
+# -- requeueable_dead_job_ids, dead_job_matches (revision 0003) -----------------------------
+
+FILTER_ARGUMENTS = sql.SQL("""task => %(task)s, queue => %(queue)s,
+    error_pattern => %(error_pattern)s,
+    died_after => now() - %(died_after)s::float8 * interval '1 hour',
+    died_before => now() - %(died_before)s::float8 * interval '1 hour'""")
+
+
+def filter_params(filters: dict[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = dict.fromkeys(
+        ("task", "queue", "error_pattern", "died_after", "died_before")
+    )
+    params.update(filters)
+    return params
+
+
+@pytest.mark.parametrize("case", list(REQUEUE_DEAD_CASES))
+def test_requeueable_dead_job_ids_lists_exactly_what_requeue_dead_then_requeues(
+    conn: Conn, case: str
+) -> None:
+    filters, selects = REQUEUE_DEAD_CASES[case]
+    seeded = seed_dead_grid(conn)
+    timeout = "TimeoutError: gateway timed out"
+    grid_job: dict[str, Any] = {"task": "charge", "queue": "payments", "last_error": timeout}
+    keyed = {
+        key: seed_job(conn, "dead", finished_ago=3 * 3600, dedupe_key=key, **grid_job)
+        for key in ("held", "free", "held-by-a-finished-job")
+    }
+    seeded += [
+        Seeded(job_id, "dead", "charge", "payments", timeout, 3.0) for job_id in keyed.values()
+    ]
+    seed_job(conn, "running", task="other", queue="other", dedupe_key="held")
+    seed_job(conn, "succeeded", task="other", queue="other", dedupe_key="held-by-a-finished-job")
+    conn.commit()
+    params = filter_params(filters)
+    before = job_statuses(conn)
+
+    listed = [
+        row[0]
+        for row in conn.execute(
+            sql.SQL("SELECT * FROM pgq.requeueable_dead_job_ids({})").format(FILTER_ARGUMENTS),
+            params,
+        )
+    ]
+    assert job_statuses(conn) == before, "a dry run changes nothing"
+    requeued = [
+        row[0]
+        for row in conn.execute(
+            sql.SQL("SELECT * FROM pgq.requeue_dead({})").format(FILTER_ARGUMENTS), params
+        )
+    ]
+    conn.commit()
+
+    expected = {s.id for s in seeded if s.status == "dead" and selects(s) and s.id != keyed["held"]}
+    assert sorted(listed) == sorted(expected), "each id once, and only the requeueable ones"
+    assert sorted(requeued) == sorted(listed)
+    assert job_statuses(conn)[keyed["held"]] == "dead"
+
+
+def test_requeueable_dead_job_ids_without_arguments_lists_every_requeueable_dead_job(
+    conn: Conn,
+) -> None:
+    dead = {seed_job(conn, "dead", task=task) for task in ("a", "b", "c")}
+    for status in ("queued", "running", "succeeded", "cancelled"):
+        seed_job(conn, status)
+
+    listed = {row[0] for row in conn.execute("SELECT * FROM pgq.requeueable_dead_job_ids()")}
+
+    assert listed == dead
+
+
+def test_dead_job_matches_is_true_only_for_dead_jobs_and_each_filter_narrows_it(
+    conn: Conn,
+) -> None:
+    target = seed_job(
+        conn, "dead", task="charge", queue="payments", last_error="TimeoutError: gateway",
+        finished_ago=7200,
+    )  # fmt: skip
+    for status in ("queued", "running", "succeeded", "cancelled"):
+        seed_job(conn, status, task="charge", queue="payments", last_error="TimeoutError: x")
+
+    def matching(arguments: str) -> set[int]:
+        statement = sql.SQL("SELECT j.id FROM pgq.jobs AS j WHERE pgq.dead_job_matches(j{})")
+        return {row[0] for row in conn.execute(statement.format(sql.SQL(arguments)))}
+
+    assert matching("") == {target}
+    assert matching(", task => 'charge', queue => 'payments'") == {target}
+    assert matching(", error_pattern => 'timeouterror:%'") == {target}
+    assert matching(", died_after => now() - interval '3 hours'") == {target}
+    assert matching(", died_before => now() - interval '1 hour'") == {target}
+    assert matching(", task => 'email'") == set()
+    assert matching(", queue => 'default'") == set()
+    assert matching(", error_pattern => 'ValueError%'") == set()
+    assert matching(", died_after => now() - interval '1 hour'") == set()
+    assert matching(", died_before => now() - interval '3 hours'") == set()
+
+
+# -- resolve_run_at (revision 0003) ---------------------------------------------------------
+
+
+def test_resolve_run_at_without_a_time_is_the_delay_after_the_transactions_start(
+    conn: Conn,
+) -> None:
+    began = call(conn, "SELECT now()")  # opens the transaction
+    conn.execute("SELECT pg_sleep(0.1)")
+
+    run_at, clock = one(conn, "SELECT pgq.resolve_run_at(NULL, 60), clock_timestamp()")
+
+    assert run_at == began + timedelta(seconds=60)
+    assert run_at < clock + timedelta(seconds=60), "the transaction's start, not the clock"
+    assert call(conn, "SELECT pgq.resolve_run_at(NULL, 0)") == began
+    assert call(conn, "SELECT pgq.resolve_run_at(NULL, 1.5)") == began + timedelta(seconds=1.5)
+
+
+def test_resolve_run_at_with_a_time_is_that_time_whatever_the_delay(conn: Conn) -> None:
+    when = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+    assert call(conn, "SELECT pgq.resolve_run_at(%s, 60)", [when]) == when
+    assert call(conn, "SELECT pgq.resolve_run_at(%s, NULL)", [when]) == when
+    past = when.replace(year=2001)
+    assert call(conn, "SELECT pgq.resolve_run_at(%s, 0)", [past]) == past
 
 
 # -- cancel ---------------------------------------------------------------------------------

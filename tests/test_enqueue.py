@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 import pgq
 from pgq import InvalidJobError, JobSpec
 from pgq.config import wakeup_channel
-from pgq.enqueue import ENQUEUE_MANY_CHUNK
+from pgq.enqueue import ENQUEUE_MANY_CHUNK, PlannedJob, plan_job
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 CHANNEL = wakeup_channel("pgq")
@@ -636,3 +636,188 @@ def test_sql_enqueue_refuses_args_over_the_size_limit(conn: Conn) -> None:
             "SELECT * FROM pgq.enqueue('import_rows', jsonb_build_object('blob', repeat('x', %s)))",
             [2 * 1024 * 1024],
         )
+
+
+# --- options declared once: every entry point takes the same ones --------------------------
+
+app = pgq.App()
+
+
+@app.task(queue="reports", max_attempts=7)
+def build_report(n: int = 0) -> None: ...
+
+
+def test_plan_job_validates_and_resolves_defaults_without_a_database() -> None:
+    planned = plan_job("resize", {"id": 7}, {"delay": timedelta(minutes=2), "priority": 4})
+
+    assert planned == PlannedJob(
+        task="resize", args_json='{"id":7}', queue="default", priority=4, run_at=None,
+        delay_seconds=120.0, max_attempts=5, dedupe_key=None,
+    )  # fmt: skip
+
+
+def test_plan_job_takes_a_tasks_queue_and_max_attempts_unless_the_options_say_otherwise() -> None:
+    from_task = plan_job(build_report, None, {})
+    overridden = plan_job(build_report, None, {"queue": "urgent", "max_attempts": 1})
+
+    assert (from_task.task, from_task.queue, from_task.max_attempts) == (
+        "build_report",
+        "reports",
+        7,
+    )
+    assert (overridden.queue, overridden.max_attempts) == ("urgent", 1)
+    with pytest.raises(InvalidJobError, match="max_attempts must be between 1"):
+        plan_job(build_report, None, {"max_attempts": 0})
+
+
+MISSPELT: dict[str, Any] = {"queu": "emails"}
+
+
+def call_entry_point(entry: str, dsn: str, conn: Conn) -> None:
+    """Enqueue one job through ``entry`` with a misspelt option."""
+    if entry == "enqueue":
+        pgq.enqueue(conn, "send_email", {"to": "a@b.c"}, **MISSPELT)
+    elif entry == "Task.enqueue":
+        build_report.enqueue(conn, {"n": 1}, **MISSPELT)
+    elif entry == "JobSpec":
+        pgq.enqueue_many(conn, [JobSpec("ok"), JobSpec("send_email", priority=1, **MISSPELT)])
+    else:
+
+        async def scenario() -> None:
+            async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+                if entry == "enqueue_async":
+                    await pgq.enqueue_async(aconn, "send_email", **MISSPELT)
+                else:
+                    await build_report.enqueue_async(aconn, priority=2, **MISSPELT)
+                await aconn.commit()
+
+        asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "entry", ["enqueue", "enqueue_async", "Task.enqueue", "Task.enqueue_async", "JobSpec"]
+)
+def test_a_misspelt_option_is_a_type_error_naming_it_and_nothing_is_written(
+    conn: Conn, dsn: str, entry: str
+) -> None:
+    with pytest.raises(TypeError, match=r"got an unexpected keyword argument 'queu'$"):
+        call_entry_point(entry, dsn, conn)
+
+    # Refused before any statement: not even a transaction was begun.
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    conn.commit()
+    assert count_jobs(conn) == 0
+
+
+def test_a_misspelt_option_is_named_among_correct_ones(rollback_conn: Conn) -> None:
+    with pytest.raises(
+        TypeError, match=r"^enqueue\(\) got an unexpected keyword argument 'priorty'"
+    ):
+        pgq.enqueue(rollback_conn, "a", queue="emails", priorty=3, delay=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"^JobSpec\(\) got an unexpected keyword argument 'dedup'"):
+        JobSpec("a", {"n": 1}, dedup="k", queue="emails")  # type: ignore[call-arg]
+
+
+def test_schema_is_an_argument_of_the_call_not_an_option_of_a_job() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'schema'"):
+        JobSpec("a", schema="pgq")  # type: ignore[call-arg]
+
+
+def test_one_enqueue_options_mapping_serves_enqueue_and_job_spec_alike(conn: Conn) -> None:
+    options: pgq.EnqueueOptions = {"queue": "emails", "priority": 6, "max_attempts": 2}
+
+    one = pgq.enqueue(conn, "send_email", **options).id
+    (many,) = pgq.enqueue_many(conn, [JobSpec("send_email", **options)])
+    via_task = build_report.enqueue(conn, **options).id
+
+    columns = "SELECT task, queue, priority, max_attempts FROM pgq.jobs WHERE id = %s"
+    assert conn.execute(columns, [one]).fetchone() == ("send_email", "emails", 6, 2)
+    assert conn.execute(columns, [many]).fetchone() == ("send_email", "emails", 6, 2)
+    assert conn.execute(columns, [via_task]).fetchone() == ("build_report", "emails", 6, 2)
+
+
+def test_task_enqueue_uses_the_tasks_defaults_unless_told_otherwise(dsn: str) -> None:
+    async def enqueue_async() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            ids = [
+                (await build_report.enqueue_async(aconn, {"n": 3})).id,
+                (await build_report.enqueue_async(aconn, {"n": 4}, queue="urgent")).id,
+            ]
+            await aconn.commit()
+            return ids
+
+    with psycopg.connect(dsn) as conn:
+        ids = [
+            build_report.enqueue(conn, {"n": 1}).id,
+            build_report.enqueue(conn, {"n": 2}, max_attempts=1, priority=5).id,
+        ]
+        conn.commit()
+        ids += asyncio.run(enqueue_async())
+        rows = conn.execute(
+            "SELECT task, args->>'n', queue, max_attempts, priority FROM pgq.jobs"
+            " WHERE id = ANY(%s) ORDER BY id",
+            [ids],
+        ).fetchall()
+
+    assert rows == [
+        ("build_report", "1", "reports", 7, 0),
+        ("build_report", "2", "reports", 1, 5),
+        ("build_report", "3", "reports", 7, 0),
+        ("build_report", "4", "urgent", 7, 0),
+    ]
+
+
+WHEN = datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)
+# (job, the row it must become: args, queue, priority, max_attempts, dedupe_key, run_at)
+# run_at: a datetime, or the seconds after created_at.
+SPEC_ROWS: dict[str, tuple[JobSpec, tuple[Any, ...]]] = {
+    "queue, priority, max_attempts": (
+        JobSpec("a", {"x": 1}, queue="q1", priority=3, max_attempts=2),
+        ({"x": 1}, "q1", 3, 2, None, 0),
+    ),
+    "the task's defaults": (JobSpec(build_report, {"n": 1}), ({"n": 1}, "reports", 0, 7, None, 0)),
+    "the task's defaults overridden": (
+        JobSpec(build_report, {"n": 2}, queue="urgent", max_attempts=1),
+        ({"n": 2}, "urgent", 0, 1, None, 0),
+    ),
+    "run_at": (JobSpec("b", run_at=WHEN), ({}, "default", 0, 5, None, WHEN)),
+    "delay": (JobSpec("c", delay=timedelta(seconds=90)), ({}, "default", 0, 5, None, 90)),
+    "dedupe_key": (JobSpec("d", dedupe_key="k1", priority=9), ({}, "default", 9, 5, "k1", 0)),
+}
+# Plain jobs (no run_at, delay or dedupe key) take the straight COPY path without ids.
+PLAIN = ["queue, priority, max_attempts", "the task's defaults", "the task's defaults overridden"]
+
+
+def stored_rows(conn: Conn) -> list[tuple[Any, ...]]:
+    """Every job as (args, queue, priority, max_attempts, dedupe_key, run_at), in id order."""
+    rows = conn.execute(
+        "SELECT args, queue, priority, max_attempts, dedupe_key, run_at,"
+        " extract(epoch FROM run_at - created_at)::int FROM pgq.jobs ORDER BY id"
+    ).fetchall()
+    return [(*row[:5], row[5] if row[5] == WHEN else row[6]) for row in rows]
+
+
+@pytest.mark.parametrize("return_ids", [True, False], ids=["ids", "count"])
+@pytest.mark.parametrize("jobs", ["every option", "plain"])
+@pytest.mark.parametrize("driver", ["enqueue_many", "enqueue_many_async"])
+def test_job_spec_options_reach_the_row_through_either_enqueue_many(
+    dsn: str, driver: str, jobs: str, return_ids: bool
+) -> None:
+    names = PLAIN if jobs == "plain" else list(SPEC_ROWS)
+    specs = [SPEC_ROWS[name][0] for name in names]
+
+    async def enqueue_async() -> list[int] | int:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            result = await pgq.enqueue_many_async(aconn, specs, return_ids=return_ids)
+            await aconn.commit()
+            return result
+
+    with psycopg.connect(dsn) as conn:
+        if driver == "enqueue_many":
+            result = pgq.enqueue_many(conn, specs, return_ids=return_ids)
+            conn.commit()
+        else:
+            result = asyncio.run(enqueue_async())
+
+        assert stored_rows(conn) == [SPEC_ROWS[name][1] for name in names]
+        assert (len(result) if isinstance(result, list) else result) == len(specs)

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
+import psycopg.errors
 import pytest
 import sqlalchemy
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from typer.testing import CliRunner
 
 import pgq.migrate
 from pgcluster import free_port
+from pgq.cli import app as cli_app
+from pgq.roles import grant_roles, role_names, roles_sql
+from seeding import Conn, seed_job
 
 HEAD = pgq.migrate.head_revision()
 
@@ -397,3 +406,198 @@ def test_check_schema_names_the_fix_when_pgq_was_never_migrated(empty_dsn: str) 
             pgq.migrate.check_schema(conn)
         pgq.migrate.migrate(empty_dsn)
         pgq.migrate.check_schema(conn)
+
+
+# --- revision 0003: one run_at rule, one dead-job filter ------------------------------------
+
+NEW_IN_0003 = ("resolve_run_at", "dead_job_matches", "requeueable_dead_job_ids")
+
+
+def functions(dsn: str, schema: str = "pgq") -> dict[str, str]:
+    """Every function in ``schema``: its name and full definition."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",
+            [schema],
+        ).fetchall()
+    return {str(name): str(definition) for name, definition in rows}
+
+
+def all_jobs(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT * FROM pgq.jobs ORDER BY id").fetchall()
+
+
+def seed_0002_jobs(dsn: str) -> dict[str, int]:
+    """A queued job, a scheduled one and two dead ones, written as revision 0002 knows them."""
+    with psycopg.connect(dsn) as conn:  # commits at exit
+        return {
+            "queued": seed_job(conn, task="send_email", args={"to": "a@b.c"}),
+            "scheduled": seed_job(conn, task="report", due_in=3600, dedupe_key="report-1"),
+            "dead_charge": seed_job(conn, "dead", task="charge", last_error="TimeoutError: x"),
+            "dead_email": seed_job(conn, "dead", task="email", finished_ago=7200),
+        }
+
+
+def test_upgrade_from_0002_keeps_every_job_and_adds_the_shared_functions(
+    empty_dsn: str,
+) -> None:
+    pgq.migrate.migrate(empty_dsn, revision="0002")
+    assert not set(NEW_IN_0003) & set(functions(empty_dsn))
+    ids = seed_0002_jobs(empty_dsn)
+    before = all_jobs(empty_dsn)
+
+    text = migrate_ok(empty_dsn)
+
+    assert f"0002 -> {HEAD}" in text
+    assert all_jobs(empty_dsn) == before
+    assert set(NEW_IN_0003) <= set(functions(empty_dsn))
+    with psycopg.connect(empty_dsn) as conn:
+        dry_run = {row[0] for row in conn.execute("SELECT * FROM pgq.requeueable_dead_job_ids()")}
+        requeued = {
+            row[0] for row in conn.execute("SELECT * FROM pgq.requeue_dead(task => 'charge')")
+        }
+        enqueued = pgq.enqueue(conn, "after_upgrade", delay=30)
+        statuses: dict[int, str] = dict(
+            conn.execute("SELECT id, status::text FROM pgq.jobs").fetchall()
+        )
+    assert dry_run == {ids["dead_charge"], ids["dead_email"]}
+    assert requeued == {ids["dead_charge"]}
+    assert statuses == {
+        ids["queued"]: "queued", ids["scheduled"]: "queued", ids["dead_charge"]: "queued",
+        ids["dead_email"]: "dead", enqueued.id: "queued",
+    }  # fmt: skip
+
+
+def test_downgrade_to_0002_restores_its_requeue_dead_and_up_again_restores_0003(
+    make_dsn: Callable[..., str],
+) -> None:
+    dsn, at_0002 = make_dsn(), make_dsn(migrated=False)
+    pgq.migrate.migrate(at_0002, revision="0002")
+    at_head = schema_dump(dsn)
+    ids = seed_0002_jobs(dsn)
+
+    text = migrate_ok(dsn, "--downgrade", "0002")
+
+    assert f"{HEAD} -> 0002" in text
+    assert pgq.migrate.current_revision(dsn) == "0002"
+    assert functions(dsn) == functions(at_0002), "0002's functions, 0002's definitions"
+    assert schema_dump(dsn) == schema_dump(at_0002)
+    with psycopg.connect(dsn) as conn:
+        requeued = [
+            row[0] for row in conn.execute("SELECT * FROM pgq.requeue_dead(task => 'email')")
+        ]
+    assert requeued == [ids["dead_email"]], "the restored requeue_dead still works"
+
+    migrate_ok(dsn)
+
+    assert pgq.migrate.current_revision(dsn) == HEAD
+    assert schema_dump(dsn) == at_head
+
+
+def test_migrate_sql_creates_and_opens_the_0003_functions() -> None:
+    result = CliRunner().invoke(cli_app, ["migrate", "--sql", "--schema", "jobs_sql"])
+
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    for name in NEW_IN_0003:
+        assert f"CREATE FUNCTION jobs_sql.{name}(" in script
+    assert "CREATE OR REPLACE FUNCTION jobs_sql.requeue_dead(" in script
+    # Open to all, so that roles set up before the upgrade keep enqueueing.
+    assert re.search(r"GRANT EXECUTE ON FUNCTION\s+jobs_sql\.resolve_run_at[^;]*TO PUBLIC", script)
+    assert "version_num='0003'" in script
+
+
+# Roles are cluster-wide: these are named after a random schema, and dropped after the test.
+
+
+def create_login(conn: Conn, name: str, group: str) -> None:
+    conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+            sql.Identifier(name), sql.Identifier(group)
+        )
+    )
+
+
+def drop_roles(dsn: str, roles: list[str]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for role in reversed(roles):  # logins before the groups they belong to
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def roles_script_of_0002(conn: Conn, schema: str) -> str:
+    """What `pgq roles` applied before revision 0003: today's script without 0003's functions."""
+    script = roles_sql(schema).as_string(conn)
+    kept = [line for line in script.splitlines() if not any(f in line for f in NEW_IN_0003)]
+    assert len(kept) == len(script.splitlines()) - 3, "one grant line per new function"
+    return "\n".join(kept)
+
+
+@pytest.fixture
+def roles_to_drop(empty_dsn: str) -> Iterator[list[str]]:
+    created: list[str] = []
+    yield created
+    drop_roles(empty_dsn, created)
+
+
+def test_roles_set_up_before_0003_keep_enqueueing_and_requeueing_after_the_upgrade(
+    empty_dsn: str, roles_to_drop: list[str]
+) -> None:
+    schema = f"pgqup_{secrets.token_hex(4)}"
+    names = role_names(schema)
+    logins = {"producer": f"{schema}_producer_login", "operator": f"{schema}_operator_login"}
+    roles_to_drop += [names.producer, names.worker, names.operator, *logins.values()]
+
+    def q(text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=sql.Identifier(schema))
+
+    def as_login(kind: str) -> Conn:
+        return psycopg.connect(make_conninfo(empty_dsn, user=logins[kind]))
+
+    pgq.migrate.migrate(empty_dsn, revision="0002", schema=schema)
+    with psycopg.connect(empty_dsn, autocommit=True) as admin:
+        admin.execute(roles_script_of_0002(admin, schema).encode())
+        create_login(admin, logins["producer"], names.producer)
+        create_login(admin, logins["operator"], names.operator)
+        row = admin.execute(q("SELECT id FROM {s}.enqueue('charge')")).fetchone()
+        assert row is not None
+        dead = int(row[0])
+        admin.execute(
+            q("UPDATE {s}.jobs SET status = 'dead', attempts = 1, finished_at = now(),"
+              " last_error = 'TimeoutError: x' WHERE id = %s"),
+            [dead],
+        )  # fmt: skip
+
+    pgq.migrate.migrate(empty_dsn, schema=schema)  # and no `pgq roles` after it
+
+    with as_login("producer") as producer:  # commits at exit
+        producer.execute(q("SELECT * FROM {s}.enqueue('by_sql')"))
+        pgq.enqueue(producer, "by_python", delay=5, schema=schema)  # resolve_run_at
+        pgq.enqueue(producer, "by_python", dedupe_key="once", schema=schema)
+        pgq.enqueue_many(producer, [pgq.JobSpec("in_bulk", delay=5)], schema=schema)
+    with as_login("operator") as operator:
+        dry_run = [
+            row[0] for row in operator.execute(q("SELECT * FROM {s}.requeueable_dead_job_ids()"))
+        ]
+        requeued = [row[0] for row in operator.execute(q("SELECT * FROM {s}.requeue_dead()"))]
+        by_task: dict[str, int] = dict(
+            operator.execute(q("SELECT task, count(*) FROM {s}.jobs GROUP BY task"))
+        )
+    assert dry_run == requeued == [dead]
+    assert by_task == {"charge": 1, "by_sql": 1, "by_python": 2, "in_bulk": 1}
+
+    # A later `pgq roles` narrows the new functions to the roles that need them.
+    stranger = f"{schema}_stranger"
+    roles_to_drop.append(stranger)
+    with psycopg.connect(empty_dsn, autocommit=True) as admin:
+        grant_roles(admin, schema)
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(stranger)))
+        admin.execute(q("GRANT USAGE ON SCHEMA {s} TO ") + sql.Identifier(stranger))
+    with as_login("producer") as producer:
+        pgq.enqueue(producer, "by_python", delay=5, schema=schema)
+    with psycopg.connect(make_conninfo(empty_dsn, user=stranger)) as outsider:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="resolve_run_at"):
+            outsider.execute(q("SELECT {s}.resolve_run_at(NULL, 5)"))

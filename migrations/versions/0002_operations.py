@@ -61,8 +61,7 @@ END
 $$;
 """
 
-UPGRADE = (
-    """
+UPGRADE_BEFORE_REQUEUE_DEAD = """
 -- The jobs table churns: every job is inserted, updated at least twice and
 -- eventually deleted. Vacuum it after 2 % of its rows changed (the default 20 %
 -- lets a busy queue bloat), analyze after 1 %, and never sleep between pages.
@@ -200,8 +199,8 @@ COMMENT ON FUNCTION {schema}.requeue(bigint) IS
 -- dedupe key is now held by an unfinished job is skipped. job_ids limits the
 -- candidates to a page of ids (how `pgq requeue` batches a large requeue).
 """
-    + REQUEUE_DEAD
-    + """
+
+UPGRADE_AFTER_REQUEUE_DEAD = """
 COMMENT ON FUNCTION
     {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) IS
     'Requeue dead jobs matching task, queue, error ILIKE pattern and death time; returns ids.';
@@ -300,7 +299,8 @@ $$;
 COMMENT ON FUNCTION {schema}.prune(text, interval, integer) IS
     'Delete one batch of finished jobs of a status older than an interval; returns how many.';
 """
-)
+
+UPGRADE = "".join((UPGRADE_BEFORE_REQUEUE_DEAD, REQUEUE_DEAD, UPGRADE_AFTER_REQUEUE_DEAD))
 
 DOWNGRADE = """
 DROP FUNCTION {schema}.prune(text, interval, integer);

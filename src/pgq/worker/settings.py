@@ -78,7 +78,7 @@ class WorkerSettings:
         synchronous_commit: bool,
     ) -> WorkerSettings:
         """Check every option (ConfigError naming the bad one) and resolve the defaults."""
-        _check_range("concurrency", concurrency, 1, MAX_CONCURRENCY)
+        _check_range("concurrency", concurrency, 1, MAX_CONCURRENCY, whole=True)
         _check_range("poll interval", poll_seconds, 0, DAY_SECONDS, above_low=True, unit=" seconds")
         _check_range("lease", lease_seconds, 0.5, DAY_SECONDS, unit=" seconds")
         _check_range("shutdown grace", shutdown_grace_seconds, 0, DAY_SECONDS, unit=" seconds")
@@ -90,14 +90,14 @@ class WorkerSettings:
         if not prune_interval_seconds > 0:
             raise ConfigError(f"prune interval must be > 0 seconds, got {prune_interval_seconds}")
         if metrics_port is not None:
-            _check_range("metrics port", metrics_port, 0, 65535)
+            _check_range("metrics port", metrics_port, 0, 65535, whole=True)
         if queues is not None and not queues:
             raise ConfigError("queues is empty: pass None to serve every queue")
         for queue, limit in (queues or {}).items():
             if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
                 raise ConfigError(f"invalid queue name {queue!r}")
             if limit is not None:
-                _check_range(f"queue {queue!r}: concurrency", limit, 1, MAX_CONCURRENCY)
+                _check_range(f"queue {queue!r}: concurrency", limit, 1, MAX_CONCURRENCY, whole=True)
         if name is not None and not _WORKER_NAME.match(name):
             raise ConfigError(
                 f"invalid worker name {name!r}: 1 to 200 characters, no control characters"
@@ -150,9 +150,21 @@ class WorkerSettings:
 
 
 def _check_range(
-    what: str, value: float, low: float, high: float, *, above_low: bool = False, unit: str = ""
+    what: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    above_low: bool = False,
+    unit: str = "",
+    whole: bool = False,
 ) -> None:
-    """ConfigError unless ``low <= value <= high`` (``low < value`` with ``above_low``)."""
+    """ConfigError unless ``low <= value <= high`` (``low < value`` with ``above_low``).
+
+    ``whole``: an int is wanted (a count or a port), not just any number.
+    """
+    if whole and isinstance(value, float):
+        raise ConfigError(f"{what} must be a whole number, got {value!r}")
     number = not isinstance(value, bool) and isinstance(value, int | float)
     if not number or not (low < value if above_low else low <= value) or not value <= high:
         bound = f"> {low:g}" if above_low else f">= {low:g}"
