@@ -18,6 +18,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,6 +29,7 @@ from psycopg.conninfo import make_conninfo
 import pgq.migrate
 from pgcluster import ClusterError, ThrowawayCluster
 from pgq.config import describe_dsn, redact
+from worker_helpers import WorkerProcesses
 
 TEST_DSN_ENV_VAR = "PGQ_TEST_DSN"
 LOCAL_DSN = make_conninfo(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
@@ -261,3 +263,14 @@ def throwaway_cluster() -> Iterator[ThrowawayCluster]:
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Starts `pgq work` subprocesses; kills them all at teardown and prints their logs."""
+    procs = WorkerProcesses(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.kill_all()
+        print(procs.logs())  # shown by pytest when the test failed

@@ -2,14 +2,16 @@
 already stored changes.
 
 The entry points: the Python API (enqueue and its async and bulk twins, ``Task.enqueue``,
-``App.task``, ``Worker``, ``Retry``, ``Snooze``, ``pgq.admin``), the SQL functions, and the
-``pgq`` commands. Every case runs against a database seeded with jobs in every state, and
+``Worker``, ``Snooze``, ``pgq.admin``), the SQL functions, and the ``pgq`` commands. Every
+case that reaches a database runs against one seeded with jobs in every state, and
 ``SELECT * FROM pgq.jobs`` must read the same before and after. A CLI case must exit
 non-zero with a one-line error, never a traceback.
 
 Elsewhere already, and not repeated here: test_enqueue.py's ``BAD_INPUTS`` through
 ``enqueue`` and ``enqueue_many`` (this module runs them through the four other enqueue
-entry points); test_sql_function.py's non-object args and check constraints;
+entry points); test_tasks.py's bad ``@app.task`` options, app schemas and ``load_app``
+specs (this module runs the specs through `pgq work` only); test_retry.py's policies
+``Retry`` refuses; test_sql_function.py's non-object args and check constraints;
 test_cli_admin.py's bad filters and bad DSNs for the operators' commands; test_admin.py's
 ``batch_size=0`` loop; test_metrics.py's metrics port in use; test_worker.py's
 "jobs of unknown tasks stay queued, untouched".
@@ -342,89 +344,20 @@ def test_enqueue_into_a_database_without_pgq_says_to_run_migrate(empty_db: str) 
             pgq.enqueue(conn, "send_email")
 
 
-# -- App.task, Retry, Snooze ---------------------------------------------------------------------
+# -- Snooze ---------------------------------------------------------------------------------------
 
-
-def _register(**options: Any) -> None:
-    app = pgq.App()
-
-    def handler() -> None:
-        """Never run."""
-
-    app.task(**options)(handler)
-
-
-APP_TASK_CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("name_quoted", {"name": '"quoted"'}, "invalid task name"),
-    ("name_sql_fragment", {"name": SQL_INJECTION}, "invalid task name"),
-    ("name_with_a_space", {"name": "a b"}, "invalid task name"),
-    ("name_lookalike", {"name": f"s{CYRILLIC_E}nd"}, "invalid task name"),
-    ("name_with_trailing_newline", {"name": "send\n"}, "invalid task name"),
-    ("name_with_nul", {"name": "send\x00"}, "invalid task name"),
-    ("name_too_long", {"name": "t" * 201}, "invalid task name"),
-    ("name_empty", {"name": ""}, "invalid task name"),
-    ("queue_sql_fragment", {"queue": SQL_INJECTION}, "invalid queue name"),
-    ("queue_with_nul", {"queue": "q\x00"}, "invalid queue name"),
-    ("queue_with_trailing_newline", {"queue": "q\n"}, "invalid queue name"),
-    ("max_attempts_zero", {"max_attempts": 0}, "max_attempts must be an int >= 1"),
-    ("max_attempts_negative", {"max_attempts": -1}, "max_attempts must be an int >= 1"),
-    ("max_attempts_bool", {"max_attempts": True}, "max_attempts must be an int >= 1"),
-    ("max_attempts_float", {"max_attempts": 2.5}, "max_attempts must be an int >= 1"),
-    ("max_attempts_2_pow_40", {"max_attempts": 2**40}, "max_attempts"),
-    ("timeout_zero", {"timeout": 0}, "timeout must be > 0 seconds"),
-    ("timeout_negative", {"timeout": -1}, "timeout must be > 0 seconds"),
-    ("timeout_nan", {"timeout": math.nan}, "timeout must be > 0 seconds"),
-    ("retry_not_a_retry", {"retry": "fast"}, "retry"),
+SNOOZE_CASES: list[tuple[str, float, str]] = [
+    ("negative", -1, "Snooze needs 0 <= seconds"),
+    ("nan", math.nan, "Snooze needs"),
+    ("inf", math.inf, "Snooze needs"),
+    ("googol", 10**100, "ten years"),
 ]
-APP_TASK_BUGS: dict[str, str] = {}  # every bug it found is fixed
 
 
-@pytest.mark.parametrize(("options", "message"), params(APP_TASK_CASES, bugs=APP_TASK_BUGS))
-def test_app_task_refuses_bad_options_when_registering(
-    options: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(ConfigError, match=message):
-        _register(**options)
-
-
-def test_app_task_refuses_a_second_handler_with_the_same_name() -> None:
-    app = pgq.App()
-    app.task(name="dup")(send_email.handler)
-
-    with pytest.raises(ConfigError, match="two handlers are registered as task 'dup'"):
-        app.task(name="dup")(send_email.handler)
-
-
-@pytest.mark.parametrize("schema", ["Pgq", 'pgq"; DROP TABLE pgq.jobs; --', "pgq\x00"])
-def test_app_refuses_a_bad_schema_name(schema: str) -> None:
-    with pytest.raises(ConfigError, match="invalid schema name"):
-        pgq.App(schema=schema)
-
-
-SIGNAL_CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
-    ("retry_base_zero", lambda: pgq.Retry(base_seconds=0), ConfigError, "base_seconds must be > 0"),
-    ("retry_base_negative", lambda: pgq.Retry(base_seconds=-1), ConfigError, "base_seconds"),
-    ("retry_base_nan", lambda: pgq.Retry(base_seconds=math.nan), ConfigError, "base_seconds"),
-    ("retry_base_inf", lambda: pgq.Retry(base_seconds=math.inf), ConfigError, "base_seconds"),
-    ("retry_base_googol", lambda: pgq.Retry(base_seconds=1e100, cap_seconds=1e100), ConfigError,
-     "at most"),
-    ("retry_cap_below_base", lambda: pgq.Retry(base_seconds=10, cap_seconds=1), ConfigError,
-     "cap_seconds"),
-    ("retry_cap_nan", lambda: pgq.Retry(cap_seconds=math.nan), ConfigError, "cap_seconds"),
-    ("retry_cap_inf", lambda: pgq.Retry(cap_seconds=math.inf), ConfigError, "cap_seconds"),
-    ("snooze_negative", lambda: pgq.Snooze(-1), InvalidJobError, "Snooze needs 0 <= seconds"),
-    ("snooze_nan", lambda: pgq.Snooze(math.nan), InvalidJobError, "Snooze needs"),
-    ("snooze_inf", lambda: pgq.Snooze(math.inf), InvalidJobError, "Snooze needs"),
-    ("snooze_googol", lambda: pgq.Snooze(10**100), InvalidJobError, "ten years"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("make", "error", "message"), params(SIGNAL_CASES))
-def test_retry_and_snooze_refuse_values_postgres_cannot_schedule(
-    make: Callable[[], object], error: type[Exception], message: str
-) -> None:
-    with pytest.raises(error, match=message):
-        make()
+@pytest.mark.parametrize(("seconds", "message"), params(SNOOZE_CASES))
+def test_snooze_refuses_a_delay_postgres_cannot_schedule(seconds: float, message: str) -> None:
+    with pytest.raises(InvalidJobError, match=message):
+        pgq.Snooze(seconds)
 
 
 # -- Worker(...) ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Properties over whole input spaces, with hypothesis: job args round-trip through every way
-in, encode_args stops whatever jsonb cannot store, the backoff arithmetic holds for any
-policy and attempt, and the option parsers (durations, ``--queues``) accept exactly their
-grammar.
+in, encode_args stops whatever jsonb cannot store, the option parsers (durations,
+``--queues``) accept exactly their grammar, and DSN passwords never show. The backoff
+arithmetic's properties live with its module, in test_retry.py.
 
 test_enqueue.py already round-trips args through ``pgq.enqueue`` with floats kept within
 ±1e15; here floats span their whole range, and args also go through ``enqueue_many``'s COPY
@@ -11,7 +11,6 @@ and the SQL function. Examples are few on purpose: the file runs in seconds.
 from __future__ import annotations
 
 import math
-import random
 import re
 from collections.abc import Iterator
 from decimal import Decimal
@@ -29,8 +28,7 @@ import pgq
 from pgq.cli_work import parse_queues
 from pgq.config import MAX_DURATION_SECONDS, describe_dsn, parse_duration, redact
 from pgq.enqueue import encode_args
-from pgq.job import MAX_DELAY_SECONDS, QUEUE_NAME
-from pgq.retry import Retry, backoff_ceiling, backoff_seconds
+from pgq.job import QUEUE_NAME
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -174,84 +172,6 @@ def test_encode_args_output_is_storable_json_text_or_an_invalid_job_error(
         return
     assert jsonb_can_store(text.replace("\\u0000", ""))  # an escaped backslash-u is fine
     assert len(text.encode()) <= 1_048_576
-
-
-# -- backoff --------------------------------------------------------------------------------------
-
-bases = st.floats(min_value=0, max_value=MAX_DELAY_SECONDS, exclude_min=True)
-policies = bases.flatmap(
-    lambda base: st.builds(
-        Retry, base_seconds=st.just(base), cap_seconds=st.floats(base, MAX_DELAY_SECONDS)
-    )
-)
-attempts = st.integers(min_value=1, max_value=10**6)
-
-
-class FixedDraw(random.Random):
-    """A Random whose draw is always ``value``: the jitter at its extremes."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
-
-
-DRAWS = [FixedDraw(0.0), FixedDraw(math.nextafter(1.0, 0.0)), random.Random(7)]
-
-
-@PURE_SETTINGS
-@given(policy=policies, attempt=attempts)
-def test_backoff_delay_is_between_half_the_ceiling_and_the_ceiling_and_never_past_the_cap(
-    policy: Retry, attempt: int
-) -> None:
-    ceiling = backoff_ceiling(attempt, policy)
-
-    assert math.isfinite(ceiling)
-    assert policy.base_seconds <= ceiling <= policy.cap_seconds <= MAX_DELAY_SECONDS
-    for rng in DRAWS:
-        delay = backoff_seconds(attempt, policy, rng)
-        assert ceiling / 2 <= delay <= ceiling
-
-
-@PURE_SETTINGS
-@given(policy=policies, first=attempts, second=attempts)
-def test_backoff_ceiling_never_shrinks_as_attempts_grow(
-    policy: Retry, first: int, second: int
-) -> None:
-    low, high = sorted((first, second))
-
-    assert backoff_ceiling(low, policy) <= backoff_ceiling(high, policy)
-
-
-@PURE_SETTINGS
-@given(policy=policies, attempt=st.integers(min_value=1, max_value=60))
-def test_backoff_ceiling_doubles_from_the_base_until_the_cap(policy: Retry, attempt: int) -> None:
-    expected = min(policy.cap_seconds, policy.base_seconds * 2.0 ** (attempt - 1))
-
-    assert backoff_ceiling(attempt, policy) == expected
-
-
-@PURE_SETTINGS
-@given(attempt=st.integers(max_value=0))
-def test_backoff_refuses_an_attempt_below_one(attempt: int) -> None:
-    with pytest.raises(ValueError, match="1-based"):
-        backoff_ceiling(attempt, Retry())
-
-
-any_float = st.floats(allow_nan=True, allow_infinity=True)
-
-
-@PURE_SETTINGS
-@given(base=any_float, cap=any_float)
-def test_retry_accepts_exactly_the_policies_postgres_can_schedule(base: float, cap: float) -> None:
-    valid = 0 < base <= MAX_DELAY_SECONDS and base <= cap <= MAX_DELAY_SECONDS
-    if valid:
-        assert Retry(base, cap) == Retry(base_seconds=base, cap_seconds=cap)
-    else:
-        with pytest.raises(pgq.ConfigError):
-            Retry(base, cap)
 
 
 # -- parse_duration -------------------------------------------------------------------------------

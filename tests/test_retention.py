@@ -1,9 +1,10 @@
 """Retention: workers delete finished jobs once they are older than their status's retention.
 
-``pgq.Worker`` always prunes on a fixed 60 s interval (its first run at a random
-point in the first minute) and offers no way to shorten it, so these tests drive
-the two parts it is made of: ``prune_finished_jobs`` (one pruning run) and the
-``Maintenance`` thread (which runs it periodically), here with a short interval.
+A worker's pruning is two parts, driven here directly: ``prune_finished_jobs`` (one
+pruning run) and the ``Maintenance`` thread (pgq.worker.maintenance), which runs it every
+``prune_interval_seconds`` (60 s by default, its first run at a random point within the
+first interval), here with a short interval. ``pgq work`` takes the retentions as
+``--keep-succeeded``, ``--keep-cancelled`` and ``--keep-dead``.
 """
 
 from __future__ import annotations

@@ -1,146 +1,41 @@
 """The worker in-process: outcomes of handlers (retry, snooze, give up, timeouts), what it
-claims, queue limits, the lease fence, heartbeats, wake-ups and graceful shutdown.
+claims, queue limits, the lease fence, wake-ups and graceful shutdown. How heartbeats keep
+leases (and a re-claimed job's newer lease) is test_lease.py's.
 
 Each test builds its own ``pgq.App`` and runs a ``pgq.Worker`` on this test's own
-database inside ``asyncio.run``, while the test watches the jobs table.
+database inside ``asyncio.run`` (helpers in worker_helpers.py), while the test watches
+the jobs table.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 import pgq
-from pgq.rescue import rescue_stale_jobs
-
-# Tuple rows: pgq.enqueue_async reads its result by position (see the report on dict_row).
-AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
-
-# Small timings keep the tests fast; deadlines stay generous for a busy 2-core machine.
-FAST_POLL_SECONDS = 0.1
-SHORT_LEASE_SECONDS = 2.0
-DEADLINE_SECONDS = 15.0
-STOP_TIMEOUT_SECONDS = 30.0
-# A far-away retry, so that a failed job waits in `queued` until the test moves it.
-SLOW_RETRY = pgq.Retry(base_seconds=20.0, cap_seconds=30.0)
-QUICK_RETRY = pgq.Retry(base_seconds=0.05, cap_seconds=0.05)
-
-
-def make_worker(app: pgq.App, dsn: str, **options: Any) -> pgq.Worker:
-    settings: dict[str, Any] = {
-        "poll_seconds": FAST_POLL_SECONDS,
-        "lease_seconds": SHORT_LEASE_SECONDS,
-        "concurrency": 4,
-        "shutdown_grace_seconds": 5.0,
-        **options,
-    }
-    return pgq.Worker(app, dsn, **settings)
-
-
-@contextlib.asynccontextmanager
-async def running(worker: pgq.Worker) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``worker`` in the background; stop it gracefully (and surface its errors) at exit."""
-    task = asyncio.create_task(worker.run(), name="worker under test")
-    try:
-        yield task
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, STOP_TIMEOUT_SECONDS)
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[bool] | bool],
-    message: str | Callable[[], str],
-    *,
-    timeout: float = DEADLINE_SECONDS,
-    worker_task: asyncio.Task[None] | None = None,
-    interval: float = 0.05,
-) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout``, or at once if the worker died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if worker_task is not None and worker_task.done():
-            worker_task.result()  # raises what the worker died of
-            raise AssertionError("the worker stopped on its own")
-        if time.monotonic() > deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout:g}s: {text}")
-        await asyncio.sleep(interval)
-
-
-async def stays(predicate: Callable[[], Awaitable[bool]], seconds: float, message: str) -> None:
-    """Check that ``predicate`` keeps holding for ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert await predicate(), message
-        await asyncio.sleep(0.05)
-
-
-async def connect(dsn: str) -> AsyncConn:
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-
-
-async def enqueue(db: AsyncConn, task: str, args: dict[str, Any] | None = None, **kw: Any) -> int:
-    result = await pgq.enqueue_async(db, task, args, **kw)
-    return result.id
-
-
-async def fetch_job(db: AsyncConn, job_id: int) -> dict[str, Any]:
-    async with db.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(
-            "SELECT *, status::text AS status, now() AS db_now FROM pgq.jobs WHERE id = %s",
-            [job_id],
-        )
-        row = await cursor.fetchone()
-    assert row is not None, f"job {job_id} not found"
-    return row
-
-
-async def value(db: AsyncConn, statement: str, params: list[Any] | None = None) -> Any:
-    cursor = await db.execute(statement, params)
-    row = await cursor.fetchone()
-    assert row is not None
-    return row[0]
-
-
-def has_status(db: AsyncConn, job_id: int, status: str, **columns: Any) -> Callable[[], Any]:
-    async def check() -> bool:
-        job = await fetch_job(db, job_id)
-        return job["status"] == status and all(job[k] == v for k, v in columns.items())
-
-    return check
-
-
-def describe(dsn: str, job_id: int) -> Callable[[], str]:
-    """A failure message that shows the job's row as it stands (fetched synchronously)."""
-
-    def text() -> str:
-        with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-            row = conn.execute(
-                "SELECT id, task, status::text, attempts, run_at, locked_by, last_error "
-                "FROM pgq.jobs WHERE id = %s",
-                [job_id],
-            ).fetchone()
-        return f"job {job_id} is {row}"
-
-    return text
+from worker_helpers import (
+    FAST_POLL_SECONDS,
+    QUICK_RETRY,
+    SLOW_RETRY,
+    STOP_TIMEOUT_SECONDS,
+    AsyncConn,
+    connect,
+    describe,
+    enqueue,
+    eventually,
+    fetch_job,
+    has_status,
+    make_worker,
+    running,
+    value,
+)
 
 
 class Gauge:
@@ -554,7 +449,7 @@ def test_total_concurrency_holds_when_serving_several_queues(dsn: str) -> None:
     asyncio.run(scenario())
 
 
-# -- leases: the fence and heartbeats -------------------------------------------------------
+# -- leases: the fence ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("elsewhere", ["running", "succeeded"])
@@ -660,112 +555,6 @@ def test_async_handler_is_cancelled_when_its_lease_is_taken_over(dsn: str) -> No
                 after = await fetch_job(db, job_id)
         assert after["status"] == "running" and after["lease_token"] == before["lease_token"]
         assert after["locked_by"] == "other"
-
-    asyncio.run(scenario())
-
-
-def test_stale_run_finishing_late_does_not_drop_the_lease_of_the_jobs_newer_run(
-    dsn: str,
-) -> None:
-    """The worker re-claims its own rescued job while the stale run's thread still runs."""
-    app = pgq.App()
-    release_first = threading.Event()
-    release_second = threading.Event()
-    runs: list[int] = []
-    returned: list[int] = []
-
-    @app.task()
-    def export(ctx: pgq.JobContext) -> None:
-        runs.append(ctx.attempt)
-        (release_first if ctx.attempt == 1 else release_second).wait(30)
-        returned.append(ctx.attempt)
-
-    def rescue_now(job_id: int) -> None:
-        # What another worker's rescue does when this one stalled past its lease.
-        with psycopg.connect(dsn) as conn:
-            conn.execute(
-                "UPDATE pgq.jobs SET locked_until = now() - interval '1 second' WHERE id = %s",
-                [job_id],
-            )
-            rescued = rescue_stale_jobs(conn, "pgq", pgq.Retry(0.01, 0.01))
-        assert [job.id for job in rescued] == [job_id]
-
-    async def scenario() -> None:
-        worker = make_worker(app, dsn, lease_seconds=1.0)
-        async with await connect(dsn) as db:
-            job_id = await enqueue(db, "export")
-            try:
-                async with running(worker) as worker_task:
-                    await eventually(lambda: runs == [1], "first run", worker_task=worker_task)
-                    await asyncio.to_thread(rescue_now, job_id)
-                    await eventually(
-                        lambda: runs == [1, 2], "claimed again", worker_task=worker_task
-                    )
-                    release_first.set()
-                    await eventually(
-                        lambda: returned == [1] and worker.stats.counts["discarded"] == 1,
-                        "the stale run's result was discarded", worker_task=worker_task,
-                    )  # fmt: skip
-                    # Two leases and a rescue sweep later, the new run must still hold its job.
-                    await stays(
-                        has_status(db, job_id, "running", attempts=2), 2.5,
-                        "the running second attempt kept its lease",
-                    )  # fmt: skip
-                    release_second.set()
-                    await eventually(
-                        has_status(db, job_id, "succeeded"), describe(dsn, job_id),
-                        worker_task=worker_task,
-                    )  # fmt: skip
-                    job = await fetch_job(db, job_id)
-            finally:
-                release_first.set()
-                release_second.set()
-        assert runs == [1, 2]
-        assert job["attempts"] == 2
-        assert len(job["errors"]) == 1  # the one rescue
-
-    asyncio.run(scenario())
-
-
-def test_heartbeats_extend_the_lease_of_a_job_running_longer_than_it(dsn: str) -> None:
-    app = pgq.App()
-    runs: list[int] = []
-
-    @app.task()
-    def crunch(ctx: pgq.JobContext) -> None:
-        runs.append(ctx.attempt)
-        time.sleep(3)
-
-    async def scenario() -> None:
-        worker = make_worker(app, dsn, lease_seconds=1.0)
-        async with await connect(dsn) as db:
-            job_id = await enqueue(db, "crunch")
-            leases: list[Any] = []
-            async with running(worker) as worker_task:
-                await eventually(
-                    has_status(db, job_id, "running"), describe(dsn, job_id),
-                    worker_task=worker_task,
-                )  # fmt: skip
-
-                def rescue_once() -> None:
-                    with psycopg.connect(dsn, autocommit=True) as conn:
-                        rescue_stale_jobs(conn, "pgq")
-
-                async def finished() -> bool:
-                    # Rescue as eagerly as a fleet of peers would: a lapse would show.
-                    await asyncio.to_thread(rescue_once)
-                    job = await fetch_job(db, job_id)
-                    if job["locked_until"] is not None:
-                        leases.append(job["locked_until"])
-                    return bool(job["status"] != "running")
-
-                await eventually(finished, describe(dsn, job_id), worker_task=worker_task)
-            job = await fetch_job(db, job_id)
-        assert job["status"] == "succeeded"
-        assert job["attempts"] == 1 and job["errors"] == []
-        assert runs == [1]
-        assert len(set(leases)) >= 3, "locked_until moved forward with each heartbeat"
-        assert leases == sorted(leases)
 
     asyncio.run(scenario())
 

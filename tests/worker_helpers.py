@@ -1,17 +1,24 @@
-"""Plain helpers for the worker tests: deadlines, the ledger table, `pgq work` subprocesses."""
+"""Helpers for the worker tests: deadlines, the ledger table, `pgq work` subprocesses, and
+workers run in-process (``make_worker``, ``running``, ``eventually``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
+
+import pgq
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LEDGER_APP = "tests.apps.ledger:app"
@@ -169,3 +176,183 @@ class WorkerProcesses:
     def kill_all(self) -> None:
         for worker in self.started:
             worker.kill()
+
+
+# -- `pgq work` subprocesses and what they did ---------------------------------------------
+
+
+EXIT_SECONDS = 30.0
+
+
+def enqueue_jobs(dsn: str, specs: list[pgq.JobSpec]) -> list[int]:
+    with psycopg.connect(dsn) as conn:  # commits at exit
+        return pgq.enqueue_many(conn, specs)
+
+
+def jobs_by_id(dsn: str) -> dict[int, dict[str, Any]]:
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT *, status::text AS status FROM pgq.jobs").fetchall()
+    return {row["id"]: row for row in rows}
+
+
+def ledger_rows(dsn: str, event: str) -> list[tuple[int, int, int]]:
+    """(job id, attempt, pid) of every ledger row for ``event``, oldest first."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT job_id, attempt, pid FROM ledger WHERE event = %s ORDER BY at", [event]
+        ).fetchall()
+    return [(int(a), int(b), int(c)) for a, b, c in rows]
+
+
+def count_where(dsn: str, condition: str, params: list[Any] | None = None) -> int:
+    return int(scalar(dsn, f"SELECT count(*) FROM pgq.jobs WHERE {condition}", params))  # noqa: S608
+
+
+def listeners(dsn: str) -> int:
+    return int(
+        scalar(
+            dsn,
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query ILIKE 'LISTEN %%'",
+        )
+    )
+
+
+def all_succeeded(dsn: str, total: int) -> Callable[[], bool]:
+    def check() -> bool:
+        return status_counts(dsn).get("succeeded", 0) == total
+
+    return check
+
+
+def stop(worker: WorkerProcess, signum: int = signal.SIGTERM) -> int:
+    worker.signal(signum)
+    return worker.wait(EXIT_SECONDS)
+
+
+def worker_pid_pattern(worker: WorkerProcess | int) -> str:
+    """A LIKE pattern for ``locked_by`` (``host:pid:random``) of this worker process."""
+    pid = worker if isinstance(worker, int) else worker.pid
+    return f"%:{pid}:%"
+
+
+# -- workers in-process ----------------------------------------------------------------------
+
+AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+# Small timings keep the tests fast; deadlines stay generous for a busy 2-core machine.
+FAST_POLL_SECONDS = 0.1
+
+
+SHORT_LEASE_SECONDS = 2.0
+
+
+DEADLINE_SECONDS = 15.0
+
+
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+# A far-away retry, so that a failed job waits in `queued` until the test moves it.
+SLOW_RETRY = pgq.Retry(base_seconds=20.0, cap_seconds=30.0)
+
+
+QUICK_RETRY = pgq.Retry(base_seconds=0.05, cap_seconds=0.05)
+
+
+def make_worker(app: pgq.App, dsn: str, **options: Any) -> pgq.Worker:
+    settings: dict[str, Any] = {
+        "poll_seconds": FAST_POLL_SECONDS,
+        "lease_seconds": SHORT_LEASE_SECONDS,
+        "concurrency": 4,
+        "shutdown_grace_seconds": 5.0,
+        **options,
+    }
+    return pgq.Worker(app, dsn, **settings)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: pgq.Worker) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``worker`` in the background; stop it gracefully (and surface its errors) at exit."""
+    task = asyncio.create_task(worker.run(), name="worker under test")
+    try:
+        yield task
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, STOP_TIMEOUT_SECONDS)
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool] | bool],
+    message: str | Callable[[], str],
+    *,
+    timeout: float = DEADLINE_SECONDS,
+    worker_task: asyncio.Task[None] | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout``, or at once if the worker died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if worker_task is not None and worker_task.done():
+            worker_task.result()  # raises what the worker died of
+            raise AssertionError("the worker stopped on its own")
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:g}s: {text}")
+        await asyncio.sleep(interval)
+
+
+async def connect(dsn: str) -> AsyncConn:
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+
+async def enqueue(db: AsyncConn, task: str, args: dict[str, Any] | None = None, **kw: Any) -> int:
+    result = await pgq.enqueue_async(db, task, args, **kw)
+    return result.id
+
+
+async def fetch_job(db: AsyncConn, job_id: int) -> dict[str, Any]:
+    async with db.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            "SELECT *, status::text AS status, now() AS db_now FROM pgq.jobs WHERE id = %s",
+            [job_id],
+        )
+        row = await cursor.fetchone()
+    assert row is not None, f"job {job_id} not found"
+    return row
+
+
+async def value(db: AsyncConn, statement: str, params: list[Any] | None = None) -> Any:
+    cursor = await db.execute(statement, params)
+    row = await cursor.fetchone()
+    assert row is not None
+    return row[0]
+
+
+def has_status(db: AsyncConn, job_id: int, status: str, **columns: Any) -> Callable[[], Any]:
+    async def check() -> bool:
+        job = await fetch_job(db, job_id)
+        return job["status"] == status and all(job[k] == v for k, v in columns.items())
+
+    return check
+
+
+def describe(dsn: str, job_id: int) -> Callable[[], str]:
+    """A failure message that shows the job's row as it stands (fetched synchronously)."""
+
+    def text() -> str:
+        with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+            row = conn.execute(
+                "SELECT id, task, status::text, attempts, run_at, locked_by, last_error "
+                "FROM pgq.jobs WHERE id = %s",
+                [job_id],
+            ).fetchone()
+        return f"job {job_id} is {row}"
+
+    return text

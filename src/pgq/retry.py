@@ -7,6 +7,7 @@ rescue returning the job of a lost worker (pgq.rescue).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -48,9 +49,12 @@ def backoff_ceiling(attempt: int, policy: Retry) -> float:
     """The un-jittered delay after failed attempt number ``attempt`` (1-based)."""
     if attempt < 1:
         raise ValueError(f"attempt is 1-based, got {attempt}")
-    # Cap the exponent first: 2 ** 10_000 is a valid int but not a valid float.
-    exponent = min(attempt - 1, 64)
-    return min(policy.cap_seconds, policy.base_seconds * 2.0**exponent)
+    doublings = attempt - 1
+    # Past the cap, say so without computing base * 2 ** doublings: that overflows a
+    # float long before an attempt count ends (2.0 ** 1024 is an OverflowError).
+    if doublings >= math.log2(policy.cap_seconds) - math.log2(policy.base_seconds):
+        return policy.cap_seconds
+    return min(policy.cap_seconds, math.ldexp(policy.base_seconds, doublings))
 
 
 def backoff_seconds(attempt: int, policy: Retry, rng: random.Random | None = None) -> float:
