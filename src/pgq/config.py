@@ -8,6 +8,7 @@ import re
 import psycopg.conninfo
 
 from pgq.errors import ConfigError
+from pgq.job import DAY_SECONDS
 
 DEFAULT_SCHEMA = "pgq"
 DSN_ENV_VARS = ("PGQ_DSN", "DATABASE_URL")
@@ -106,7 +107,7 @@ def redact(text: str, dsn: str | None) -> str:
 
 
 _DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)\s*\Z")
-MAX_DURATION_SECONDS = 100 * 365 * 86_400.0
+MAX_DURATION_SECONDS = 100 * 365 * DAY_SECONDS
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -95,15 +95,15 @@ class OutcomeWriter:
             finally:
                 self.in_flight = 0
 
-    async def finish(self, runner: asyncio.Task[None], timeout_seconds: float) -> None:
+    async def finish(self, flusher: asyncio.Task[None], timeout_seconds: float) -> None:
         """At shutdown: wait (up to the timeout) until everything is written, then stop."""
         deadline = time.monotonic() + timeout_seconds
         self.wakeup.set()
         while (self.pending or self.in_flight) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        runner.cancel()
+        flusher.cancel()
         try:
-            await runner
+            await flusher
         except (asyncio.CancelledError, Exception):  # stopping anyway; pending is reported
             pass
         if self.pending:
