@@ -515,6 +515,23 @@ def test_dead_job_matches_is_true_only_for_dead_jobs_and_each_filter_narrows_it(
     assert matching(", died_before => now() - interval '3 hours'") == set()
 
 
+def test_dead_job_matches_is_false_not_null_for_a_dead_job_without_an_error(conn: Conn) -> None:
+    silent = seed_job(conn, "dead", last_error=None)
+    conn.execute(
+        "UPDATE pgq.jobs SET finished_at = NULL, last_error = NULL WHERE id = %s", [silent]
+    )
+
+    row = conn.execute(
+        "SELECT pgq.dead_job_matches(j, error_pattern => '%%'),"
+        " pgq.dead_job_matches(j, died_after => now() - interval '1 day'),"
+        " NOT pgq.dead_job_matches(j, died_before => now())"
+        " FROM pgq.jobs AS j WHERE j.id = %s",
+        [silent],
+    ).fetchone()
+
+    assert row == (False, False, True)
+
+
 # -- resolve_run_at (revision 0003) ---------------------------------------------------------
 
 

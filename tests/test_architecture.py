@@ -51,17 +51,28 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(path): path for path in SRC.rglob("*.py")}
 
 
+def absolute(importer: str, module: str | None, level: int) -> str:
+    """The module a ``from`` import names, relative ones (``from .x import y``) resolved."""
+    if level == 0:
+        return module or ""
+    package = importer if MODULES[importer].name == "__init__.py" else importer.rpartition(".")[0]
+    for _ in range(level - 1):
+        package = package.rpartition(".")[0]
+    return f"{package}.{module}" if module else package
+
+
 def imports_of(name: str) -> set[str]:
     """The pgq modules ``name`` imports, at the top or inside a function."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(MODULES[name].read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            base = absolute(name, node.module, node.level)
             for alias in node.names:
                 # `from pgq.worker import outcome` imports the module pgq.worker.outcome.
-                submodule = f"{node.module}.{alias.name}"
-                found.add(submodule if submodule in MODULES else node.module)
+                submodule = f"{base}.{alias.name}"
+                found.add(submodule if submodule in MODULES else base)
     return {module for module in found if module in MODULES and module != name}
 
 
@@ -122,6 +133,14 @@ def test_the_cycle_finder_finds_a_cycle_through_three_modules() -> None:
 
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_relative_imports_are_resolved_like_absolute_ones() -> None:
+    assert absolute("pgq.job", "worker", 1) == "pgq.worker"
+    assert absolute("pgq.worker.producer", "executor", 1) == "pgq.worker.executor"
+    assert absolute("pgq.worker.producer", "queries", 2) == "pgq.queries"
+    assert absolute("pgq.worker", "settings", 1) == "pgq.worker.settings"
+    assert absolute("pgq.worker.producer", None, 1) == "pgq.worker"
 
 
 def test_nothing_below_the_worker_imports_it() -> None:

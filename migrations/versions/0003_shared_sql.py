@@ -43,6 +43,9 @@ COMMENT ON FUNCTION {schema}.resolve_run_at(timestamptz, float8) IS
     'When a job enqueued with this run_at or delay first runs.';
 
 -- The dead-job filter of a requeue by filter; a NULL argument matches anything.
+-- Never NULL (a dead job without last_error against a pattern is false), so that
+-- NOT and FILTER read it as any other boolean; the terms stay separate so that the
+-- planner can still use each one.
 CREATE FUNCTION {schema}.dead_job_matches(
     job {schema}.jobs,
     task text DEFAULT NULL,
@@ -55,9 +58,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT job.status = 'dead'
        AND (dead_job_matches.task IS NULL OR job.task = dead_job_matches.task)
        AND (dead_job_matches.queue IS NULL OR job.queue = dead_job_matches.queue)
-       AND (error_pattern IS NULL OR job.last_error ILIKE error_pattern)
-       AND (died_after IS NULL OR job.finished_at >= died_after)
-       AND (died_before IS NULL OR job.finished_at < died_before)
+       AND (error_pattern IS NULL OR coalesce(job.last_error ILIKE error_pattern, false))
+       AND (died_after IS NULL OR coalesce(job.finished_at >= died_after, false))
+       AND (died_before IS NULL OR coalesce(job.finished_at < died_before, false))
 $$;
 
 COMMENT ON FUNCTION {schema}.dead_job_matches({schema}.jobs, {arguments}) IS

@@ -185,6 +185,11 @@ def work(
             raise ConfigError(f"--processes must be >= 1, got {processes}")
         if processes > MAX_PROCESSES:
             raise ConfigError(f"--processes must be <= {MAX_PROCESSES}, got {processes}")
+        if metrics_port and metrics_port + processes - 1 > 65535:
+            raise ConfigError(
+                f"--metrics-port {metrics_port} with --processes {processes}: child N serves "
+                f"on --metrics-port + N, and {metrics_port + processes - 1} is past 65535"
+            )
         # Built (and so checked) here even when children run it: a bad option
         # fails once, not in N children restarted forever.
         worker = Worker(

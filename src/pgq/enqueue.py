@@ -96,23 +96,36 @@ class TaskDefaults(Protocol):
 class JobSpec:
     """One job for ``enqueue_many``: a task, its args, and ``enqueue``'s options.
 
+    Options may be given as keywords, or as one ``options`` mapping (an
+    ``EnqueueOptions``), or both. Options left at their default are not kept, so
+    ``JobSpec("t") == JobSpec("t", {}, priority=0)``.
+
     Example: ``pgq.JobSpec("resize", {"id": 7}, queue="images", delay=60)``.
     """
 
     task: str | TaskDefaults
-    args: Mapping[str, Any] | None
+    args: Mapping[str, Any]
     options: EnqueueOptions
 
     def __init__(
         self,
         task: str | TaskDefaults,
         args: Mapping[str, Any] | None = None,
-        **options: Unpack[EnqueueOptions],
+        *,
+        options: EnqueueOptions | None = None,
+        **more_options: Unpack[EnqueueOptions],
     ) -> None:
-        _check_option_names(options, "JobSpec")
+        given = {**(options or {}), **more_options}
+        _check_option_names(given, "JobSpec")
+        chosen = {key: value for key, value in given.items() if not _is_default(key, value)}
         object.__setattr__(self, "task", task)
-        object.__setattr__(self, "args", args)
-        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "args", {} if args is None else args)
+        object.__setattr__(self, "options", chosen)
+
+
+def _is_default(option: str, value: object) -> bool:
+    """Is this the value an option has when it is not given (None, or priority 0)?"""
+    return value is None or (option == "priority" and type(value) is int and value == 0)
 
 
 class PlannedJob(NamedTuple):
@@ -314,8 +327,9 @@ def _plan_enqueue(
     args: Mapping[str, Any] | None,
     options: EnqueueOptions,
     schema: str | None,
+    caller: str,
 ) -> tuple[sql.SQL, dict[str, Any]]:
-    _check_option_names(options, "enqueue")
+    _check_option_names(options, caller)
     return plan_job(task, args, options).statement(resolve_schema(schema))
 
 
@@ -345,7 +359,7 @@ def enqueue(
             conn.execute("INSERT INTO orders (id) VALUES (%s)", [order_id])
             pgq.enqueue(conn, "send_confirmation", {"order_id": order_id})
     """
-    statement, params = _plan_enqueue(task, args, options, schema)
+    statement, params = _plan_enqueue(task, args, options, schema, "enqueue")
     # A cursor of our own: the caller's connection may use dict_row or another factory.
     with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
         return _result(cursor.execute(statement, params).fetchone())
@@ -360,7 +374,7 @@ async def enqueue_async(
     **options: Unpack[EnqueueOptions],
 ) -> EnqueueResult:
     """``enqueue`` for an ``AsyncConnection``: same arguments, same contract."""
-    statement, params = _plan_enqueue(task, args, options, schema)
+    statement, params = _plan_enqueue(task, args, options, schema, "enqueue_async")
     with _schema_errors(schema):
         async with conn.cursor(row_factory=tuple_row) as cursor:
             await cursor.execute(statement, params)

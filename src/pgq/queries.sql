@@ -222,23 +222,47 @@ FROM locked
 WHERE j.id = locked.id
 RETURNING j.id;
 
--- lock_stale_jobs: lock up to %(limit)s running jobs whose lease expired, oldest expiry first; SKIP LOCKED keeps two rescuers apart
+-- find_stale_jobs: up to %(limit)s running jobs whose lease expired, oldest expiry first; read without a lock (rescue_jobs checks each one again under its lock)
 -- pgq.rescue decides each one's fate (retry after a backoff, or dead) with the
--- same policy as a handler's failure (pgq.retry), then writes it with rescue_jobs
--- in the same transaction.
+-- same policy as a handler's failure (pgq.retry), then writes it with rescue_jobs.
 SELECT id, attempts, max_attempts
 FROM {schema}.jobs
 WHERE status = 'running'
   AND locked_until < now()
 ORDER BY locked_until
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED;
+LIMIT %(limit)s;
 
--- rescue_jobs: requeue after its delay, or kill (no delay), each job lock_stale_jobs locked (edges: running -> queued | dead)
+-- rescue_jobs: requeue after its delay, or kill (no delay), each job find_stale_jobs read that is still as it was read; SKIP LOCKED keeps two rescuers apart (edges: running -> queued | dead)
+-- One statement, so that no lock outlives it: a rescuer paused between two round
+-- trips would otherwise block the heartbeats of workers still running those jobs.
+-- A job whose lease was extended meanwhile, that finished, or whose attempts changed
+-- (its delay was decided for the count read) is left alone. Rows are locked in id
+-- order, as extend_leases and finish_jobs lock them.
+WITH decided AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::bigint[],
+        %(attempts)s::integer[],
+        %(max_attempts)s::integer[],
+        %(delays_seconds)s::float8[]
+    ) AS decided(id, attempts, max_attempts, delay_seconds)
+),
+stale AS MATERIALIZED (
+    SELECT j.id, decided.delay_seconds
+    FROM {schema}.jobs AS j
+    JOIN decided
+      ON decided.id = j.id
+     AND decided.attempts = j.attempts
+     AND decided.max_attempts = j.max_attempts
+    WHERE j.status = 'running'
+      AND j.locked_until < now()
+    ORDER BY j.id
+    FOR UPDATE OF j SKIP LOCKED
+)
 UPDATE {schema}.jobs AS j
-SET status = CASE WHEN rescue.delay_seconds IS NULL THEN 'dead' ELSE 'queued' END::{schema}.job_status,
-    run_at = coalesce(now() + rescue.delay_seconds * interval '1 second', j.run_at),
-    finished_at = CASE WHEN rescue.delay_seconds IS NULL THEN now() END,
+SET status = CASE WHEN stale.delay_seconds IS NULL THEN 'dead' ELSE 'queued' END::{schema}.job_status,
+    run_at = coalesce(now() + stale.delay_seconds * interval '1 second', j.run_at),
+    finished_at = CASE WHEN stale.delay_seconds IS NULL THEN now() END,
     locked_until = NULL,
     locked_by = NULL,
     last_error = 'worker lost: ' || coalesce(j.locked_by, 'unknown worker')
@@ -248,9 +272,8 @@ SET status = CASE WHEN rescue.delay_seconds IS NULL THEN 'dead' ELSE 'queued' EN
         'at', now(),
         'worker', j.locked_by,
         'error', 'worker lost: lease expired at ' || j.locked_until::text))
-FROM unnest(%(ids)s::bigint[], %(delays_seconds)s::float8[]) AS rescue(id, delay_seconds)
-WHERE j.id = rescue.id
-  AND j.status = 'running'
+FROM stale
+WHERE j.id = stale.id
 RETURNING j.id, j.task, j.queue, j.attempts, j.status::text AS status;
 
 -- try_migration_lock: serialise concurrent `pgq migrate` runs (session-level, polled)

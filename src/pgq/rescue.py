@@ -43,27 +43,27 @@ def rescue_stale_jobs(
     dead after ``max_attempts`` instead of taking the fleet down forever. Rescue
     does not know the task's own retry policy (no worker may have it), so
     ``policy`` is the default one. ``conn`` must be in autocommit mode: each
-    batch is a transaction of its own.
+    statement commits on its own, and no lock is held between them.
     """
     rescued: list[RescuedJob] = []
     while True:
-        with conn.transaction():
-            stale = conn.execute(query("lock_stale_jobs", schema), {"limit": RESCUE_BATCH})
-            ids, delays = [], []
-            for job_id, attempts, max_attempts in stale.fetchall():
-                ids.append(job_id)
-                # A row an operator set running by hand may show 0 attempts.
-                delays.append(retry_delay(max(attempts, 1), max_attempts, policy))
-            rows = []
-            if ids:
-                params = {"ids": ids, "delays_seconds": delays}
-                rows = conn.execute(query("rescue_jobs", schema), params).fetchall()
-        batch = [RescuedJob(*row) for row in rows]
+        stale = conn.execute(query("find_stale_jobs", schema), {"limit": RESCUE_BATCH}).fetchall()
+        if not stale:
+            return rescued
+        params = {
+            "ids": [job_id for job_id, _, _ in stale],
+            "attempts": [attempts for _, attempts, _ in stale],
+            "max_attempts": [most for _, _, most in stale],
+            "delays_seconds": [retry_delay(attempts, most, policy) for _, attempts, most in stale],
+        }
+        batch = [RescuedJob(*row) for row in conn.execute(query("rescue_jobs", schema), params)]
         rescued.extend(batch)
         for job in batch:
             log.warning(
                 "rescued job %s (%s, queue %s) after its worker lost the lease: attempt %s, now %s",
                 job.id, job.task, job.queue, job.attempts, job.status,
             )  # fmt: skip
-        if len(ids) < RESCUE_BATCH:
+        # A short read is the last batch; a batch another rescuer (or a finishing worker)
+        # took entirely is left to the next run rather than read again at once.
+        if len(stale) < RESCUE_BATCH or not batch:
             return rescued

@@ -61,7 +61,8 @@ def backoff_seconds(attempt: int, policy: Retry, rng: random.Random | None = Non
     """The delay before retrying after failed attempt ``attempt``: in [ceiling/2, ceiling]."""
     ceiling = backoff_ceiling(attempt, policy)
     draw = (rng or random).random()
-    return ceiling / 2 + draw * ceiling / 2
+    # Clamped: with subnormal floats (a base near 1e-323 s) the sum can round outside.
+    return min(ceiling, max(ceiling / 2, ceiling / 2 + draw * ceiling / 2))
 
 
 def retry_delay(
@@ -69,8 +70,9 @@ def retry_delay(
 ) -> float | None:
     """Seconds until the next attempt after attempt ``attempt`` failed; None if none is left.
 
-    None means the job is dead: it used its last attempt.
+    None means the job is dead: it used its last attempt. An attempt count of 0
+    (a row set running by hand) waits as attempt 1 does.
     """
     if attempt >= max_attempts:
         return None
-    return backoff_seconds(attempt, policy, rng)
+    return backoff_seconds(max(attempt, 1), policy, rng)

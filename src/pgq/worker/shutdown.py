@@ -8,6 +8,7 @@ back). A second signal: exit now; leases return the unfinished jobs later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -15,12 +16,15 @@ import time
 from collections.abc import Callable
 
 from pgq.worker.executor import Executor
+from pgq.worker.outcome_writer import OutcomeWriter
 
 log = logging.getLogger("pgq.worker")
 
 DUPLICATE_SIGNAL_SECONDS = 1.0
 #: After the grace period, how long handed-back jobs get to record their hand back.
 HAND_BACK_SECONDS = 5.0
+#: Then how long the outcome writer gets to write what is left.
+FINAL_FLUSH_SECONDS = 15.0
 
 
 class SignalHandler:
@@ -72,3 +76,25 @@ async def finish_running_jobs(executor: Executor, grace_seconds: float) -> None:
         await asyncio.wait(
             [run.future for run in leftovers if run.future is not None], timeout=HAND_BACK_SECONDS
         )
+
+
+async def stop_running(
+    executor: Executor,
+    writer: OutcomeWriter,
+    grace_seconds: float,
+    flusher: asyncio.Task[None],
+    *others: asyncio.Task[None],
+) -> None:
+    """End running jobs, write their outcomes, and leave no task or thread pool behind.
+
+    ``flusher`` is the writer's task; ``others`` (the LISTEN task) are cancelled.
+    """
+    try:
+        await finish_running_jobs(executor, grace_seconds)
+        await writer.finish(flusher, FINAL_FLUSH_SECONDS)
+    finally:
+        for task in others:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        executor.close()

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from pgq.connection import Backoff
+
 log = logging.getLogger("pgq.supervisor")
 
 POLL_SECONDS = 0.2
@@ -39,7 +41,7 @@ class Supervisor:
         self.grace_seconds = grace_seconds
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.started_at: dict[int, float] = {}
-        self.quick_deaths: dict[int, int] = {}
+        self.restart_backoffs: dict[int, Backoff] = {}  # by slot: its children dying young
         self.restart_at: dict[int, float] = {}
         self.signals = 0
         self.alive_at_stop: set[int] = set()
@@ -86,12 +88,12 @@ class Supervisor:
         if slot in self.restart_at:
             return
         lived = time.monotonic() - self.started_at[slot]
-        self.quick_deaths[slot] = (
-            0 if lived > HEALTHY_LIFETIME_SECONDS else self.quick_deaths.get(slot, 0) + 1
-        )
-        delay = min(MAX_RESTART_DELAY_SECONDS, 0.5 * 2 ** max(0, self.quick_deaths[slot] - 1))
-        if self.quick_deaths[slot] == 0:
+        backoff = self.restart_backoffs.setdefault(slot, Backoff(0.5, MAX_RESTART_DELAY_SECONDS))
+        if lived > HEALTHY_LIFETIME_SECONDS:
+            backoff.succeeded()
             delay = 0.0
+        else:
+            delay = backoff.failed()
         alone = not any(c.poll() is None for s, c in self.children.items() if s != slot)
         if returncode < 0 and alone:
             # Killed from outside (an OOM killer, an operator) and no other child is

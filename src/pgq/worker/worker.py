@@ -9,7 +9,6 @@ docstring (pgq/worker/__init__.py) maps them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -29,12 +28,10 @@ from pgq.worker.outcome import Outcome
 from pgq.worker.outcome_writer import OutcomeWriter
 from pgq.worker.producer import Producer
 from pgq.worker.settings import PRUNE_INTERVAL_SECONDS, WorkerSettings
-from pgq.worker.shutdown import SignalHandler, finish_running_jobs
+from pgq.worker.shutdown import SignalHandler, stop_running
 from pgq.worker.stats import WorkerStats
 
 log = logging.getLogger("pgq.worker")
-
-FINAL_FLUSH_SECONDS = 15.0
 
 
 class Worker:
@@ -142,7 +139,8 @@ class Worker:
             try:
                 await self.producer.run(pool, writer)
             finally:
-                await self._stop(writer, *background)
+                grace = settings.shutdown_grace_seconds
+                await stop_running(self.executor, writer, grace, *background)
         finally:
             # Last: leases must be extended until every outcome is written.
             for thread in (heartbeat, maintenance):
@@ -150,20 +148,6 @@ class Worker:
                     thread.stop()
             await pool.close()
             self.stats.stop_serving()
-
-    async def _stop(
-        self, writer: OutcomeWriter, flusher: asyncio.Task[None], *others: asyncio.Task[None]
-    ) -> None:
-        """End running jobs, write their outcomes, and leave no task or thread behind."""
-        try:
-            await finish_running_jobs(self.executor, self.settings.shutdown_grace_seconds)
-            await writer.finish(flusher, FINAL_FLUSH_SECONDS)
-        finally:
-            for task in others:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self.executor.close()
         log.info("worker %s stopped: %s", self.name, dict(self.stats.counts))
 
     # -- what the parts tell each other ------------------------------------------
