@@ -84,6 +84,19 @@ def test_work_child_without_its_spec_says_it_is_started_by_pgq_work_processes() 
     )
 
 
+def test_a_metrics_port_range_past_65535_is_refused_before_any_child_starts() -> None:
+    result = runner.invoke(
+        app,
+        ["work", LEDGER_APP, "--dsn", "host=127.0.0.1 dbname=unused", "--processes", "3",
+         "--metrics-port", "65534"],
+        env=NO_PGQ_SETTINGS,
+    )  # fmt: skip
+
+    line = one_error_line(result)
+    assert "--metrics-port 65534 with --processes 3" in line
+    assert "65536 is past 65535" in line
+
+
 def test_work_child_is_hidden_from_the_help() -> None:
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
 

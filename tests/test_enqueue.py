@@ -4,6 +4,8 @@ commit, deduplicate, and refuse bad input before anything is written."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import pickle
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -821,3 +823,32 @@ def test_job_spec_options_reach_the_row_through_either_enqueue_many(
 
         assert stored_rows(conn) == [SPEC_ROWS[name][1] for name in names]
         assert (len(result) if isinstance(result, list) else result) == len(specs)
+
+
+# -- JobSpec values ---------------------------------------------------------------------------
+
+
+def test_job_specs_that_enqueue_the_same_job_are_equal() -> None:
+    assert JobSpec("t") == JobSpec("t", {}) == JobSpec("t", None, priority=0, queue=None)
+    assert JobSpec("t", queue="q") == JobSpec("t", options={"queue": "q"})
+    assert JobSpec("t", queue="q") != JobSpec("t")
+    assert JobSpec("t").args == {}
+
+
+def test_job_spec_options_may_come_as_a_mapping_and_keywords_together() -> None:
+    stored: pgq.EnqueueOptions = {"queue": "q", "priority": 3}
+
+    spec = JobSpec("t", {"n": 1}, options=stored, priority=7)
+
+    assert spec.options == {"queue": "q", "priority": 7}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'queu'"):
+        JobSpec("t", options={"queu": "q"})  # type: ignore[arg-type]
+
+
+def test_a_job_spec_can_be_copied_with_a_change() -> None:
+    spec = JobSpec("t", {"n": 1}, queue="q", delay=5)
+
+    changed = dataclasses.replace(spec, task="u")
+
+    assert (changed.task, changed.args, changed.options) == ("u", {"n": 1}, spec.options)
+    assert pickle.loads(pickle.dumps(spec)) == spec

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 import pgq
+from pgq.queries import query
 from pgq.rescue import RESCUE_BATCH, RescuedJob, rescue_stale_jobs
 from seeding import WORKER_NAME, Conn, fetch_job, seed_job
 from worker_helpers import (
@@ -126,6 +127,32 @@ def test_a_running_job_with_no_attempt_counted_is_rescued_as_its_first(db: Conn)
 
     assert rescued == [RescuedJob(job_id, "task", "default", 0, "queued")]
     assert 0.5 <= delay_seconds(db, job_id) <= 1.0
+
+
+def test_a_job_at_zero_of_one_attempts_is_queued_not_killed(db: Conn) -> None:
+    job_id = seed_job(db, "running", lease_in=-1, attempts=0, max_attempts=1)
+
+    assert rescue_stale_jobs(db, "pgq") == [RescuedJob(job_id, "task", "default", 0, "queued")]
+
+
+def test_the_write_leaves_alone_a_job_that_changed_since_it_was_read(db: Conn) -> None:
+    # rescue_jobs checks each job again under its lock: the delay was decided for what
+    # find_stale_jobs read, so a renewed lease or a moved attempt count means hands off.
+    renewed = seed_job(db, "running", lease_in=30, attempts=1)
+    reclaimed = seed_job(db, "running", lease_in=-1, attempts=2)
+    finished = seed_job(db, "succeeded", attempts=1)
+    before = all_rows(db)
+    decided = {
+        "ids": [renewed, reclaimed, finished],
+        "attempts": [1, 1, 1],  # reclaimed was read at attempt 1: it is at 2 now
+        "max_attempts": [5, 5, 5],
+        "delays_seconds": [1.0, 1.0, None],
+    }
+
+    written = db.execute(query("rescue_jobs", "pgq"), decided).fetchall()
+
+    assert written == []
+    assert all_rows(db) == before
 
 
 def test_jobs_whose_lease_has_not_expired_are_left_alone(db: Conn) -> None:
