@@ -405,8 +405,20 @@ class _BulkEnqueue:
         self.ids: list[int] = []
         self.created = 0
         self.queues: set[str] = set()
-        self.create_staging = query("create_enqueue_staging", self.schema)
         self._jobs = jobs
+
+    def staging(self, autocommit: bool) -> tuple[sql.SQL | None, sql.SQL | None]:
+        """Where the staging table is created: (before the savepoint, inside it).
+
+        Outside autocommit, before: that statement opens the caller's transaction if
+        none is open yet, so that conn.transaction() is a savepoint (on an idle
+        connection it would BEGIN and COMMIT a transaction of its own, behind the
+        caller's back). In autocommit, inside: the table then exists in the same
+        transaction as the COPY, as PgBouncer in transaction mode needs (the next
+        transaction may be served by another server connection).
+        """
+        create = query("create_enqueue_staging", self.schema)
+        return (create, None) if not autocommit else (None, create)
 
     def chunks(self) -> Iterator[_Chunk]:
         planned = map(_plan_spec, self._jobs)
@@ -514,12 +526,13 @@ def enqueue_many(
             pgq.enqueue_many(conn, (pgq.JobSpec("resize", {"id": i}) for i in ids))
     """
     bulk = _BulkEnqueue(jobs, schema, return_ids)
+    before, inside = bulk.staging(conn.autocommit)
     with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
-        # Outside autocommit, this opens the caller's transaction if none is open
-        # yet, so conn.transaction() is a savepoint: on an idle connection it would
-        # BEGIN and COMMIT a transaction of its own, behind the caller's back.
-        cursor.execute(bulk.create_staging)
+        if before is not None:
+            cursor.execute(before)
         with conn.transaction():
+            if inside is not None:
+                cursor.execute(inside)
             for chunk in bulk.chunks():
                 with cursor.copy(chunk.copy) as copy:
                     for row in chunk.rows:
@@ -565,10 +578,14 @@ async def enqueue_many_async(
 ) -> list[int] | int:
     """``enqueue_many`` for an ``AsyncConnection``: the same steps, awaited."""
     bulk = _BulkEnqueue(jobs, schema, return_ids)
+    before, inside = bulk.staging(conn.autocommit)
     with _schema_errors(schema):
         async with conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(bulk.create_staging)  # see enqueue_many
+            if before is not None:
+                await cursor.execute(before)
             async with conn.transaction():
+                if inside is not None:
+                    await cursor.execute(inside)
                 for chunk in bulk.chunks():
                     async with cursor.copy(chunk.copy) as copy:
                         for row in chunk.rows:
