@@ -78,7 +78,9 @@ def migrate(
     except psycopg.OperationalError as error:
         fail(f"cannot connect to {describe_dsn(dsn or '')}: {error}", dsn)
     except psycopg.ProgrammingError as error:
-        fail(f"invalid DSN: {error}", dsn)
+        # A DSN libpq cannot parse has no SQLSTATE; an error from the server
+        # (permission denied, ...) is one, and must not be blamed on the DSN.
+        fail(f"invalid DSN: {error}" if error.sqlstate is None else f"cannot migrate: {error}", dsn)
     except Exception as error:
         from alembic.util import CommandError
 

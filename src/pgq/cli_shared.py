@@ -66,7 +66,10 @@ def database(
         dsn = resolve_dsn(dsn_option)
         schema = resolve_schema(schema_option)
         try:
-            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+            # No prepared statements: behind PgBouncer in transaction mode (< 1.21) the
+            # next transaction may reach a server connection that never saw them, and a
+            # requeue of many pages repeats its statements past psycopg's threshold.
+            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, prepare_threshold=None)
         except psycopg.ProgrammingError as error:
             fail(f"invalid DSN: {error}", dsn)
         except psycopg.OperationalError as error:

@@ -30,7 +30,11 @@ def _connection() -> psycopg.Connection[tuple[int, ...]]:
     """One connection per handler thread, reopened after a database restart."""
     conn: psycopg.Connection[tuple[int, ...]] | None = getattr(_local, "conn", None)
     if conn is None or conn.closed or conn.broken:
-        conn = psycopg.connect(os.environ["PGQ_DSN"], autocommit=True, connect_timeout=5)
+        # No prepared statements: test_pgbouncer.py runs this app behind PgBouncer in
+        # transaction mode, where the next INSERT may reach another server connection.
+        conn = psycopg.connect(
+            os.environ["PGQ_DSN"], autocommit=True, connect_timeout=5, prepare_threshold=None
+        )
         _local.conn = conn
     return conn
 
