@@ -147,6 +147,19 @@ def test_get_job_returns_args_error_history_lease_and_dedupe_key(db: Conn) -> No
     assert job.as_dict()["args"] == {"order": 7, "cents": 1999}
 
 
+def test_get_job_shows_args_python_cannot_decode_as_their_json_text(db: Conn) -> None:
+    # Written past pgq's checks: the row must not break the operator's view of it.
+    row = db.execute(
+        "INSERT INTO pgq.jobs (task, args) VALUES ('t', '{\"n\": 1e5000}') RETURNING id"
+    ).fetchone()
+    assert row is not None
+
+    found = admin.get_job(db, row[0])
+
+    assert isinstance(found.args, str)
+    assert found.args.startswith('{"n": 1000') and len(found.args) == 5_008
+
+
 def test_get_job_of_an_unknown_id_raises_job_not_found(db: Conn) -> None:
     with pytest.raises(pgq.JobNotFoundError, match="no job with id 999") as raised:
         admin.get_job(db, 999)

@@ -227,7 +227,7 @@ MORE_BAD_JOBS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("args_nul_deep_inside", {"args": {"a": [{"b": "c\x00"}]}}, InvalidJobError, "NUL"),
     ("args_lone_surrogate_key", {"args": {"\udc80": 1}}, InvalidJobError, "JSON"),
     ("args_bytes", {"args": {"b": b"x"}}, InvalidJobError, "JSON-serialisable"),
-    ("args_nested_too_deep", {"args": {"deep": DEEP}}, InvalidJobError, "JSON-serialisable"),
+    ("args_nested_too_deep", {"args": {"deep": DEEP}}, InvalidJobError, "levels deep"),
     ("schema_upper_case", {"schema": "Pgq"}, ConfigError, "invalid schema name"),
     ("schema_sql_fragment", {"schema": 'pgq"; DROP TABLE pgq.jobs; --'}, ConfigError,
      "invalid schema name"),

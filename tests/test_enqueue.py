@@ -852,3 +852,74 @@ def test_a_job_spec_can_be_copied_with_a_change() -> None:
 
     assert (changed.task, changed.args, changed.options) == ("u", {"n": 1}, spec.options)
     assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+# -- only what a worker can run ---------------------------------------------------------------
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """Args ``levels`` deep, the args object counting as the first."""
+    inner: list[Any] = []
+    args: dict[str, Any] = {"a": inner}
+    for _ in range(levels - 2):
+        inner.append([])
+        inner = inner[0]
+    return args
+
+
+def test_args_nested_as_deep_as_the_limit_are_enqueued_and_one_more_level_is_refused(
+    rollback_conn: Conn,
+) -> None:
+    from pgq.job import MAX_ARGS_DEPTH
+
+    pgq.enqueue(rollback_conn, "t", nested(MAX_ARGS_DEPTH))
+    with pytest.raises(InvalidJobError, match="nest more than 100 levels deep"):
+        pgq.enqueue(rollback_conn, "t", nested(MAX_ARGS_DEPTH + 1))
+    with pytest.raises(InvalidJobError, match="nest more than 100 levels deep"):
+        pgq.enqueue_many(rollback_conn, [JobSpec("t", nested(990))])
+
+
+@pytest.mark.parametrize(
+    "run_at",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),  # 1 BC in UTC
+        datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14))),  # year 10000
+        datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(9999, 1, 1, tzinfo=UTC),
+    ],
+    ids=["1 BC", "year 10000", "before 1970", "9999-01-01"],
+)
+def test_a_run_at_outside_the_range_every_tool_can_handle_is_refused(
+    rollback_conn: Conn, run_at: datetime
+) -> None:
+    with pytest.raises(InvalidJobError, match="run_at must be from 1970-01-01 to before 9999"):
+        pgq.enqueue(rollback_conn, "t", run_at=run_at)
+
+
+def test_run_at_at_both_ends_of_the_range_is_enqueued(rollback_conn: Conn) -> None:
+    first = pgq.enqueue(rollback_conn, "t", run_at=datetime(1970, 1, 1, tzinfo=UTC))
+    last = pgq.enqueue(rollback_conn, "t", run_at=datetime(9998, 12, 31, 23, 59, tzinfo=UTC))
+
+    assert fetch_job(rollback_conn, first.id)["run_at"].year == 1970
+    assert fetch_job(rollback_conn, last.id)["run_at"].year == 9998
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queue": ["default"]}, "invalid queue name \\['default'\\]"),
+        ({"queue": {"a": 1}}, "invalid queue name"),
+        ({"dedupe_key": "\ud800"}, "dedupe_key must be a string .* without NUL or lone surrogates"),
+        ({"priority": 10**5000}, "priority must be between 0 and"),
+    ],
+    ids=["queue list", "queue dict", "lone surrogate key", "huge priority"],
+)
+def test_values_that_used_to_escape_as_other_errors_are_invalid_job_errors(
+    rollback_conn: Conn, options: dict[str, Any], message: str
+) -> None:
+    before = count_jobs(rollback_conn)
+
+    with pytest.raises(InvalidJobError, match=message):
+        pgq.enqueue(rollback_conn, "t", **options)
+
+    assert count_jobs(rollback_conn) == before

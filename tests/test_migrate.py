@@ -333,6 +333,27 @@ def test_unreachable_server_fails_clearly_without_printing_the_password(
     assert "Traceback" not in result.stderr
 
 
+def test_an_error_from_the_server_is_named_as_one_not_blamed_on_the_dsn(
+    dsn: str, pg_admin_dsn: str
+) -> None:
+    """A login that may not read pgq's schema gets the server's error, not "invalid DSN"."""
+    role, password = f"pgq_test_outsider_{secrets.token_hex(4)}", secrets.token_hex(8)
+    create = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(create.format(sql.Identifier(role), sql.Literal(password)))
+    try:
+        result = run_pgq("migrate", "--dsn", make_conninfo(dsn, user=role, password=password))
+    finally:
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+    assert result.returncode == 1
+    text = output(result)
+    assert "error: cannot migrate: permission denied for schema pgq" in text, text
+    assert "invalid DSN" not in text
+    assert "Traceback" not in result.stderr
+
+
 # --- living beside the application's own Alembic ------------------------------------------
 
 
@@ -411,6 +432,7 @@ def test_check_schema_names_the_fix_when_pgq_was_never_migrated(empty_dsn: str) 
 # --- revision 0003: one run_at rule, one dead-job filter ------------------------------------
 
 NEW_IN_0003 = ("resolve_run_at", "dead_job_matches", "requeueable_dead_job_ids")
+NEW_IN_0004 = ("run_at_in_range",)
 
 
 def functions(dsn: str, schema: str = "pgq") -> dict[str, str]:
@@ -468,6 +490,35 @@ def test_upgrade_from_0002_keeps_every_job_and_adds_the_shared_functions(
         ids["queued"]: "queued", ids["scheduled"]: "queued", ids["dead_charge"]: "queued",
         ids["dead_email"]: "dead", enqueued.id: "queued",
     }  # fmt: skip
+
+
+def test_upgrade_to_0004_moves_run_at_values_no_tool_can_handle_into_the_range(
+    empty_dsn: str,
+) -> None:
+    pgq.migrate.migrate(empty_dsn, revision="0003")
+    with psycopg.connect(empty_dsn) as conn:  # commits at exit
+        conn.execute(
+            "INSERT INTO pgq.jobs (task, run_at) VALUES"
+            " ('never', 'infinity'), ('far', '20000-01-01'), ('due', '-infinity'),"
+            " ('old', '1900-01-01'), ('fine', '2030-06-01')"
+        )
+    with psycopg.connect(empty_dsn) as conn, pytest.raises(psycopg.errors.DataError):
+        conn.execute("SELECT * FROM pgq.queue_stats")  # what `pgq stats` reads, broken at 0003
+
+    migrate_ok(empty_dsn)
+
+    with psycopg.connect(empty_dsn) as conn:
+        rows: dict[str, str] = dict(
+            conn.execute("SELECT task, run_at::text FROM pgq.jobs").fetchall()
+        )
+    assert rows == {
+        "never": "9998-12-31 00:00:00+00", "far": "9998-12-31 00:00:00+00",
+        "due": "1970-01-01 00:00:00+00", "old": "1970-01-01 00:00:00+00",
+        "fine": "2030-06-01 00:00:00+00",
+    }  # fmt: skip
+    for command in ("stats", "jobs"):
+        result = run_pgq(command, "--dsn", empty_dsn)
+        assert result.returncode == 0, output(result)
 
 
 def test_downgrade_to_0002_restores_its_requeue_dead_and_up_again_restores_0003(
@@ -529,10 +580,11 @@ def drop_roles(dsn: str, roles: list[str]) -> None:
 
 
 def roles_script_of_0002(conn: Conn, schema: str) -> str:
-    """What `pgq roles` applied before revision 0003: today's script without 0003's functions."""
+    """What `pgq roles` applied before revision 0003: today's script without later functions."""
     script = roles_sql(schema).as_string(conn)
-    kept = [line for line in script.splitlines() if not any(f in line for f in NEW_IN_0003)]
-    assert len(kept) == len(script.splitlines()) - 3, "one grant line per new function"
+    later = (*NEW_IN_0003, *NEW_IN_0004)
+    kept = [line for line in script.splitlines() if not any(f in line for f in later)]
+    assert len(kept) == len(script.splitlines()) - len(later), "one grant line per function"
     return "\n".join(kept)
 
 

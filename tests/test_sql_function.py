@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
@@ -174,3 +175,53 @@ def test_database_job_statuses_equal_the_python_enum_in_order(conn: Conn) -> Non
     rows = conn.execute("SELECT unnest(enum_range(NULL::pgq.job_status))::text").fetchall()
 
     assert [row[0] for row in rows] == [status.value for status in JobStatus]
+
+
+# -- what a worker can run, and what every tool can show (revision 0004) ----------------------
+
+DEEP = "[" * 100 + "]" * 100  # with the args object, 101 levels: one too many
+DEEP_ENOUGH = "[" * 99 + "]" * 99  # exactly 100 levels
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ('{"n": 1e5000}', "hold a number of 4,301 digits or more"),
+        ('{"n": -1e4300}', "hold a number of 4,301 digits or more"),
+        ('{"a": ' + DEEP + "}", "nest more than 100 levels deep"),
+        ('{"a": ' + "[" * 3000 + "]" * 3000 + "}", "nest more than 100 levels deep"),
+    ],
+    ids=["5001 digits", "4301 digits", "101 levels", "3000 levels"],
+)
+def test_enqueue_from_sql_refuses_args_a_worker_could_not_decode(
+    conn: Conn, args: str, message: str
+) -> None:
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=message):
+        conn.execute("SELECT * FROM pgq.enqueue('t', %s::jsonb)", [args])
+
+
+def test_enqueue_from_sql_takes_args_at_the_limits_and_a_worker_decodes_them(conn: Conn) -> None:
+    args = '{"n": 9.99e4299, "deep": ' + DEEP_ENOUGH + "}"
+    row = conn.execute("SELECT id FROM pgq.enqueue('t', %s::jsonb)", [args]).fetchone()
+    assert row is not None
+
+    text = conn.execute("SELECT args::text FROM pgq.jobs WHERE id = %s", [row[0]]).fetchone()
+    assert text is not None
+    decoded = json.loads(text[0])  # as the worker's claim does
+    assert len(str(decoded["n"])) == 4300
+
+
+@pytest.mark.parametrize("run_at", ["infinity", "-infinity", "20000-01-01", "9999-01-01 00:00Z"])
+def test_enqueue_from_sql_refuses_a_run_at_outside_the_range(conn: Conn, run_at: str) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="run_at must be from 1970"):
+        conn.execute("SELECT * FROM pgq.enqueue('t', run_at => %s::timestamptz)", [run_at])
+
+
+def test_no_row_outside_the_run_at_range_can_be_written_at_all(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_run_at_in_range"):
+        conn.execute("INSERT INTO pgq.jobs (task, run_at) VALUES ('t', 'infinity')")
+    conn.rollback()
+    row = conn.execute("SELECT id FROM pgq.enqueue('t', run_at => '1970-01-01 00:00Z')").fetchone()
+    assert row is not None
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_run_at_in_range"):
+        conn.execute("UPDATE pgq.jobs SET run_at = '-infinity' WHERE id = %s", [row[0]])

@@ -211,6 +211,115 @@ def test_args_that_do_not_fit_the_handler_make_the_job_dead_without_retries(
     asyncio.run(scenario())
 
 
+# -- one bad row, one bad exception: one job ends, never the worker -------------------------
+
+# Args that jsonb holds but Python cannot decode: a 5,001-digit integer, 3,000 levels of
+# nesting. A row written straight into the table skips pgq's own checks.
+POISON_ARGS = ['{"n": 1e5000}', '{"n": ' + "[" * 3000 + "]" * 3000 + "}"]
+
+
+def test_a_row_whose_args_python_cannot_decode_ends_dead_and_its_batch_runs(dsn: str) -> None:
+    app = pgq.App()
+    ran: list[int] = []
+
+    @app.task(retry=QUICK_RETRY)
+    def record(n: int) -> None:
+        ran.append(n)
+
+    async def scenario() -> None:
+        async with await connect(dsn) as db:
+            poison = []
+            for text in POISON_ARGS:
+                cursor = await db.execute(
+                    "INSERT INTO pgq.jobs (task, args) VALUES ('record', %s::jsonb) RETURNING id",
+                    [text],
+                )
+                row = await cursor.fetchone()
+                assert row is not None
+                poison.append(int(row[0]))
+            good = [await enqueue(db, "record", {"n": n}) for n in range(6)]
+            worker = make_worker(app, dsn, concurrency=10)  # one claim takes all eight
+            async with running(worker) as worker_task:
+                for job_id in good:
+                    await eventually(has_status(db, job_id, "succeeded"), describe(dsn, job_id),
+                                     worker_task=worker_task)  # fmt: skip
+                all_dead = "SELECT bool_and(status = 'dead') FROM pgq.jobs WHERE id = ANY(%s)"
+                await eventually(lambda: value(db, all_dead, [poison]), "the poison jobs are dead",
+                                 worker_task=worker_task)  # fmt: skip
+                assert not worker_task.done(), "the worker is still serving"
+            for job_id in poison:
+                # Not fetch_job: psycopg cannot load these args either.
+                attempts = await value(db, "SELECT attempts FROM pgq.jobs WHERE id = %s", [job_id])
+                error = await value(db, "SELECT last_error FROM pgq.jobs WHERE id = %s", [job_id])
+                assert attempts == 1, "dead at once: retrying cannot help"
+                assert error.startswith(
+                    "pgq could not run this job: its args cannot be decoded by Python: "
+                )
+        assert sorted(ran) == list(range(6))
+        assert worker.stats.counts["refused"] == 2
+
+    asyncio.run(scenario())
+
+
+class Unprintable(Exception):
+    """An exception whose text cannot be had: both __str__ and __repr__ raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class UnprintableReason:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    def __format__(self, spec: str) -> str:
+        raise RuntimeError("no format")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("raised", ["exception", "give up"])
+def test_a_handler_error_that_cannot_be_formatted_still_ends_its_job(
+    dsn: str, kind: str, raised: str
+) -> None:
+    app = pgq.App()
+
+    def fail() -> None:
+        if raised == "exception":
+            raise Unprintable()
+        raise pgq.GiveUp(UnprintableReason())  # type: ignore[arg-type]
+
+    if kind == "sync":
+
+        @app.task(retry=QUICK_RETRY)
+        def explode() -> None:
+            fail()
+
+    else:
+
+        @app.task(retry=QUICK_RETRY)
+        async def explode() -> None:
+            fail()
+
+    async def scenario() -> None:
+        async with await connect(dsn) as db:
+            job_id = await enqueue(db, "explode", max_attempts=2)
+            async with running(make_worker(app, dsn)) as worker_task:
+                await eventually(has_status(db, job_id, "dead"), describe(dsn, job_id),
+                                 worker_task=worker_task)  # fmt: skip
+            job = await fetch_job(db, job_id)
+        if raised == "exception":
+            assert job["attempts"] == 2, "failed and retried like any failure"
+            assert job["last_error"].startswith("Unprintable: <Unprintable's text could not be")
+        else:
+            assert job["attempts"] == 1
+            assert job["last_error"].startswith("GiveUp: <UnprintableReason's text could not be")
+
+    asyncio.run(scenario())
+
+
 def test_type_error_raised_inside_a_handler_is_retried_like_any_failure(dsn: str) -> None:
     app = pgq.App()
 

@@ -17,7 +17,7 @@ depends_on = None
 
 # `{schema}` is pgq's schema (validated as a plain identifier by pgq.config);
 # literal braces are doubled for str.format.
-UPGRADE = """
+UPGRADE_BEFORE_ENQUEUE = """
 CREATE TYPE {schema}.job_status AS ENUM ('queued', 'running', 'succeeded', 'dead', 'cancelled');
 
 CREATE TABLE {schema}.jobs (
@@ -92,7 +92,15 @@ CREATE UNIQUE INDEX jobs_dedupe_key_idx ON {schema}.jobs (dedupe_key)
 -- Enqueue from SQL: triggers, psql, programs in other languages. Runs in the
 -- caller's transaction. Returns the new job's id and created = true, or the id
 -- of the unfinished job holding the same dedupe key and created = false.
-CREATE FUNCTION {schema}.enqueue(
+"""
+
+UPGRADE_AFTER_ENQUEUE = """
+COMMENT ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) IS
+    'Enqueue one job in the current transaction; workers are woken at commit.';
+"""
+
+# Its own constant: revision 0004's downgrade puts this definition back.
+ENQUEUE_FUNCTION = """CREATE FUNCTION {schema}.enqueue(
     task text,
     args jsonb DEFAULT '{{}}'::jsonb,
     queue text DEFAULT 'default',
@@ -142,10 +150,9 @@ BEGIN
     END LOOP;
 END
 $$;
-
-COMMENT ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) IS
-    'Enqueue one job in the current transaction; workers are woken at commit.';
 """
+
+UPGRADE = "".join((UPGRADE_BEFORE_ENQUEUE, ENQUEUE_FUNCTION, UPGRADE_AFTER_ENQUEUE))
 
 DOWNGRADE = """
 DROP FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text);

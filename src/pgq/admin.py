@@ -6,6 +6,7 @@ Each one wraps a documented view or SQL function (migrations/versions/0002 and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -17,7 +18,7 @@ import psycopg.errors
 from psycopg.rows import tuple_row
 
 from pgq.config import MAX_DURATION_SECONDS, resolve_schema
-from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError
+from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError, shown
 from pgq.job import FINISHED_STATUSES, MAX_JOB_ID, JobStatus
 from pgq.queries import query
 from pgq.retention import PRUNE_BATCH
@@ -57,7 +58,9 @@ class JobSummary:
 
 @dataclass(frozen=True, slots=True)
 class JobDetail(JobSummary):
-    args: dict[str, Any]
+    #: The job's args; their JSON text when Python cannot decode it (a row written
+    #: past pgq's checks, with a 5,000-digit number, say).
+    args: dict[str, Any] | str
     errors: list[dict[str, Any]]
     locked_until: datetime | None
     dedupe_key: str | None
@@ -87,6 +90,12 @@ class DeadJobFilter:
     error_pattern: str | None = None
     died_after: datetime | None = None
     died_before: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("task", "queue", "error_pattern"):
+            _check_text(name, getattr(self, name))
+        _check_aware("died_after", self.died_after)
+        _check_aware("died_before", self.died_before)
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -132,9 +141,10 @@ def list_jobs(
     """The newest jobs matching every filter given."""
     if status is not None:
         status = _status(status)
+    _check_text("queue", queue)
+    _check_text("task", task)
     _check_aware("since", since)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidJobError(f"limit must be an int >= 1, got {limit!r}")
+    _check_count("limit", limit)
     params = {"status": status, "queue": queue, "task": task, "since": since, "limit": limit}
     rows = _fetch(conn, "list_jobs", schema, params)
     return [JobSummary(*row) for row in rows]
@@ -146,7 +156,20 @@ def get_job(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = 
     rows = _fetch(conn, "get_job", schema, {"id": job_id})
     if not rows:
         raise JobNotFoundError(f"no job with id {job_id}")
-    return JobDetail(*rows[0])
+    *head, args_text, errors, locked_until, dedupe_key = rows[0]
+    summary = JobSummary(*head).as_dict()
+    return JobDetail(
+        **summary, args=_decoded(args_text), errors=errors, locked_until=locked_until,
+        dedupe_key=dedupe_key,
+    )  # fmt: skip
+
+
+def _decoded(args_text: str) -> dict[str, Any] | str:
+    try:
+        args: dict[str, Any] = json.loads(args_text)
+    except (ValueError, RecursionError):
+        return args_text
+    return args
 
 
 def requeue(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
@@ -182,8 +205,10 @@ def find_dead_jobs(
     schema: str | None = None,
 ) -> list[DeadJob]:
     """The dead jobs ``requeue_dead`` would requeue, in id order (its dry run)."""
-    _check_aware("died_after", where.died_after)
-    _check_aware("died_before", where.died_before)
+    _check_filter(where)
+    if limit is not None:
+        _check_count("limit", limit)
+    _check_count("after_id", after_id, low=0, high=MAX_JOB_ID)
     params = {**where.params(), "limit": limit, "after_id": after_id}
     return [DeadJob(*row) for row in _fetch(conn, "find_dead_jobs", schema, params)]
 
@@ -193,8 +218,7 @@ def count_dead_jobs(
 ) -> int:
     """How many dead jobs ``requeue_dead`` would requeue (those matching ``where`` whose
     dedupe key no unfinished job holds)."""
-    _check_aware("died_after", where.died_after)
-    _check_aware("died_before", where.died_before)
+    _check_filter(where)
     return int(_fetch(conn, "count_dead_jobs", schema, where.params())[0][0])
 
 
@@ -213,8 +237,8 @@ def requeue_dead(
     dead. ``on_batch`` gets each page's size (for a progress bar). Returns the
     ids requeued.
     """
-    if batch_size < 1:
-        raise InvalidJobError(f"batch_size must be >= 1, got {batch_size}")
+    _check_filter(where)
+    _check_count("batch_size", batch_size)
     schema = resolve_schema(schema)
     requeued: list[int] = []
     after_id = 0
@@ -260,12 +284,14 @@ def prune(
         raise InvalidJobError(
             f"only finished jobs can be pruned (succeeded, dead, cancelled), not {status}"
         )
-    if not 0 <= older_than_seconds <= MAX_DURATION_SECONDS:
+    number = isinstance(older_than_seconds, int | float) and not isinstance(
+        older_than_seconds, bool
+    )
+    if not number or not 0 <= older_than_seconds <= MAX_DURATION_SECONDS:
         raise InvalidJobError(
-            f"the age must be >= 0 seconds and at most 100 years, got {older_than_seconds}"
+            f"the age must be >= 0 seconds and at most 100 years, got {shown(older_than_seconds)}"
         )
-    if batch_size < 1:
-        raise InvalidJobError(f"batch_size must be >= 1, got {batch_size}")
+    _check_count("batch_size", batch_size)
     schema = resolve_schema(schema)
     params = {"status": status.value, "older_than_seconds": older_than_seconds,
               "batch_size": batch_size}  # fmt: skip
@@ -291,19 +317,46 @@ def _fetch(
 def _check_id(job_id: int) -> None:
     # An id that is not a bigint names no job; say so before PostgreSQL refuses the cast.
     if isinstance(job_id, bool) or not isinstance(job_id, int):
-        raise InvalidJobError(f"a job id is an integer, got {job_id!r}")
+        raise InvalidJobError(f"a job id is an integer, got {shown(job_id)}")
     if not 1 <= job_id <= MAX_JOB_ID:
-        raise JobNotFoundError(f"no job with id {job_id}")
+        raise JobNotFoundError(f"no job with id {shown(job_id)}")
 
 
 def _status(value: JobStatus | str) -> JobStatus:
     try:
         return JobStatus(value)
-    except ValueError:
+    except Exception:  # ValueError; TypeError for an unhashable value; a repr's own error
         names = ", ".join(s.value for s in JobStatus)
-        raise InvalidJobError(f"unknown status {value!r}: use one of {names}") from None
+        raise InvalidJobError(f"unknown status {shown(value)}: use one of {names}") from None
 
 
-def _check_aware(name: str, value: datetime | None) -> None:
-    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+def _check_count(name: str, value: object, low: int = 1, high: int = 2**31 - 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJobError(f"{name} must be an int from {low} to {high}, got {shown(value)}")
+
+
+def _check_text(name: str, value: object) -> None:
+    """None, or text PostgreSQL can take as a parameter (no NUL, no lone surrogate)."""
+    if value is None:
+        return
+    if isinstance(value, str) and "\x00" not in value:
+        try:
+            value.encode()
+            return
+        except UnicodeEncodeError:
+            pass
+    raise InvalidJobError(f"{name} must be text without NUL or lone surrogates, got {shown(value)}")
+
+
+def _check_aware(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, datetime):
+        raise InvalidJobError(f"{name} must be a datetime, got {shown(value)}")
+    if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidJobError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
+
+
+def _check_filter(where: DeadJobFilter) -> None:
+    if not isinstance(where, DeadJobFilter):
+        raise InvalidJobError(f"where must be a pgq.admin.DeadJobFilter, got {shown(where)}")

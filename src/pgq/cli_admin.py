@@ -196,7 +196,8 @@ def job(
         if key in ("errors", "args"):
             continue
         table.add_row(key, escape("" if value is None else str(value)))
-    table.add_row("args", escape(json.dumps(found.args, ensure_ascii=False)))
+    args = found.args if isinstance(found.args, str) else json.dumps(found.args, ensure_ascii=False)
+    table.add_row("args", escape(args[:2_000]))
     out.print(table)
     if found.errors:
         history = Table(title="error history, oldest first")

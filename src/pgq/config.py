@@ -7,7 +7,7 @@ import re
 
 import psycopg.conninfo
 
-from pgq.errors import ConfigError
+from pgq.errors import ConfigError, shown
 from pgq.job import DAY_SECONDS
 
 DEFAULT_SCHEMA = "pgq"
@@ -36,9 +36,9 @@ def resolve_dsn(dsn: str | None = None) -> str:
 def resolve_schema(schema: str | None = None) -> str:
     """pgq's schema: ``schema`` if given, else ``$PGQ_SCHEMA``, else ``pgq``."""
     name = schema or os.environ.get(SCHEMA_ENV_VAR) or DEFAULT_SCHEMA
-    if not _SCHEMA_NAME.match(name):
+    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
         raise ConfigError(
-            f"invalid schema name {name!r}: use lower-case letters, digits and "
+            f"invalid schema name {shown(name)}: use lower-case letters, digits and "
             "underscores, starting with a letter or underscore, at most 40 characters"
         )
     return name

@@ -27,16 +27,19 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema, wakeup_channel
-from pgq.errors import InvalidJobError, SchemaError
+from pgq.errors import InvalidJobError, SchemaError, shown
 from pgq.job import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
     MAX_ARGS_BYTES,
+    MAX_ARGS_DEPTH,
     MAX_ATTEMPTS_LIMIT,
     MAX_DEDUPE_KEY_LENGTH,
     MAX_DELAY_SECONDS,
     MAX_PRIORITY,
     QUEUE_NAME,
+    RUN_AT_MAX,
+    RUN_AT_MIN,
     TASK_NAME,
 )
 from pgq.queries import query
@@ -189,15 +192,19 @@ def encode_args(args: Mapping[str, Any] | None) -> str:
         raise InvalidJobError(
             f"job args must be a dict of keyword arguments, got {type(args).__name__}"
         )
-    for key in args:
-        # json would quietly turn 1 into "1": refuse instead.
-        if type(key) is not str:
-            raise InvalidJobError(f"job args keys must be strings, got {key!r}")
     try:
+        for key in args:
+            # json would quietly turn 1 into "1": refuse instead.
+            if type(key) is not str:
+                raise InvalidJobError(f"job args keys must be strings, got {shown(key)}")
         text = _JSON_ENCODER.encode(dict(args) if type(args) is not dict else args)
         size = len(text.encode())  # a lone surrogate ("\ud800") is not UTF-8: refused here
-    except (TypeError, ValueError, RecursionError) as error:
-        raise InvalidJobError(f"job args must be JSON-serialisable: {error}") from None
+    except InvalidJobError:
+        raise
+    except RecursionError:  # nested deeper than this thread's stack, so past the limit too
+        raise InvalidJobError(_TOO_DEEP) from None
+    except Exception as error:  # TypeError, ValueError, or a Mapping's own
+        raise InvalidJobError(f"job args must be JSON-serialisable: {_reason(error)}") from None
     if size > MAX_ARGS_BYTES:
         raise InvalidJobError(
             f"job args are {size:,} bytes of JSON, over the {MAX_ARGS_BYTES:,}-byte limit: "
@@ -207,7 +214,39 @@ def encode_args(args: Mapping[str, Any] | None) -> str:
     # (rare) hit, since an escaped backslash followed by "u0000" looks the same.
     if "\\u0000" in text and _contains_nul(args):
         raise InvalidJobError("job args contain a NUL character, which jsonb cannot store")
+    # A worker must be able to decode the args on its own stack. Fewer brackets than
+    # the limit cannot nest that deep, so most args are never walked.
+    if text.count("[") + text.count("{") >= MAX_ARGS_DEPTH and _depth(args) > MAX_ARGS_DEPTH:
+        raise InvalidJobError(_TOO_DEEP)
     return text
+
+
+_TOO_DEEP = (
+    f"job args nest more than {MAX_ARGS_DEPTH} levels deep: flatten them, or store the "
+    "document elsewhere and pass its key"
+)
+
+
+def _depth(value: object) -> int:
+    """How deep ``value`` nests, itself at level 1 (iterative: any depth is safe to measure)."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, Mapping):
+            pending.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def _reason(error: BaseException) -> str:
+    """``str(error)`` for a message; never raises."""
+    try:
+        return str(error) or type(error).__name__
+    except Exception:
+        return type(error).__name__
 
 
 def _contains_nul(value: object) -> bool:
@@ -225,23 +264,58 @@ _VALID_NAMES: set[tuple[str, str]] = set()
 
 
 def _check_name(kind: str, value: object, pattern: re.Pattern[str], limit: int) -> str:
-    if (kind, value) in _VALID_NAMES:
-        return value  # type: ignore[return-value]  # only str values are ever added
-    if not isinstance(value, str) or not pattern.match(value):
-        raise InvalidJobError(
-            f"invalid {kind} name {value!r}: use 1 to {limit} letters, digits, '_', '.', ':' or '-'"
-        )
-    if len(_VALID_NAMES) < 10_000:
-        _VALID_NAMES.add((kind, value))
-    return value
+    # Only plain str is cached: a subclass may hash as it likes, or not at all.
+    if type(value) is str and (kind, value) in _VALID_NAMES:
+        return value
+    if isinstance(value, str) and pattern.match(value):
+        if type(value) is str and len(_VALID_NAMES) < 10_000:
+            _VALID_NAMES.add((kind, value))
+        return value
+    raise InvalidJobError(
+        f"invalid {kind} name {shown(value)}: use 1 to {limit} letters, digits, '_', '.', "
+        "':' or '-'"
+    )
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
     if type(value) is not int:  # bool is an int subclass: refuse it too
-        raise InvalidJobError(f"{name} must be an int, got {value!r}")
+        raise InvalidJobError(f"{name} must be an int, got {shown(value)}")
     if not low <= value <= high:
-        raise InvalidJobError(f"{name} must be between {low} and {high}, got {value}")
+        raise InvalidJobError(f"{name} must be between {low} and {high}, got {shown(value)}")
     return value
+
+
+def _check_run_at(run_at: object) -> None:
+    """InvalidJobError unless ``run_at`` is an aware datetime in [RUN_AT_MIN, RUN_AT_MAX)."""
+    if not isinstance(run_at, datetime):
+        raise InvalidJobError(f"run_at must be a datetime, got {shown(run_at)}")
+    try:
+        aware = run_at.utcoffset() is not None
+    except Exception as error:  # a tzinfo of the caller's own that fails
+        raise InvalidJobError(f"run_at's timezone failed: {_reason(error)}") from None
+    if not aware:
+        raise InvalidJobError(
+            f"run_at must be timezone-aware, got naive {run_at.isoformat()}: "
+            "use datetime.now(timezone.utc) or attach a tzinfo"
+        )
+    try:
+        in_range = RUN_AT_MIN <= run_at < RUN_AT_MAX
+    except OverflowError:  # datetime(1, 1, 1, tzinfo=UTC+14) is before year 1 in UTC
+        in_range = False
+    if not in_range:
+        raise InvalidJobError(
+            f"run_at must be from {RUN_AT_MIN:%Y-%m-%d} to before {RUN_AT_MAX:%Y-%m-%d} (UTC), "
+            f"got {shown(run_at)}"
+        )
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text with a lone surrogate ("\\ud800"), which PostgreSQL cannot store."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _delay_seconds(delay: timedelta | float | None) -> float:
@@ -249,10 +323,13 @@ def _delay_seconds(delay: timedelta | float | None) -> float:
         return 0.0
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise InvalidJobError(f"delay must be a timedelta or a number of seconds, got {delay!r}")
+        raise InvalidJobError(
+            f"delay must be a timedelta or a number of seconds, got {shown(delay)}"
+        )
     if not 0 <= seconds <= MAX_DELAY_SECONDS:
         raise InvalidJobError(
-            f"delay must be between 0 and {MAX_DELAY_SECONDS:g} seconds (ten years), got {delay!r}"
+            f"delay must be between 0 and {MAX_DELAY_SECONDS:g} seconds (ten years), "
+            f"got {shown(delay)}"
         )
     return float(seconds)
 
@@ -282,28 +359,25 @@ def plan_job(
         queue = task.queue if queue is None else queue
         max_attempts = task.max_attempts if max_attempts is None else max_attempts
     else:
-        raise InvalidJobError(f"task must be a task name or a registered pgq.Task, got {task!r}")
+        raise InvalidJobError(
+            f"task must be a task name or a registered pgq.Task, got {shown(task)}"
+        )
     run_at = options.get("run_at")
     delay = options.get("delay")
     if run_at is not None:
         if delay is not None:
             raise InvalidJobError("pass run_at or delay, not both")
-        if not isinstance(run_at, datetime):
-            raise InvalidJobError(f"run_at must be a datetime, got {run_at!r}")
-        if run_at.tzinfo is None or run_at.utcoffset() is None:
-            raise InvalidJobError(
-                f"run_at must be timezone-aware, got naive {run_at.isoformat()}: "
-                "use datetime.now(timezone.utc) or attach a tzinfo"
-            )
+        _check_run_at(run_at)
     dedupe_key = options.get("dedupe_key")
-    if dedupe_key is not None and (
-        not isinstance(dedupe_key, str)
-        or not 1 <= len(dedupe_key) <= MAX_DEDUPE_KEY_LENGTH
-        or "\x00" in dedupe_key
+    if dedupe_key is not None and not (
+        isinstance(dedupe_key, str)
+        and 1 <= len(dedupe_key) <= MAX_DEDUPE_KEY_LENGTH
+        and "\x00" not in dedupe_key
+        and _is_utf8(dedupe_key)
     ):
         raise InvalidJobError(
             f"dedupe_key must be a string of 1 to {MAX_DEDUPE_KEY_LENGTH} characters "
-            f"without NUL, got {dedupe_key!r:.80}"
+            f"without NUL or lone surrogates, got {shown(dedupe_key)}"
         )
     return PlannedJob(
         _check_name("task", task_name, TASK_NAME, 200),

@@ -13,6 +13,19 @@ from __future__ import annotations
 from pgq.job import MAX_DELAY_SECONDS
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters; never raises.
+
+    Bad input may be anything, including an object whose ``__repr__`` raises: the
+    message about it must still be written.
+    """
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class PgqError(Exception):
     """Base class of every error pgq raises."""
 
@@ -53,9 +66,11 @@ class Snooze(JobSignal):
     """
 
     def __init__(self, seconds: float) -> None:
-        if not 0 <= seconds <= MAX_DELAY_SECONDS:
+        number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not number or not 0 <= seconds <= MAX_DELAY_SECONDS:
             raise InvalidJobError(
-                f"Snooze needs 0 <= seconds <= {MAX_DELAY_SECONDS:g} (ten years), got {seconds!r}"
+                f"Snooze needs 0 <= seconds <= {MAX_DELAY_SECONDS:g} (ten years), "
+                f"got {shown(seconds)}"
             )
         super().__init__(f"snoozed for {seconds:g}s")
         self.seconds = float(seconds)

@@ -10,7 +10,7 @@ import enum
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 DAY_SECONDS = 86_400.0
@@ -27,6 +27,14 @@ MAX_DEDUPE_KEY_LENGTH = 500
 # Args are for identifiers and small values; a bigger payload belongs in your
 # own table or object store, with its key in the args. Checked in SQL too.
 MAX_ARGS_BYTES = 1_048_576
+# How deep args may nest, the args object being level 1: a worker decodes them on
+# its own stack, which must never run out (Python's recursion limit is 1,000).
+# Checked in SQL too (migrations/0004).
+MAX_ARGS_DEPTH = 100
+# When a job may first run: a timezone-aware time in [RUN_AT_MIN, RUN_AT_MAX). Every
+# tool (Python's datetime, the operator views' date arithmetic) can handle these.
+RUN_AT_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+RUN_AT_MAX = datetime(9999, 1, 1, tzinfo=UTC)
 
 # The same patterns as the jobs table's CHECK constraints (migrations/0001).
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")

@@ -90,6 +90,7 @@ class WorkerMetrics:
             "retried": self.retried,
             "dead": self.dead,
             "gave_up": self.dead,
+            "refused": self.dead,
             "snoozed": self.snoozed,
             "handed_back": self.handed_back,
         }

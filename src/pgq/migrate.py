@@ -34,7 +34,7 @@ VERSION_TABLE = "alembic_version"
 #: The revisions in migrations/versions, oldest first (a test checks them against
 #: Alembic's own walk). Listed here so that a worker checking the schema at start-up
 #: does not import Alembic and SQLAlchemy: that took 0.4 s of a 1.3 s start.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 MIGRATION_LOCK_POLL_SECONDS = 0.2
 
 
@@ -156,15 +156,24 @@ def _sqlalchemy_connection(dsn: str) -> Iterator[SAConnection]:
 
 @contextmanager
 def _migration_lock(dsn: str, schema: str, timeout_seconds: float) -> Iterator[None]:
-    # Polled in autocommit: a blocking advisory lock inside a transaction can
-    # deadlock against DDL that another migrator is running.
-    with psycopg.connect(dsn, autocommit=True) as lock_conn:
+    # Polled, never waited for: a blocking advisory lock inside a transaction can
+    # deadlock against DDL that another migrator is running. A failed try ends its
+    # transaction at once; the try that wins keeps its transaction open until the
+    # release. A pooler in transaction mode (PgBouncer) then keeps this connection
+    # on the server session that holds the session-level lock, so the release lands
+    # there, and no other client of the pool can take the lock again on that
+    # session (tests/test_pgbouncer.py). READ COMMITTED: between statements the open
+    # transaction holds no snapshot, which a CREATE INDEX CONCURRENTLY would wait for.
+    # No prepared statements: the polls may each reach another server connection.
+    with psycopg.connect(dsn, prepare_threshold=None) as lock_conn:
+        lock_conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         deadline = time.monotonic() + timeout_seconds
         params = {"schema_name": schema}
         while True:
             row = lock_conn.execute(query("try_migration_lock", schema), params).fetchone()
             if row and row[0]:
                 break
+            lock_conn.rollback()
             if time.monotonic() > deadline:
                 raise SchemaError(
                     f"another `pgq migrate` held the migration lock for {timeout_seconds:g}s"
@@ -174,6 +183,7 @@ def _migration_lock(dsn: str, schema: str, timeout_seconds: float) -> Iterator[N
             yield
         finally:
             lock_conn.execute(query("release_migration_lock", schema), params)
+            lock_conn.commit()
 
 
 def migrate(

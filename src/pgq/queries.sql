@@ -315,9 +315,9 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- get_job: one job with everything pgq keeps about it
+-- get_job: one job with everything pgq keeps about it; args as text (pgq.admin decodes them, and copes with args Python cannot decode)
 SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
-       started_at, finished_at, locked_by, last_error, args, errors, locked_until, dedupe_key
+       started_at, finished_at, locked_by, last_error, args::text, errors, locked_until, dedupe_key
 FROM {schema}.jobs
 WHERE id = %(id)s::bigint;
 
@@ -397,6 +397,8 @@ GRANT SELECT ON {schema}.alembic_version TO {producer}, {worker}, {operator};
 -- Producer: enqueue, and nothing else (it cannot read args, claim or change jobs).
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {producer};
 GRANT EXECUTE ON FUNCTION {schema}.resolve_run_at(timestamptz, float8) TO {producer}, {operator};
+-- Every writer of jobs: the CHECK jobs_run_at_in_range calls it, as the writer.
+GRANT EXECUTE ON FUNCTION {schema}.run_at_in_range(timestamptz) TO {producer}, {worker}, {operator};
 -- Only the columns enqueue sets: no chosen id, status, lease or history.
 GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
     ON {schema}.jobs TO {producer};

@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 
-from pgq.errors import ConfigError
+from pgq.config import MAX_DURATION_SECONDS
+from pgq.errors import ConfigError, shown
 from pgq.job import DAY_SECONDS, JobStatus
 from pgq.queries import query
 
@@ -38,8 +39,13 @@ class Retention:
 
     def __post_init__(self) -> None:
         for name, value in self.ages():
-            if not value >= 0:
-                raise ConfigError(f"retention for {name} jobs must be >= 0 seconds, got {value}")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            # The same bound as `pgq prune --older-than`: an age PostgreSQL's interval holds.
+            if not number or not 0 <= value <= MAX_DURATION_SECONDS:
+                raise ConfigError(
+                    f"retention for {name} jobs must be >= 0 seconds and at most 100 years, "
+                    f"got {shown(value)}"
+                )
 
     def ages(self) -> list[tuple[JobStatus, float]]:
         """(status, age in seconds) for every status that is pruned at all."""

@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from pgq.errors import ConfigError
+from pgq.errors import ConfigError, shown
 from pgq.job import MAX_DELAY_SECONDS
 
 
@@ -30,16 +30,21 @@ class Retry:
     cap_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.base_seconds <= MAX_DELAY_SECONDS:
+        base, cap = self.base_seconds, self.cap_seconds
+        if not _is_number(base) or not 0 < base <= MAX_DELAY_SECONDS:
             raise ConfigError(
                 f"Retry base_seconds must be > 0 and at most {MAX_DELAY_SECONDS:g}, "
-                f"got {self.base_seconds!r}"
+                f"got {shown(base)}"
             )
-        if not self.base_seconds <= self.cap_seconds <= MAX_DELAY_SECONDS:
+        if not _is_number(cap) or not base <= cap <= MAX_DELAY_SECONDS:
             raise ConfigError(
-                f"Retry cap_seconds ({self.cap_seconds!r}) must be >= base_seconds "
-                f"({self.base_seconds!r}) and at most {MAX_DELAY_SECONDS:g}"
+                f"Retry cap_seconds ({shown(cap)}) must be >= base_seconds "
+                f"({shown(base)}) and at most {MAX_DELAY_SECONDS:g}"
             )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 DEFAULT_RETRY = Retry()

@@ -15,7 +15,7 @@ import psycopg
 
 from pgq.config import resolve_schema
 from pgq.enqueue import EnqueueOptions, EnqueueResult, enqueue, enqueue_async
-from pgq.errors import ConfigError, GiveUp, Snooze
+from pgq.errors import ConfigError, GiveUp, Snooze, shown
 from pgq.job import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -168,14 +168,14 @@ class App:
         return register(handler) if handler is not None else register
 
     def _check(self, task: Task) -> None:
-        if not TASK_NAME.match(task.name):
+        if not isinstance(task.name, str) or not TASK_NAME.match(task.name):
             raise ConfigError(
-                f"invalid task name {task.name!r}: use letters, digits, '_', '.', ':' or '-'"
+                f"invalid task name {shown(task.name)}: use letters, digits, '_', '.', ':' or '-'"
             )
         if task.name in self.tasks:
             raise ConfigError(f"two handlers are registered as task {task.name!r}: pass name=")
-        if not QUEUE_NAME.match(task.queue):
-            raise ConfigError(f"task {task.name!r}: invalid queue name {task.queue!r}")
+        if not isinstance(task.queue, str) or not QUEUE_NAME.match(task.queue):
+            raise ConfigError(f"task {task.name!r}: invalid queue name {shown(task.queue)}")
         if isinstance(task.max_attempts, bool) or not (
             isinstance(task.max_attempts, int) and 1 <= task.max_attempts <= MAX_ATTEMPTS_LIMIT
         ):
@@ -188,7 +188,9 @@ class App:
             or not isinstance(timeout, int | float)
             or not 0 < timeout <= MAX_DELAY_SECONDS
         ):
-            raise ConfigError(f"task {task.name!r}: timeout must be > 0 seconds, got {timeout!r}")
+            raise ConfigError(
+                f"task {task.name!r}: timeout must be > 0 seconds, got {shown(timeout)}"
+            )
         if not isinstance(task.retry, Retry):
             raise ConfigError(
                 f"task {task.name!r}: retry must be a pgq.Retry, got {type(task.retry).__name__}"

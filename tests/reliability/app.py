@@ -73,11 +73,27 @@ async def sleepy_async(ms: float, ctx: pgq.JobContext) -> None:
 
 
 class DesignedToFail(RuntimeError):
-    """What ``doomed`` raises on every attempt."""
+    """What ``doomed`` raises on every attempt; on its second, one whose text cannot be had."""
+
+    def __init__(self, message: str, *, printable: bool) -> None:
+        super().__init__(message)
+        self.printable = printable
+
+    def __str__(self) -> str:
+        if not self.printable:
+            raise RuntimeError("this error has no text")
+        return super().__str__()
 
 
 @app.task(retry=QUICK_RETRY, max_attempts=3)
 def doomed(ctx: pgq.JobContext) -> None:
     """Always fails: its job must end ``dead`` after max_attempts, faults or not."""
     write(ctx, "start")
-    raise DesignedToFail(f"job {ctx.job_id} always fails (attempt {ctx.attempt})")
+    message = f"job {ctx.job_id} always fails (attempt {ctx.attempt})"
+    raise DesignedToFail(message, printable=ctx.attempt != 2)
+
+
+@app.task()
+def poison(n: int, ctx: pgq.JobContext) -> None:
+    """Never runs: its args cannot be decoded (producer.POISON_ARGS), so its job ends dead."""
+    write(ctx, "start")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .lab import Fault, Lab
-from .producer import DOOMED_TASK
+from .producer import DOOMED_TASK, POISON_TASK
 
 # Kinds whose damage is one worker's leases: recovery is when rescue returned them.
 ONE_WORKER_FAULTS = ("sigkill", "sigstop")
@@ -91,8 +91,10 @@ def judge(lab: Lab, enqueued_ids: list[int]) -> Verdict:
     unrecorded: list[int] = []
     never: list[int] = []
     miscounted: list[int] = []
+    poison_ran: list[int] = []
     for job_id, task, status, attempts, max_attempts, errors, starts, ends, finishes in rows:
-        doomed = task == DOOMED_TASK
+        poison = task == POISON_TASK
+        doomed = task == DOOMED_TASK or poison
         verdict.jobs += 1
         verdict.doomed_jobs += doomed
         verdict.succeeded += status == "succeeded"
@@ -108,8 +110,11 @@ def judge(lab: Lab, enqueued_ids: list[int]) -> Verdict:
             unrecorded.append(job_id)
         if status not in ("succeeded", "dead") and finishes > 0:
             doubled.append(job_id)  # finished, then moved on: a finish that did not hold
-        # A normal job must have run to its end at least once; a doomed one must have started.
-        if (doomed and starts == 0) or (not doomed and ends == 0):
+        # A normal job must have run to its end at least once; a doomed one must have started;
+        # a poison one must never have started (dead on its claim).
+        if poison and starts > 0:
+            poison_ran.append(job_id)
+        elif (doomed and not poison and starts == 0) or (not doomed and ends == 0):
             never.append(job_id)
         if not doomed:
             verdict.reruns += starts - 1 if starts else 0
@@ -119,7 +124,9 @@ def judge(lab: Lab, enqueued_ids: list[int]) -> Verdict:
         expected_errors = attempts - (1 if status == "succeeded" else 0)
         if status in ("succeeded", "dead") and errors != expected_errors:
             miscounted.append(job_id)
-        if doomed and status == "dead" and attempts != max_attempts:
+        if doomed and not poison and status == "dead" and attempts != max_attempts:
+            miscounted.append(job_id)
+        if poison and status == "dead" and attempts != 1:
             miscounted.append(job_id)
     verdict.lost = len(lost)
     verdict.unfinished = len(stuck)
@@ -140,6 +147,8 @@ def judge(lab: Lab, enqueued_ids: list[int]) -> Verdict:
         verdict.problem(f"finished jobs with no finishes row: {_sample(unrecorded)}")
     if never:
         verdict.problem(f"{len(never)} jobs never ran to their end: {_sample(never)}")
+    if poison_ran:
+        verdict.problem(f"{len(poison_ran)} poison jobs ran a handler: {_sample(poison_ran)}")
     if miscounted:
         verdict.problem(f"{len(miscounted)} jobs whose attempts do not match their errors: "
                         f"{_sample(miscounted)}")  # fmt: skip

@@ -18,6 +18,11 @@ import pgq
 NORMAL_TASKS = ("sleepy", "sleepy_async")
 DOOMED_TASK = "doomed"
 DOOMED_MAX_ATTEMPTS = 3
+# A job whose args Python cannot decode (a 5,001-digit number), written straight into
+# the table as a client that skips pgq's checks could: the worker that claims it must
+# end it dead, never run it, and go on with the rest of its batch.
+POISON_TASK = "poison"
+POISON_ARGS = '{"n": 1e5000}'
 # Generous, so that a run of bad luck under faults never makes a normal job dead:
 # a dead normal job counts as lost.
 NORMAL_MAX_ATTEMPTS = 20
@@ -27,8 +32,8 @@ ASYNC_SHARE = 0.2
 class Producer(threading.Thread):
     """Keeps about ``backlog`` due jobs queued until stopped; survives database outages.
 
-    A handful of ``doomed`` jobs (one per batch until ``doomed`` are in) check dead
-    handling under the same faults.
+    A handful of ``doomed`` jobs (one per batch until ``doomed`` are in), each with a
+    ``poison`` row beside it, check dead handling under the same faults.
     """
 
     def __init__(self, dsn: str, *, backlog: int, doomed: int, seed: int) -> None:
@@ -86,8 +91,15 @@ class Producer(threading.Thread):
             specs.append(pgq.JobSpec(DOOMED_TASK, max_attempts=DOOMED_MAX_ATTEMPTS))
         with self._conn.transaction():
             ids = pgq.enqueue_many(self._conn, specs)
+            if with_doomed:
+                poison = self._conn.execute(
+                    "INSERT INTO pgq.jobs (task, args) VALUES (%s, %s::jsonb) RETURNING id",
+                    [POISON_TASK, POISON_ARGS],
+                ).fetchone()
+                assert poison is not None
+                ids.append(int(poison[0]))
         if with_doomed:
-            self.doomed_ids.append(ids[-1])
+            self.doomed_ids.append(ids[-2])
         self.ids.extend(ids)
 
     def _spec(self) -> pgq.JobSpec:

@@ -100,6 +100,15 @@ class Executor:
         self.leases.hold(job)
         run.future = asyncio.create_task(self._execute(run))
 
+    def refuse(self, job: ClaimedJob, reason: str) -> None:
+        """End a claimed job that cannot even start (its args cannot be decoded): dead now.
+
+        Retrying cannot help, and the other jobs of its batch run as usual.
+        """
+        log.error("job %s (%s): cannot run it: %s", job.id, job.task, reason)
+        self.leases.hold(job)
+        self._record(RunningJob(job=job, task=self.tasks[job.task]), outcomes.refused(job, reason))
+
     async def _execute(self, run: RunningJob) -> None:
         job = run.job
         try:
@@ -108,7 +117,8 @@ class Executor:
             raise
         except BaseException as error:  # deciding the outcome itself failed: never strand the job
             log.exception("job %s (%s): could not decide its outcome", job.id, job.task)
-            problem = RuntimeError(f"pgq could not decide this job's outcome: {error!r}")
+            why = outcomes.describe_error(error)
+            problem = RuntimeError(f"pgq could not decide this job's outcome: {why}")
             result = outcomes.failed(job, problem, DEFAULT_RETRY)
         finally:
             self.running.pop(job.lease_token, None)
@@ -160,7 +170,13 @@ class Executor:
     def _record(self, run: RunningJob, result: Outcome) -> None:
         if run.started:
             result.duration_seconds = time.monotonic() - run.started_at
-        self.record(result)
+        try:
+            self.record(result)
+        except Exception:
+            # Never leave the job running under a lease the heartbeat keeps extending:
+            # let the lease lapse, and rescue returns the job.
+            log.exception("job %s: could not queue its outcome; rescue will return it", run.job.id)
+            self.leases.release([run.job.lease_token])
 
     def _context(self, job: ClaimedJob) -> JobContext:
         return JobContext(

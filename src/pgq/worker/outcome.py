@@ -23,7 +23,7 @@ class Outcome:
 
     job: ClaimedJob
     status: JobStatus
-    #: succeeded, retried, dead, gave_up, snoozed or handed_back: for logs and counts.
+    #: succeeded, retried, dead, gave_up, refused, snoozed or handed_back: for logs and counts.
     kind: str
     delay_seconds: float | None = None
     refund_attempt: bool = False
@@ -39,13 +39,39 @@ def storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def as_text(value: object) -> str:
+    """``str(value)``, or a note saying it could not be had: never raises.
+
+    A handler may raise an exception whose ``__str__`` raises too; its job must
+    still get an outcome, or it would stay running under a lease the heartbeat
+    keeps extending.
+    """
+    try:
+        text = str(value)
+    except Exception as problem:
+        return f"<{_type_name(value)}'s text could not be formatted: {_type_name(problem)}>"
+    return text if type(text) is str else str.__str__(text)
+
+
+def _type_name(value: object) -> str:
+    try:
+        return type(value).__name__
+    except Exception:
+        return "object"
+
+
 def describe_error(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    """``Type: message`` for ``last_error`` and the history; never raises."""
+    message = as_text(error)
+    text = f"{_type_name(error)}: {message}" if message else _type_name(error)
     return storable(text[:MAX_ERROR_CHARS])
 
 
 def format_traceback(error: BaseException) -> str:
-    text = storable("".join(traceback.format_exception(error)))
+    try:
+        text = storable("".join(traceback.format_exception(error)))
+    except Exception as problem:
+        return f"(the traceback could not be formatted: {describe_error(problem)})"
     # Keep the end: the innermost frames say where it failed.
     return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
 
@@ -64,11 +90,16 @@ def failed(job: ClaimedJob, error: BaseException, policy: Retry) -> Outcome:
     )  # fmt: skip
 
 
-def gave_up(job: ClaimedJob, reason: str) -> Outcome:
+def gave_up(job: ClaimedJob, reason: object) -> Outcome:
     """The handler said a retry cannot help: dead now."""
-    return Outcome(
-        job, JobStatus.DEAD, "gave_up", error=storable(f"GiveUp: {reason}")[:MAX_ERROR_CHARS]
-    )
+    error = storable(f"GiveUp: {as_text(reason)}")[:MAX_ERROR_CHARS]
+    return Outcome(job, JobStatus.DEAD, "gave_up", error=error)
+
+
+def refused(job: ClaimedJob, reason: str) -> Outcome:
+    """pgq cannot even start the job (its args cannot be decoded): dead now, never retried."""
+    error = storable(f"pgq could not run this job: {reason}")[:MAX_ERROR_CHARS]
+    return Outcome(job, JobStatus.DEAD, "refused", error=error)
 
 
 def snoozed(job: ClaimedJob, seconds: float) -> Outcome:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import psycopg_pool
 from psycopg import sql
 
@@ -24,6 +25,7 @@ from pgq.connection import DATABASE_DOWN, Backoff
 from pgq.job import ClaimedJob
 from pgq.queries import array_literal, query
 from pgq.worker.executor import Executor
+from pgq.worker.outcome import describe_error
 from pgq.worker.outcome_writer import OutcomeWriter
 from pgq.worker.settings import WorkerSettings
 from pgq.worker.stats import WorkerStats
@@ -31,12 +33,30 @@ from pgq.worker.stats import WorkerStats
 log = logging.getLogger("pgq.worker")
 
 
-def _claimed(row: tuple[Any, ...]) -> ClaimedJob:
-    """A claim_jobs row as a ClaimedJob; args arrive as JSON text (see claim_jobs)."""
+def _claimed(row: tuple[Any, ...]) -> tuple[ClaimedJob, str | None]:
+    """A claim_jobs row as a ClaimedJob, and why it cannot run (None: it can).
+
+    Args arrive as JSON text (see claim_jobs). Text that Python cannot decode (a
+    number of 5,000 digits, 3,000 levels of nesting: jsonb holds both, and a row
+    written straight into the table skips pgq's checks) makes one job dead, never
+    the claim of its batch or the worker.
+    """
     job_id, queue, task, args_json, attempt, max_attempts, lease_token, created_at = row
-    return ClaimedJob(
-        job_id, queue, task, json.loads(args_json), attempt, max_attempts, lease_token, created_at
-    )
+    try:
+        args, problem = json.loads(args_json), None
+    except (ValueError, RecursionError) as error:
+        args, problem = {}, f"its args cannot be decoded by Python: {describe_error(error)}"
+    job = ClaimedJob(job_id, queue, task, args, attempt, max_attempts, lease_token, created_at)
+    return job, problem
+
+
+def _hint(error: psycopg.Error) -> str:
+    """What to do about a claim error that only a misconfiguration explains ("" if none)."""
+    # A statement prepared on one claim and gone at the next: the connection is
+    # pooled per transaction, and only --poll-only prepares nothing.
+    if isinstance(error, psycopg.errors.InvalidSqlStatementName):
+        return " (behind PgBouncer in transaction mode? start the worker with --poll-only)"
+    return ""
 
 
 class Producer:
@@ -105,7 +125,7 @@ class Producer:
                 # Not an outage (a dropped table, a revoked grant): say so loudly,
                 # but stay alive for when an operator fixes it.
                 delay = backoff.failed()
-                log.error("claim failed: %s; retrying in %.1fs", error, delay)
+                log.error("claim failed: %s; retrying in %.1fs%s", error, delay, _hint(error))
                 await self._sleep_unless_stopping(delay)
                 continue
             if more_due and self.free_slots(writer) > 0:
@@ -180,8 +200,11 @@ class Producer:
     ) -> bool:
         """Run one claim statement and start its jobs; True if it filled its limit."""
         cursor = await conn.execute(claim, params)
-        jobs = [_claimed(row) for row in await cursor.fetchall()]
-        self.stats.claimed(jobs)
-        for job in jobs:
-            self.executor.start(job)
-        return len(jobs) == int(params["limit"])
+        claimed = [_claimed(row) for row in await cursor.fetchall()]
+        self.stats.claimed([job for job, _ in claimed])
+        for job, problem in claimed:
+            if problem is None:
+                self.executor.start(job)
+            else:
+                self.executor.refuse(job, problem)
+        return len(claimed) == int(params["limit"])

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pgq.config import resolve_schema, worker_conninfo
-from pgq.errors import ConfigError
+from pgq.errors import ConfigError, shown
 from pgq.job import DAY_SECONDS, QUEUE_NAME
 from pgq.retention import Retention
 
@@ -87,21 +87,26 @@ class WorkerSettings:
                 "rescue interval", rescue_interval_seconds, 0, DAY_SECONDS, above_low=True,
                 unit=" seconds",
             )  # fmt: skip
-        if not prune_interval_seconds > 0:
-            raise ConfigError(f"prune interval must be > 0 seconds, got {prune_interval_seconds}")
+        _check_range(
+            "prune interval", prune_interval_seconds, 0, DAY_SECONDS, above_low=True,
+            unit=" seconds",
+        )  # fmt: skip
         if metrics_port is not None:
             _check_range("metrics port", metrics_port, 0, 65535, whole=True)
-        if queues is not None and not queues:
-            raise ConfigError("queues is empty: pass None to serve every queue")
-        for queue, limit in (queues or {}).items():
-            if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
-                raise ConfigError(f"invalid queue name {queue!r}")
-            if limit is not None:
-                _check_range(f"queue {queue!r}: concurrency", limit, 1, MAX_CONCURRENCY, whole=True)
-        if name is not None and not _WORKER_NAME.match(name):
+        _check_queues(queues)
+        if name is not None and not (isinstance(name, str) and _WORKER_NAME.match(name)):
             raise ConfigError(
-                f"invalid worker name {name!r}: 1 to 200 characters, no control characters"
+                f"invalid worker name {shown(name)}: 1 to 200 characters, no control characters"
             )
+        if not isinstance(metrics_host, str) or not metrics_host or "\x00" in metrics_host:
+            raise ConfigError(
+                f"metrics host must be a host name or address, got {shown(metrics_host)}"
+            )
+        if retention is not None and not isinstance(retention, Retention):
+            raise ConfigError(f"retention must be a pgq.Retention, got {shown(retention)}")
+        for flag, value in (("poll_only", poll_only), ("synchronous_commit", synchronous_commit)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{flag} must be True or False, got {shown(value)}")
         named = {"name": name} if name is not None else {}
         return cls(
             dsn=worker_conninfo(dsn),
@@ -149,6 +154,21 @@ class WorkerSettings:
         return replace(self, metrics_port=self.metrics_port + slot)
 
 
+def _check_queues(queues: object) -> None:
+    """None (every queue), or queue names mapped to their limits (None: no limit of its own)."""
+    if queues is None:
+        return
+    if not isinstance(queues, Mapping):
+        raise ConfigError(f"queues must map queue names to limits, got {shown(queues)}")
+    if not queues:
+        raise ConfigError("queues is empty: pass None to serve every queue")
+    for queue, limit in queues.items():
+        if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+            raise ConfigError(f"invalid queue name {shown(queue)}")
+        if limit is not None:
+            _check_range(f"queue {queue!r}: concurrency", limit, 1, MAX_CONCURRENCY, whole=True)
+
+
 def _check_range(
     what: str,
     value: float,
@@ -164,8 +184,8 @@ def _check_range(
     ``whole``: an int is wanted (a count or a port), not just any number.
     """
     if whole and isinstance(value, float):
-        raise ConfigError(f"{what} must be a whole number, got {value!r}")
+        raise ConfigError(f"{what} must be a whole number, got {shown(value)}")
     number = not isinstance(value, bool) and isinstance(value, int | float)
     if not number or not (low < value if above_low else low <= value) or not value <= high:
         bound = f"> {low:g}" if above_low else f">= {low:g}"
-        raise ConfigError(f"{what} must be {bound}{unit} and <= {high:g}{unit}, got {value!r}")
+        raise ConfigError(f"{what} must be {bound}{unit} and <= {high:g}{unit}, got {shown(value)}")

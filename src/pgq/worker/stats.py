@@ -119,7 +119,7 @@ def log_job_event(result: Outcome) -> None:
             job.id, job.task, job.attempt, job.max_attempts, result.delay_seconds, result.error,
             extra=fields,
         )  # fmt: skip
-    elif kind in ("dead", "gave_up"):
+    elif kind in ("dead", "gave_up", "refused"):
         fields["error"] = result.error
         log.error(
             "job %s (%s) is dead after attempt %s/%s: %s",
