@@ -262,21 +262,22 @@ def test_a_row_whose_args_python_cannot_decode_ends_dead_and_its_batch_runs(dsn:
 
 
 class Unprintable(Exception):
-    """An exception whose text cannot be had: both __str__ and __repr__ raise."""
+    """An exception whose text cannot be had: __str__ and __repr__ raise it again, so the
+    error about it has no text either."""
 
     def __str__(self) -> str:
-        raise RuntimeError("no text")
+        raise self
 
     def __repr__(self) -> str:
-        raise RuntimeError("no repr")
+        raise self
 
 
 class UnprintableReason:
     def __str__(self) -> str:
-        raise RuntimeError("no text")
+        raise Unprintable()
 
     def __format__(self, spec: str) -> str:
-        raise RuntimeError("no format")
+        raise Unprintable()
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
