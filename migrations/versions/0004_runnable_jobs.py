@@ -1,4 +1,4 @@
-"""Only jobs that every tool can handle: run_at within a range, args a worker can decode.
+"""Only jobs that every tool can handle: times within a range, args a worker can decode.
 
 Revision ID: 0004
 Revises: 0003
@@ -8,11 +8,13 @@ Before this revision the SQL function ``enqueue()`` accepted a ``run_at`` of
 5,001-digit number. One such row broke ``pgq stats`` and ``pgq jobs`` for every
 operator, and its args crashed the worker that claimed it. Now:
 
-- ``run_at_in_range(run_at)`` is the range of ``run_at`` (1970-01-01 to before
+- ``time_in_range(t)`` is the range of every time in a job (1970-01-01 to before
   9999-01-01, UTC; pgq.job.RUN_AT_MIN and RUN_AT_MAX say the same in Python),
-  and the table's CHECK ``jobs_run_at_in_range`` holds every row to it. Rows
-  outside it are moved to its nearest end first: a job of year 20000 still never
-  runs, and one of ``'-infinity'`` is due, as it was.
+  and the table's CHECK ``jobs_times_in_range`` holds every row's run_at,
+  created_at, started_at, finished_at and locked_until to it (an operator's
+  UPDATE included: the operator role may update jobs). Times outside it are
+  moved to its nearest end first: a job of year 20000 still never runs, and one
+  of ``'-infinity'`` is due, as it was.
 - ``enqueue()`` refuses such a ``run_at``, and args deeper than 100 levels
   (pgq.job.MAX_ARGS_DEPTH) or holding a number of 4,301 digits or more (Python
   reads at most 4,300 into an int), each with a message that names the problem.
@@ -34,29 +36,47 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = """
-CREATE FUNCTION {schema}.run_at_in_range(run_at timestamptz) RETURNS boolean
+CREATE FUNCTION {schema}.time_in_range(t timestamptz) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT run_at >= '1970-01-01 00:00:00+00' AND run_at < '9999-01-01 00:00:00+00'
+    SELECT t >= '1970-01-01 00:00:00+00' AND t < '9999-01-01 00:00:00+00'
 $$;
 
-COMMENT ON FUNCTION {schema}.run_at_in_range(timestamptz) IS
-    'Is this a run_at pgq accepts (from 1970-01-01 to before 9999-01-01, UTC)?';
+COMMENT ON FUNCTION {schema}.time_in_range(timestamptz) IS
+    'Is this a time every pgq tool handles (from 1970-01-01 to before 9999-01-01, UTC)?';
+
+-- The nearest time in the range (NULL stays NULL).
+CREATE FUNCTION pg_temp.into_range(t timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN t IS NULL OR {schema}.time_in_range(t) THEN t
+                WHEN t < '1970-01-01 00:00:00+00' THEN '1970-01-01 00:00:00+00'
+                ELSE '9998-12-31 00:00:00+00' END::timestamptz
+$$;
 
 -- A CHECK calls it for every row written, as the writer: PUBLIC may call it (it is
 -- pure), so that no role that writes jobs loses the right to; `pgq roles` narrows it.
-GRANT EXECUTE ON FUNCTION {schema}.run_at_in_range(timestamptz) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION {schema}.time_in_range(timestamptz) TO PUBLIC;
 
 UPDATE {schema}.jobs
-SET run_at = CASE WHEN run_at < '1970-01-01 00:00:00+00' THEN '1970-01-01 00:00:00+00'
-                  ELSE '9998-12-31 00:00:00+00' END::timestamptz
-WHERE NOT {schema}.run_at_in_range(run_at);
+SET run_at = pg_temp.into_range(run_at),
+    created_at = pg_temp.into_range(created_at),
+    started_at = pg_temp.into_range(started_at),
+    finished_at = pg_temp.into_range(finished_at),
+    locked_until = pg_temp.into_range(locked_until)
+WHERE NOT ({schema}.time_in_range(run_at) AND {schema}.time_in_range(created_at)
+           AND coalesce({schema}.time_in_range(started_at), true)
+           AND coalesce({schema}.time_in_range(finished_at), true)
+           AND coalesce({schema}.time_in_range(locked_until), true));
 
-ALTER TABLE {schema}.jobs
-    ADD CONSTRAINT jobs_run_at_in_range CHECK ({schema}.run_at_in_range(run_at));
+-- A NULL time (not started, not finished, no lease) passes: CHECK takes NULL as true.
+ALTER TABLE {schema}.jobs ADD CONSTRAINT jobs_times_in_range CHECK (
+    {schema}.time_in_range(run_at) AND {schema}.time_in_range(created_at)
+    AND {schema}.time_in_range(started_at) AND {schema}.time_in_range(finished_at)
+    AND {schema}.time_in_range(locked_until)
+);
 """
 
 # Put before the insert loop of revision 0001's enqueue(): its body is otherwise unchanged.
-ENQUEUE_CHECKS = """    IF NOT {schema}.run_at_in_range(coalesce(enqueue.run_at, now())) THEN
+ENQUEUE_CHECKS = """    IF NOT {schema}.time_in_range(coalesce(enqueue.run_at, now())) THEN
         RAISE EXCEPTION 'pgq: run_at must be from 1970-01-01 to before 9999-01-01 (UTC), got %',
             enqueue.run_at USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -74,8 +94,8 @@ ENQUEUE_CHECKS = """    IF NOT {schema}.run_at_in_range(coalesce(enqueue.run_at,
 """
 
 DOWNGRADE = """
-ALTER TABLE {schema}.jobs DROP CONSTRAINT jobs_run_at_in_range;
-DROP FUNCTION {schema}.run_at_in_range(timestamptz);
+ALTER TABLE {schema}.jobs DROP CONSTRAINT jobs_times_in_range;
+DROP FUNCTION {schema}.time_in_range(timestamptz);
 """
 
 
