@@ -217,13 +217,11 @@ def test_enqueue_from_sql_refuses_a_run_at_outside_the_range(conn: Conn, run_at:
         conn.execute("SELECT * FROM pgq.enqueue('t', run_at => %s::timestamptz)", [run_at])
 
 
-def test_no_time_outside_the_range_can_be_written_into_a_job_at_all(conn: Conn) -> None:
-    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_times_in_range"):
+def test_no_run_at_outside_the_range_can_be_written_at_all(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_run_at_in_range"):
         conn.execute("INSERT INTO pgq.jobs (task, run_at) VALUES ('t', 'infinity')")
     conn.rollback()
     row = conn.execute("SELECT id FROM pgq.enqueue('t', run_at => '1970-01-01 00:00Z')").fetchone()
     assert row is not None
-    for column in ("run_at", "created_at", "started_at", "finished_at", "locked_until"):
-        update = sql.SQL("UPDATE pgq.jobs SET {} = '-infinity' WHERE id = %s")
-        with pytest.raises(psycopg.errors.CheckViolation, match="in_range"), conn.transaction():
-            conn.execute(update.format(sql.Identifier(column)), [row[0]])
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_run_at_in_range"):
+        conn.execute("UPDATE pgq.jobs SET run_at = '-infinity' WHERE id = %s", [row[0]])

@@ -397,7 +397,7 @@ GRANT SELECT ON {schema}.alembic_version TO {producer}, {worker}, {operator};
 -- Producer: enqueue, and nothing else (it cannot read args, claim or change jobs).
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {producer};
 GRANT EXECUTE ON FUNCTION {schema}.resolve_run_at(timestamptz, float8) TO {producer}, {operator};
-GRANT EXECUTE ON FUNCTION {schema}.time_in_range(timestamptz) TO {producer}, {operator};
+GRANT EXECUTE ON FUNCTION {schema}.run_at_in_range(timestamptz) TO {producer}, {operator};
 -- Only the columns enqueue sets: no chosen id, status, lease or history.
 GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
     ON {schema}.jobs TO {producer};
