@@ -14,7 +14,7 @@ SRC = Path(pgq.__file__).resolve().parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("the job's names and limits", {"pgq.job"}),
     ("errors", {"pgq.errors"}),
-    ("settings and policy", {"pgq.config", "pgq.retry", "pgq.logs"}),
+    ("settings and policy", {"pgq.config", "pgq.retry", "pgq.signature", "pgq.logs"}),
     (
         "SQL and connections",
         {"pgq.queries", "pgq.connection", "pgq.metrics", "pgq.migrate"},

@@ -672,6 +672,79 @@ def test_plan_job_takes_a_tasks_queue_and_max_attempts_unless_the_options_say_ot
         plan_job(build_report, None, {"max_attempts": 0})
 
 
+BAD_ARGS_MESSAGE = "build_report() got an unexpected arg 'm'; it takes: n"
+
+
+def enqueue_through(entry: str, dsn: str, args: dict[str, Any]) -> str | None:
+    """Enqueue a build_report job with ``args`` through ``entry`` (in bulk, among good jobs),
+    then commit whatever the call left: the refusal's message, or None."""
+    good = JobSpec(build_report, {"n": 1})
+    bulk = [good, JobSpec("send_email", {"to": "a"}), JobSpec(build_report, args), good]
+    if entry in ("enqueue", "enqueue_many"):
+        with psycopg.connect(dsn) as conn:
+            try:
+                if entry == "enqueue":
+                    pgq.enqueue(conn, build_report, args)
+                else:
+                    pgq.enqueue_many(conn, bulk, return_ids=False)
+            except InvalidJobError as error:
+                return str(error)
+            finally:
+                conn.commit()
+        return None
+
+    async def scenario() -> str | None:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            try:
+                if entry == "enqueue_async":
+                    await pgq.enqueue_async(aconn, build_report, args)
+                else:
+                    await pgq.enqueue_many_async(aconn, bulk)
+            except InvalidJobError as error:
+                return str(error)
+            finally:
+                await aconn.commit()
+        return None
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "entry", ["enqueue", "enqueue_async", "enqueue_many", "enqueue_many_async"]
+)
+def test_every_enqueue_of_a_task_object_checks_the_args_and_writes_nothing_when_they_do_not_fit(
+    conn: Conn, dsn: str, entry: str
+) -> None:
+    refused = enqueue_through(entry, dsn, {"m": 1})
+
+    assert refused == BAD_ARGS_MESSAGE
+    assert count_jobs(conn) == 0, "a job of the refused call was written"
+
+    assert enqueue_through(entry, dsn, {"n": 2}) is None
+    assert count_jobs(conn) == (1 if entry in ("enqueue", "enqueue_async") else 4)
+
+
+def test_a_job_enqueued_by_name_is_not_checked_since_no_handler_is_known(conn: Conn) -> None:
+    by_name = pgq.enqueue(conn, "build_report", {"m": 1})
+    (in_bulk,) = pgq.enqueue_many(conn, [JobSpec("build_report", {"m": 2})])
+
+    # Stored as given: the worker's check turns each into a dead job.
+    rows = conn.execute(
+        "SELECT args FROM pgq.jobs WHERE id = ANY(%s) ORDER BY id", [[by_name.id, in_bulk]]
+    )
+    assert [row[0] for row in rows] == [{"m": 1}, {"m": 2}]
+
+
+def test_plan_job_checks_a_tasks_args_after_the_other_checks() -> None:
+    # A bad option is named first; the args' fit is checked only for an otherwise valid job.
+    with pytest.raises(InvalidJobError, match="priority must be between"):
+        plan_job(build_report, {"m": 1}, {"priority": -1})
+    with pytest.raises(InvalidJobError, match="job args must be JSON-serialisable"):
+        plan_job(build_report, {"m": object()}, {})
+    with pytest.raises(InvalidJobError, match=r"^build_report\(\) got an unexpected arg 'm'"):
+        plan_job(build_report, {"m": 1}, {})
+
+
 MISSPELT: dict[str, Any] = {"queu": "emails"}
 
 

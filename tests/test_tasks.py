@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 import pgq
-from pgq.errors import ConfigError, GiveUp, SchemaError, Snooze
+from pgq.errors import ConfigError, GiveUp, InvalidJobError, SchemaError, Snooze
 from pgq.retry import DEFAULT_RETRY
 from pgq.tasks import load_app
 
@@ -189,6 +189,125 @@ def test_task_enqueue_goes_to_the_apps_schema_unless_told_otherwise(rollback_con
         ping.enqueue(rollback_conn)
 
 
+# -- Task.enqueue checks the args against the handler's signature -------------------------------
+
+SIGNATURES = pgq.App()
+
+
+@SIGNATURES.task()
+def resize_image(url: str, width: int = 640) -> None:
+    pass
+
+
+@SIGNATURES.task(name="images.thumbnail")
+def thumbnail(url: str, ctx: pgq.JobContext) -> None:
+    pass
+
+
+@SIGNATURES.task()
+def ping() -> None:
+    pass
+
+
+@SIGNATURES.task()
+def log_event(kind: str, **fields: Any) -> None:
+    pass
+
+
+@SIGNATURES.task()
+def by_position(url: str, /) -> None:
+    pass
+
+
+def jobs_of(conn: Conn, task: str) -> list[Any]:
+    rows = conn.execute("SELECT args FROM pgq.jobs WHERE task = %s ORDER BY id", [task])
+    return [row[0] for row in rows]
+
+
+MISMATCHES = {
+    "a misspelt arg": (
+        resize_image, {"ur": "x"},
+        "resize_image() got an unexpected arg 'ur'; it takes: url, width",
+    ),
+    "two unknown args": (
+        resize_image, {"url": "x", "w": 1, "h": 2},
+        "resize_image() got unexpected args 'w', 'h'; it takes: url, width",
+    ),
+    "an arg for a task that takes none": (
+        ping, {"x": 1}, "ping() got an unexpected arg 'x'; it takes no args",
+    ),
+    "a required arg left out": (
+        resize_image, {"width": 100}, "resize_image() is missing the required arg 'url'",
+    ),
+    "no args at all": (resize_image, None, "resize_image() is missing the required arg 'url'"),
+    "ctx, which pgq fills": (
+        thumbnail, {"url": "x", "ctx": {"attempt": 9}},
+        "images.thumbnail() gets 'ctx' from pgq (the JobContext): leave it out of the args",
+    ),
+    "ctx listed among the args a task takes": (
+        thumbnail, {"link": "x"}, "images.thumbnail() got an unexpected arg 'link'; it takes: url",
+    ),
+    "a **kwargs handler without its required arg": (
+        log_event, {"user": 7}, "log_event() is missing the required arg 'kind'",
+    ),
+    "a handler pgq can never call": (
+        by_position, {"url": "x"},
+        "by_position() takes 'url' by position only, but pgq passes args by name: "
+        "remove the '/' from its signature",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "message"),
+    [pytest.param(*case, id=name) for name, case in MISMATCHES.items()],
+)
+def test_task_enqueue_refuses_args_that_do_not_fit_the_handler_and_writes_nothing(
+    rollback_conn: Conn, task: pgq.Task, args: dict[str, Any] | None, message: str
+) -> None:
+    with pytest.raises(InvalidJobError) as refused:
+        task.enqueue(rollback_conn, args)
+
+    assert str(refused.value) == message
+    # Refused before any statement: not even a transaction was begun.
+    assert rollback_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert jobs_of(rollback_conn, task.name) == []
+
+
+def test_task_enqueue_async_refuses_them_too(dsn: str) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            with pytest.raises(
+                InvalidJobError, match=r"^resize_image\(\) got an unexpected arg 'ur'"
+            ):
+                await resize_image.enqueue_async(aconn, {"ur": "x"})
+            assert aconn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    asyncio.run(scenario())
+
+    with psycopg.connect(dsn) as conn:
+        assert jobs_of(conn, "resize_image") == []
+
+
+def test_args_that_fit_are_enqueued_whatever_their_types(rollback_conn: Conn) -> None:
+    resize_image.enqueue(rollback_conn, {"url": "https://example.com/cat.png"})
+    resize_image.enqueue(rollback_conn, {"url": 7, "width": "wide"})  # names only, not types
+    thumbnail.enqueue(rollback_conn, {"url": "x"})
+
+    assert jobs_of(rollback_conn, "resize_image") == [
+        {"url": "https://example.com/cat.png"},
+        {"url": 7, "width": "wide"},
+    ]
+    assert jobs_of(rollback_conn, "images.thumbnail") == [{"url": "x"}]
+
+
+def test_a_kwargs_handler_takes_any_other_arg_including_ctx(rollback_conn: Conn) -> None:
+    # Without a ctx parameter, "ctx" is an arg like any other: it lands in **fields.
+    log_event.enqueue(rollback_conn, {"kind": "login", "user": 7, "ctx": "web"})
+
+    assert jobs_of(rollback_conn, "log_event") == [{"kind": "login", "user": 7, "ctx": "web"}]
+
+
 # -- JobContext ---------------------------------------------------------------------------------
 
 
@@ -219,11 +338,12 @@ LOAD_APP_ERRORS: list[tuple[str, str, str]] = [
     ("without_colon", "test_tasks", "APP must look like"),
     ("without_module", ":APP", "APP must look like"),
     ("without_attribute", "test_tasks:", "APP must look like"),
-    ("missing_module", "no_such_module_pgq:app", "cannot import 'no_such_module_pgq'"),
+    ("missing_module", "no_such_module_pgq:app", "no module named 'no_such_module_pgq' in "),
+    ("missing_package", "no_such_package_pgq.tasks:app", "no module named 'no_such_package_pgq' "),
     ("relative_import", "..tasks:app", "cannot import '..tasks'"),
-    ("not_an_app", "os:path", r"'os:path' is not a pgq.App \(found module\)"),
-    ("missing_attribute", "test_tasks:NOPE", r"is not a pgq.App \(found NoneType\)"),
-    ("a_task_not_an_app", "test_tasks:send_email", r"is not a pgq.App \(found Task\)"),
+    ("not_an_app", "os:path", r"'os:path' is not a pgq.App \(found module\); module 'os' has no"),
+    ("missing_attribute", "test_tasks:NOPE", "no attribute 'NOPE'; try 'test_tasks:APP' or "),
+    ("a_task_not_an_app", "test_tasks:send_email", r"\(found Task\); try 'test_tasks:APP' or "),
     ("without_tasks", "test_tasks:EMPTY_APP", "'test_tasks:EMPTY_APP' has no tasks registered"),
 ]
 

@@ -10,6 +10,7 @@ the jobs table.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -178,35 +179,87 @@ def test_give_up_makes_the_job_dead_at_once_with_attempts_left(dsn: str, how: st
     asyncio.run(scenario())
 
 
+# Args written past Task.enqueue's check (by name, or by SQL), and the error the worker
+# stores for them: the same text Task.enqueue raises (test_tasks.py), after the same prefix.
+ARGS_THAT_DO_NOT_FIT = {
+    "an unknown arg": (
+        {"order": 7},
+        "GiveUp: args do not match charge's signature: "
+        "charge() got an unexpected arg 'order'; it takes: order_id",
+    ),
+    "a required arg left out": (
+        {},
+        "GiveUp: args do not match charge's signature: "
+        "charge() is missing the required arg 'order_id'",
+    ),
+    "ctx, which the worker fills": (
+        {"order_id": 7, "ctx": 1},
+        "GiveUp: args do not match charge's signature: "
+        "charge() gets 'ctx' from pgq (the JobContext): leave it out of the args",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "error"), ARGS_THAT_DO_NOT_FIT.values(), ids=ARGS_THAT_DO_NOT_FIT)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_args_that_do_not_fit_the_handler_make_the_job_dead_without_retries(
-    dsn: str, kind: str
+    dsn: str, kind: str, args: dict[str, Any], error: str
 ) -> None:
     app = pgq.App()
+    calls: list[int] = []
 
     if kind == "sync":
 
         @app.task(retry=QUICK_RETRY)
-        def charge(order_id: int) -> None:
-            pass
+        def charge(order_id: int, ctx: pgq.JobContext) -> None:
+            calls.append(order_id)
 
     else:
 
         @app.task(retry=QUICK_RETRY)
-        async def charge(order_id: int) -> None:
-            pass
+        async def charge(order_id: int, ctx: pgq.JobContext) -> None:
+            calls.append(order_id)
 
     async def scenario() -> None:
         async with await connect(dsn) as db:
-            job_id = await enqueue(db, "charge", {"order": 7}, max_attempts=5)
+            job_id = await value(
+                db,
+                "INSERT INTO pgq.jobs (task, args, max_attempts) VALUES ('charge', %s::jsonb, 5)"
+                " RETURNING id",
+                [json.dumps(args)],
+            )
             async with running(make_worker(app, dsn)) as worker_task:
                 await eventually(
                     has_status(db, job_id, "dead"), describe(dsn, job_id), worker_task=worker_task
                 )
             job = await fetch_job(db, job_id)
-        assert job["attempts"] == 1
-        assert "args do not match charge's signature" in job["last_error"]
-        assert "order" in job["last_error"]
+        assert (job["attempts"], job["last_error"]) == (1, error)
+        assert calls == [], "the handler never ran"
+
+    asyncio.run(scenario())
+
+
+def test_a_type_error_the_handler_raises_itself_is_retried_like_any_failure(dsn: str) -> None:
+    app = pgq.App()
+    attempts: list[int] = []
+
+    @app.task(retry=QUICK_RETRY)
+    def charge(order_id: int, ctx: pgq.JobContext) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    async def scenario() -> None:
+        async with await connect(dsn) as db:
+            job_id = (await charge.enqueue_async(db, {"order_id": 7})).id
+            async with running(make_worker(app, dsn)) as worker_task:
+                await eventually(
+                    has_status(db, job_id, "succeeded"), describe(dsn, job_id),
+                    worker_task=worker_task,
+                )  # fmt: skip
+            job = await fetch_job(db, job_id)
+        assert job["attempts"] == 2
+        assert attempts == [1, 2]
 
     asyncio.run(scenario())
 

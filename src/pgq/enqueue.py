@@ -43,6 +43,7 @@ from pgq.job import (
     TASK_NAME,
 )
 from pgq.queries import query
+from pgq.signature import HandlerSignature
 
 # enqueue_many validates and COPYs this many jobs, then moves them into the
 # table in one statement: memory stays bounded for a generator of any length.
@@ -93,6 +94,9 @@ class TaskDefaults(Protocol):
 
     @property
     def max_attempts(self) -> int: ...
+
+    @property
+    def signature(self) -> HandlerSignature: ...
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -347,15 +351,18 @@ def plan_job(
 ) -> PlannedJob:
     """Validate one job and resolve its defaults; InvalidJobError names what is wrong.
 
+    With a registered Task, the args must also fit its handler's parameters, as the
+    worker will pass them (``HandlerSignature``); a task name alone cannot be checked.
     Pure: no database, no I/O. Every enqueue function goes through here.
     """
     queue = options.get("queue")
     max_attempts = options.get("max_attempts")
+    signature = None  # a name alone says nothing about the handler's parameters
     if isinstance(task, str):
         task_name = task
     elif isinstance(getattr(task, "name", None), str):
         # a registered Task: its queue and max_attempts are the defaults
-        task_name = task.name
+        task_name, signature = task.name, task.signature
         queue = task.queue if queue is None else queue
         max_attempts = task.max_attempts if max_attempts is None else max_attempts
     else:
@@ -379,7 +386,7 @@ def plan_job(
             f"dedupe_key must be a string of 1 to {MAX_DEDUPE_KEY_LENGTH} characters "
             f"without NUL or lone surrogates, got {shown(dedupe_key)}"
         )
-    return PlannedJob(
+    planned = PlannedJob(
         _check_name("task", task_name, TASK_NAME, 200),
         encode_args(args),
         _check_name("queue", DEFAULT_QUEUE if queue is None else queue, QUEUE_NAME, 128),
@@ -394,6 +401,10 @@ def plan_job(
         ),
         dedupe_key,
     )
+    # After encode_args: args are now known to be a mapping with str keys.
+    if signature is not None and (problem := signature.problem_with(args or {})) is not None:
+        raise InvalidJobError(problem)
+    return planned
 
 
 def _plan_enqueue(

@@ -6,9 +6,10 @@ import importlib
 import inspect
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn, Unpack, overload
 
 import psycopg
@@ -25,6 +26,7 @@ from pgq.job import (
     TASK_NAME,
 )
 from pgq.retry import DEFAULT_RETRY, Retry
+from pgq.signature import HandlerSignature
 
 Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
 
@@ -69,9 +71,18 @@ class Task:
     timeout_seconds: float | None = None
     retry: Retry = DEFAULT_RETRY
     is_async: bool = False
-    wants_context: bool = False
     #: The app's schema, if it names one; else PGQ_SCHEMA or "pgq".
     schema: str | None = None
+    #: The names the handler takes, read once: every enqueue checks the args against it.
+    signature: HandlerSignature = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signature", HandlerSignature.read(self.name, self.handler))
+
+    @property
+    def wants_context(self) -> bool:
+        """The handler has a ``ctx`` parameter, which receives the JobContext."""
+        return self.signature.takes_context
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -158,7 +169,6 @@ class App:
                 timeout_seconds=timeout,
                 retry=retry or DEFAULT_RETRY,
                 is_async=inspect.iscoroutinefunction(function),
-                wants_context="ctx" in inspect.signature(function).parameters,
                 schema=self.schema,
             )
             self._check(task)
@@ -205,13 +215,44 @@ def load_app(spec: str) -> App:
     # Like uvicorn and celery: the current directory is importable.
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except (ImportError, TypeError) as error:  # TypeError: a relative name such as "..x"
-        raise ConfigError(f"cannot import {module_name!r} for APP {spec!r}: {error}") from error
+    module = _import_app_module(module_name, spec)
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
-        raise ConfigError(f"{spec!r} is not a pgq.App (found {type(app).__name__})")
+        raise ConfigError(_not_an_app(spec, module, attribute))
     if not app.tasks:
         raise ConfigError(f"{spec!r} has no tasks registered")
     return app
+
+
+def _import_app_module(module_name: str, spec: str) -> ModuleType:
+    """The module APP names, or an error that tells a wrong path from a missing dependency."""
+    cannot_import = f"cannot import {module_name!r} for APP {spec!r}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or module_name
+        if module_name == missing or module_name.startswith(f"{missing}."):
+            raise ConfigError(
+                f"{cannot_import}: no module named {missing!r} in {Path.cwd()} "
+                "or the installed packages"
+            ) from error
+        # The path is right: the module itself imports something that is not there.
+        raise ConfigError(
+            f"{cannot_import}: it imports {missing!r}, which is not installed here"
+        ) from error
+    except (ImportError, TypeError) as error:  # TypeError: a relative name such as "..x"
+        raise ConfigError(f"{cannot_import}: {error}") from error
+
+
+def _not_an_app(spec: str, module: ModuleType, attribute: str) -> str:
+    """Why ``module.attribute`` is no App, and the module's Apps to try instead."""
+    if hasattr(module, attribute):
+        found = type(getattr(module, attribute)).__name__
+        problem = f"{spec!r} is not a pgq.App (found {found})"
+    else:
+        problem = f"module {module.__name__!r} has no attribute {attribute!r}"
+    apps = [f"{module.__name__}:{name}" for name, value in vars(module).items()
+            if isinstance(value, App)]  # fmt: skip
+    if not apps:
+        return f"{problem}; module {module.__name__!r} has no pgq.App at all"
+    return f"{problem}; try {' or '.join(map(repr, apps))}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import logging
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 from pgq.errors import GiveUp, Snooze
 from pgq.job import ClaimedJob
 from pgq.retry import DEFAULT_RETRY
+from pgq.signature import CONTEXT_PARAMETER
 from pgq.tasks import JobContext, Task
 from pgq.worker import outcome as outcomes
 from pgq.worker.lease import Lease, LeaseTable
@@ -133,9 +133,13 @@ class Executor:
     async def _run_and_decide(self, run: RunningJob) -> Outcome | None:
         """Run the handler and turn what happened into the job's outcome (None: lease lost)."""
         job, task = run.job, run.task
+        # Args that cannot bind will never work: dead now, no retry. The same rule
+        # refused them at enqueue, unless the job came by name or by SQL.
+        if (problem := task.signature.problem_with(job.args)) is not None:
+            return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
         kwargs: dict[str, Any] = job.args
-        if task.wants_context:
-            kwargs = {**job.args, "ctx": self._context(job)}
+        if task.signature.takes_context:
+            kwargs = {**job.args, CONTEXT_PARAMETER: self._context(job)}
         try:
             await self._call(run, kwargs)
             return outcomes.succeeded(job)
@@ -158,11 +162,6 @@ class Executor:
         except GiveUp as signal_:
             return outcomes.gave_up(job, signal_.reason)
         except HandlerTimeout as error:
-            return outcomes.failed(job, error, task.retry)
-        except TypeError as error:
-            # Args that cannot bind to the handler will never work: no retry.
-            if _args_mismatch(task, kwargs):
-                return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {error}")
             return outcomes.failed(job, error, task.retry)
         except (Exception, SystemExit) as error:
             return outcomes.failed(job, error, task.retry)
@@ -275,12 +274,3 @@ class Executor:
     def close(self) -> None:
         """Let go of the thread pool; threads still running are left to end by themselves."""
         self._threads.shutdown(wait=False, cancel_futures=True)
-
-
-def _args_mismatch(task: Task, kwargs: dict[str, Any]) -> bool:
-    """True when ``kwargs`` cannot bind to the handler's signature (a TypeError's likely cause)."""
-    try:
-        inspect.signature(task.handler).bind(**kwargs)
-    except TypeError:
-        return True
-    return False
