@@ -69,6 +69,25 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (``pgq work --processes N`` takes
+    ``--metrics-port`` + 0 .. N-1): a free port's neighbour is often taken."""
+    while True:
+        first = free_port()
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
 class ThrowawayCluster:
     """A private PostgreSQL cluster that lives in a temp dir until ``cleanup()``.
 

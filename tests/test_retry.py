@@ -95,6 +95,14 @@ def test_backoff_ceiling_never_shrinks_as_attempts_grow(
     assert backoff_ceiling(low, policy) <= backoff_ceiling(high, policy)
 
 
+def test_a_base_one_step_below_its_cap_is_the_first_ceiling() -> None:
+    # Found by hypothesis: log2(cap) - log2(base) rounded to 0, and the cap came out first.
+    policy = Retry(base_seconds=95171051.67936032, cap_seconds=95171051.67936033)
+
+    assert backoff_ceiling(1, policy) == 95171051.67936032
+    assert backoff_ceiling(2, policy) == 95171051.67936033
+
+
 def test_a_policy_with_a_tiny_base_still_reaches_its_cap() -> None:
     policy = Retry(base_seconds=1e-300, cap_seconds=1.0)
 

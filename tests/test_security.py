@@ -34,7 +34,7 @@ import pgq
 import pgq.migrate
 import pgq.worker.maintenance
 from conftest import Databases
-from pgcluster import free_port
+from pgcluster import free_port, free_port_run
 from pgq import admin
 from pgq.cli import app as cli_app
 from pgq.queries import query
@@ -785,8 +785,9 @@ def run_for(command: str, target: str, dsn: str) -> Run:
         ports: tuple[int, ...] = ()
         extra = ["--log-format", "json" if command == "work json" else "text"]
         if good:
-            port = free_port()
-            ports = (port, port + 1) if "--processes" in command else (port,)
+            processes = 2 if "--processes" in command else 1
+            port = free_port_run(processes)
+            ports = tuple(range(port, port + processes))
             extra += ["--metrics-port", str(port)]  # and no --metrics-host: the default
         if "--processes" in command:
             # The documented way: the DSN in PGQ_DSN, not in argv. The supervisor hands it to

@@ -50,16 +50,23 @@ def _is_number(value: object) -> bool:
 DEFAULT_RETRY = Retry()
 
 
+# Doublings that take the smallest float (2 ** -1074) past the largest (~2 ** 1024).
+FLOAT_EXPONENT_SPAN = 2100
+
+
 def backoff_ceiling(attempt: int, policy: Retry) -> float:
     """The un-jittered delay after failed attempt number ``attempt`` (1-based)."""
     if attempt < 1:
         raise ValueError(f"attempt is 1-based, got {attempt}")
     doublings = attempt - 1
-    # Past the cap, say so without computing base * 2 ** doublings: that overflows a
-    # float long before an attempt count ends (2.0 ** 1024 is an OverflowError).
-    if doublings >= math.log2(policy.cap_seconds) - math.log2(policy.base_seconds):
+    # Exact powers of two (ldexp), not logarithms: log2(cap) - log2(base) rounds to 0 for
+    # a base one ulp below its cap. Past the float range the answer is the cap.
+    if doublings > FLOAT_EXPONENT_SPAN:
         return policy.cap_seconds
-    return min(policy.cap_seconds, math.ldexp(policy.base_seconds, doublings))
+    try:
+        return min(policy.cap_seconds, math.ldexp(policy.base_seconds, doublings))
+    except OverflowError:
+        return policy.cap_seconds
 
 
 def backoff_seconds(attempt: int, policy: Retry, rng: random.Random | None = None) -> float:
