@@ -20,17 +20,76 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}\Z")
 
 
 def resolve_dsn(dsn: str | None = None) -> str:
-    """The database to use: ``dsn`` if given, else ``$PGQ_DSN``, else ``$DATABASE_URL``."""
+    """The database to use: ``dsn`` if given, else ``$PGQ_DSN``, else ``$DATABASE_URL``.
+
+    The DSN comes back as libpq reads it (see ``normalize_dsn``), or ConfigError.
+    """
     if dsn:
-        return dsn
+        return normalize_dsn(dsn)
     for name in DSN_ENV_VARS:
         value = os.environ.get(name)
         if value:
-            return value
+            return normalize_dsn(value, source=name)
     raise ConfigError(
         "no database configured: pass --dsn, or set PGQ_DSN (or DATABASE_URL), "
         "for example PGQ_DSN='postgresql://user@localhost:5432/app'"
     )
+
+
+# A URL's scheme, if the DSN is a URL at all (key=value DSNs have no "://" up front).
+_URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.:-]*)://")
+# SQLAlchemy names the Python driver in the scheme (postgresql+asyncpg://). The
+# driver says which library connects, not where to: dropping it keeps the database.
+_POSTGRES_SCHEME = re.compile(r"^postgres(?:ql)?(?:\+\w+)?\Z", re.IGNORECASE)
+# asyncpg spells libpq's sslmode as ssl (?ssl=require); libpq itself only knows ssl=true.
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+_URL_FORM = (
+    "a URL (postgresql://user@host:5432/dbname; postgres:// and postgresql+<driver>:// work too)"
+)
+_KEYWORD_FORM = "key=value pairs (host=... dbname=...)"
+
+
+def normalize_dsn(dsn: str, source: str | None = None) -> str:
+    """``dsn`` as libpq reads it: SQLAlchemy's and asyncpg's URL forms translated.
+
+    ``postgresql+<driver>://`` and ``postgres://`` become ``postgresql://``, and
+    asyncpg's ``?ssl=<mode>`` becomes ``?sslmode=<mode>``; everything else is kept.
+    Any other scheme, or a DSN libpq cannot parse, is a ConfigError that names
+    ``source`` (where the DSN came from, if not an argument) and never shows the
+    password. Example::
+
+        >>> normalize_dsn("postgresql+asyncpg://app:pw@db:5432/app?ssl=require")
+        'postgresql://app:pw@db:5432/app?sslmode=require'
+    """
+    where = f" in {source}" if source else ""
+    text = dsn.strip()
+    url = _URL_SCHEME.match(text)
+    if url:
+        scheme = url.group("scheme")
+        if not _POSTGRES_SCHEME.match(scheme):
+            raise ConfigError(
+                f"the DSN{where} has the scheme {shown(scheme)}, which is not PostgreSQL: "
+                f"pgq needs {_URL_FORM} or {_KEYWORD_FORM}"
+            )
+        text = "postgresql://" + text[url.end() :]
+        address, question, query = text.partition("?")
+        if question:
+            text = address + "?" + "&".join(map(_libpq_parameter, query.split("&")))
+    elif text and "=" not in text:
+        # libpq would say 'missing "=" after <the whole DSN>', which helps nobody.
+        raise ConfigError(f"invalid DSN{where}: it is neither {_URL_FORM} nor {_KEYWORD_FORM}")
+    try:
+        psycopg.conninfo.conninfo_to_dict(text)
+    except psycopg.ProgrammingError as error:
+        raise ConfigError(f"invalid DSN{where}: {redact(str(error).strip(), text)}") from None
+    return text
+
+
+def _libpq_parameter(parameter: str) -> str:
+    name, _, value = parameter.partition("=")
+    if name == "ssl" and value in _SSL_MODES:
+        return f"sslmode={value}"
+    return parameter
 
 
 def resolve_schema(schema: str | None = None) -> str:

