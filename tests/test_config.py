@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import pgq.migrate
 from pgq.cli import app
-from pgq.config import normalize_dsn, resolve_dsn
+from pgq.config import normalize_dsn, resolve_dsn, worker_conninfo
 from pgq.errors import ConfigError
 
 PASSWORD = "s3cr3t-PW"
@@ -154,3 +154,11 @@ def test_a_mysql_database_url_stops_a_command_with_one_clear_line() -> None:
         "error: the DSN in DATABASE_URL has the scheme 'mysql', which is not PostgreSQL"
     )
     assert PASSWORD not in result.output
+
+
+def test_a_worker_built_in_python_takes_a_sqlalchemy_url_too() -> None:
+    conninfo = worker_conninfo("postgresql+asyncpg://app:secret@db:5433/shop?ssl=require")
+
+    params = conninfo_to_dict(conninfo)
+    assert (params["host"], params["port"], params["dbname"]) == ("db", "5433", "shop")
+    assert params["sslmode"] == "require"

@@ -121,11 +121,12 @@ WORKER_CONNECTION_DEFAULTS = {
 
 
 def worker_conninfo(dsn: str) -> str:
-    """``dsn`` with the worker's connection defaults added where the DSN is silent."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as error:
-        raise ConfigError(f"invalid DSN: {redact(str(error), dsn)}") from None
+    """``dsn`` with the worker's connection defaults added where the DSN is silent.
+
+    Normalized first, so that ``Worker(app, os.environ["DATABASE_URL"])`` takes the
+    same SQLAlchemy forms as the CLI.
+    """
+    params = psycopg.conninfo.conninfo_to_dict(normalize_dsn(dsn))
     for key, value in WORKER_CONNECTION_DEFAULTS.items():
         params.setdefault(key, value)
     return psycopg.conninfo.make_conninfo("", **params)
