@@ -165,3 +165,13 @@ def test_the_embedded_server_says_where_its_data_lives_and_how_to_remove_it(
     assert (as_root in said) == (os.geteuid() == 0)
     assert embedded_server == [(EMBEDDED_DATA_DIR, "stop")]
     assert found == pg_admin_dsn
+
+
+def test_the_demo_tells_its_story_and_why_job_ids_skip_numbers(dsn: str) -> None:
+    result = CliRunner().invoke(app, ["demo", "--dsn", dsn])
+    output = " ".join(result.output.split())
+
+    assert result.exit_code == 0, result.output
+    assert "orders stored: 3, charged: 3, confirmation sent: 3" in output
+    # Three deduplicated second confirmations and the rolled-back order drew ids unused.
+    assert "job ids 3, 6, 9, 10 are missing: every insert draws an id" in output
