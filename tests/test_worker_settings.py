@@ -217,7 +217,7 @@ def test_children_serve_no_metrics_when_the_worker_serves_none() -> None:
 
 def test_summary_says_how_the_worker_runs() -> None:
     assert create(queues={"emails": 2, "reports": None}, concurrency=4).summary() == (
-        "queues emails, reports, concurrency 4, lease 30s, listening"
+        "queues emails=2, reports, concurrency 4, lease 30s, listening"
     )
     assert create(poll_only=True, poll_seconds=0.5).summary() == (
         "queues all, concurrency 10, lease 30s, polling every 0.5s"

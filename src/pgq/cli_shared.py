@@ -1,4 +1,4 @@
-"""What every `pgq` command shares: the DSN and schema options, output, and failing clearly."""
+"""What every `pgq` command shares: plain help, the DSN and schema options, output, errors."""
 
 from __future__ import annotations
 
@@ -6,24 +6,85 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import psycopg
 import psycopg.errors
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from pgq.config import describe_dsn, redact, resolve_dsn, resolve_schema
 from pgq.errors import PgqError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from typer._click import Context, HelpFormatter, Parameter
+    from typer.models import CommandFunctionType
+
 err = Console(stderr=True)
 out = Console()
+
+
+class PlainHelpCommand(TyperCommand):
+    """A command whose help reads like most CLIs': ``pgq cancel [OPTIONS] ID...``.
+
+    Typer's own help shows every parameter's Python type (``--help <bool>``, ``ID...
+    <list[int]>``), an id's whole range, and a required list as ``{ID...}...``. Here an
+    argument shows its metavar and its help; options keep Typer's plain records, which
+    name a value by the option's metavar and a flag by its name alone.
+    """
+
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [_usage_name(p) for p in _arguments(self.get_params(ctx))]
+
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
+        params = self.get_params(ctx)
+        arguments = [(_usage_name(p), getattr(p, "help", None) or "") for p in _arguments(params)]
+        options = [
+            record
+            for p in params
+            if p.param_type_name == "option" and (record := p.get_help_record(ctx))
+        ]
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _arguments(params: list[Parameter]) -> list[Parameter]:
+    return [
+        p for p in params if p.param_type_name == "argument" and not getattr(p, "hidden", False)
+    ]
+
+
+def _usage_name(argument: Parameter) -> str:
+    """``ID``, ``[ID]`` when optional, then ``...`` when it takes several."""
+    name = argument.metavar or (argument.name or "").upper()
+    name = name if argument.required else f"[{name}]"
+    return f"{name}..." if argument.nargs != 1 else name
+
+
+class Commands(typer.Typer):
+    """A Typer whose commands print plain help (see PlainHelpCommand), without rich's boxes."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(rich_markup_mode=None, **settings)
+
+    def command(
+        self, name: str | None = None, **settings: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        return super().command(name, cls=PlainHelpCommand, **settings)
+
 
 DsnOption = Annotated[
     str | None,
     typer.Option(
         "--dsn",
+        metavar="DSN",
         help="PostgreSQL connection string. Default: $PGQ_DSN, else $DATABASE_URL.",
         show_default=False,
     ),
@@ -31,10 +92,44 @@ DsnOption = Annotated[
 SchemaOption = Annotated[
     str | None,
     typer.Option(
-        "--schema", help="pgq's schema. Default: $PGQ_SCHEMA, else 'pgq'.", show_default=False
+        "--schema",
+        metavar="SCHEMA",
+        help="pgq's schema. Default: $PGQ_SCHEMA, else 'pgq'.",
+        show_default=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+YesOption = Annotated[
+    bool,
+    typer.Option("--yes", "-y", help="Go ahead without asking (for scripts)."),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+]
+
+
+def confirm(action: str, *, warning: str = "", yes: bool) -> None:
+    """Ask "Action? warning [y/N]" on the terminal, and exit 1 unless the answer is yes.
+
+    ``yes`` (``--yes``) answers for a script. With no terminal to ask on (cron, a
+    pipe, CI) and no ``--yes``, refuse and exit 1: a destructive command must neither
+    hang on a question no one sees nor go ahead without an answer.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(
+            f"refusing to {action} without confirmation: stdin is not a terminal, so pgq "
+            f"cannot ask. {warning + ' ' if warning else ''}Add --yes to go ahead, or "
+            "--dry-run to see what would change"
+        )
+    question = action[:1].upper() + action[1:] + "?" + (f" {warning}" if warning else "")
+    # On stderr, and read by hand: typer.confirm's input() would print to stdout.
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        err.print("not confirmed: nothing changed", highlight=False)
+        raise typer.Exit(1)
 
 
 def fail(message: str, dsn: str | None = None, *, as_json: bool = False) -> NoReturn:

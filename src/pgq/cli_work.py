@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Annotated
 import psycopg
 import typer
 
-from pgq.cli_shared import DsnOption, SchemaOption, fail
+from pgq.cli_shared import Commands, DsnOption, SchemaOption, fail
 from pgq.config import describe_dsn, parse_duration, resolve_dsn
 from pgq.errors import ConfigError, PgqError
 from pgq.job import QUEUE_NAME
-from pgq.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from pgq.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, plural
 from pgq.retention import Retention
 
 if TYPE_CHECKING:
     from pgq.worker import Worker
 
-work_commands = typer.Typer()
+work_commands = Commands()
 
 MAX_PROCESSES = 256
 ASCII_SPACE = " \t\n\r\f\v"
@@ -109,21 +109,27 @@ def work(
         typer.Option(
             "--queues",
             "-q",
-            help="Queues to serve, each optionally NAME=CONCURRENCY; "
-            "repeat or separate with commas. Default: all queues.",
+            metavar="QUEUE[=N]",
+            help="Queues to serve; with =N, at most N of a queue's jobs run at once. "
+            "Repeat or separate with commas. Default: all queues.",
         ),
     ] = None,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", help="Jobs run at once per process.")
+        int,
+        typer.Option("--concurrency", "-c", metavar="N", help="Jobs run at once per process."),
     ] = 10,
     processes: Annotated[
-        int, typer.Option("--processes", "-p", help="Worker processes under one supervisor.")
+        int,
+        typer.Option(
+            "--processes", "-p", metavar="N", help="Worker processes under one supervisor."
+        ),
     ] = 1,
     poll_seconds: Annotated[
-        float, typer.Option(help="Poll interval when no wake-up arrives.")
+        float, typer.Option(metavar="SECONDS", help="Poll interval when no wake-up arrives.")
     ] = 1.0,
     lease_seconds: Annotated[
-        float, typer.Option(help="How long a claim holds a job without a heartbeat.")
+        float,
+        typer.Option(metavar="SECONDS", help="How long a claim holds a job without a heartbeat."),
     ] = 30.0,
     poll_only: Annotated[
         bool,
@@ -134,7 +140,8 @@ def work(
     shutdown_grace_seconds: Annotated[
         float,
         typer.Option(
-            help="On SIGTERM, how long running jobs may take before they are handed back."
+            metavar="SECONDS",
+            help="On SIGTERM, how long running jobs may take before they are handed back.",
         ),
     ] = 30.0,
     synchronous_commit: Annotated[
@@ -147,22 +154,36 @@ def work(
     ] = False,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve Prometheus metrics on /metrics and a health check on /health."),
+        typer.Option(
+            metavar="PORT",
+            help="Serve Prometheus metrics on /metrics and a health check on /health.",
+        ),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option(help="Address for the metrics server; 0.0.0.0 exposes it.")
+        str,
+        typer.Option(metavar="HOST", help="Address for the metrics server; 0.0.0.0 exposes it."),
     ] = "127.0.0.1",
     keep_succeeded: Annotated[
-        str, typer.Option(help="Prune succeeded jobs older than this (7d, 12h...) or 'forever'.")
+        str,
+        typer.Option(
+            metavar="AGE", help="Prune succeeded jobs older than this (7d, 12h...) or 'forever'."
+        ),
     ] = "1d",
     keep_cancelled: Annotated[
-        str, typer.Option(help="Prune cancelled jobs older than this, or 'forever'.")
+        str, typer.Option(metavar="AGE", help="Prune cancelled jobs older than this, or 'forever'.")
     ] = "7d",
     keep_dead: Annotated[
-        str, typer.Option(help="Prune dead jobs older than this, or 'forever' (operators decide).")
+        str,
+        typer.Option(
+            metavar="AGE", help="Prune dead jobs older than this, or 'forever' (operators decide)."
+        ),
     ] = "forever",
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    log_format: Annotated[str, typer.Option(help="text, or json: one object per line.")] = "text",
+    log_level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+    log_format: Annotated[
+        str, typer.Option(metavar="FORMAT", help="text, or json: one object per line.")
+    ] = "text",
 ) -> None:
     """Run a worker: claim and run jobs until SIGTERM or SIGINT."""
     from pgq.tasks import load_app
@@ -258,7 +279,8 @@ def _run_worker(worker: Worker, dsn: str, log_format: str) -> None:
         # Threads cannot be killed, and Python waits for them at exit: their jobs
         # are already handed back, so leave without them.
         logging.getLogger("pgq.worker").warning(
-            "%d sync handlers are still running; exiting without them", worker.stuck_threads
+            "%s still running; exiting without waiting",
+            plural(worker.stuck_threads, "sync handler"),
         )
         logging.shutdown()
         os._exit(0)

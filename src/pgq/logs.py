@@ -19,6 +19,14 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """A count and its noun, as log lines and command output print them: ``plural(1, "job")``
+    is ``1 job``, ``plural(2, "dead job")`` is ``2 dead jobs``; ``nouns`` where "s" is wrong."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {nouns or noun + 's'}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, pid, message, and job fields."""
 

@@ -15,6 +15,7 @@ import psycopg
 from pgq.config import MAX_DURATION_SECONDS
 from pgq.errors import ConfigError, shown
 from pgq.job import DAY_SECONDS, JobStatus
+from pgq.logs import plural
 from pgq.queries import query
 
 log = logging.getLogger("pgq.retention")
@@ -83,5 +84,5 @@ def prune_finished_jobs(
             if deleted < batch_size:
                 break
     if total:
-        log.info("pruned %d finished jobs past their retention", total)
+        log.info("pruned %s past their retention", plural(total, "finished job"))
     return total

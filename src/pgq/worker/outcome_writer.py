@@ -20,6 +20,7 @@ from psycopg import sql
 
 from pgq.connection import DATABASE_DOWN, Backoff
 from pgq.job import JobStatus
+from pgq.logs import plural
 from pgq.queries import array_literal, query
 from pgq.tasks import Task
 from pgq.worker import outcome as outcomes
@@ -78,8 +79,8 @@ class OutcomeWriter:
                     pass
                 delay = backoff.failed(at_once=True)
                 log.warning(
-                    "recording %d outcomes failed, database unreachable (%s); retrying in %.1fs",
-                    len(self.pending), error, delay,
+                    "recording %s failed, database unreachable (%s); retrying in %.1fs",
+                    plural(len(self.pending), "outcome"), error, delay,
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 self.wakeup.set()
@@ -89,8 +90,8 @@ class OutcomeWriter:
             except Exception as error:
                 # One outcome the database refuses must not sink the others
                 # of its batch: write them one by one.
-                log.error("recording %d outcomes failed (%s); retrying one by one",
-                          len(batch), error)  # fmt: skip
+                log.error("recording %s failed (%s); retrying one by one",
+                          plural(len(batch), "outcome"), error)  # fmt: skip
                 await self._write_one_by_one(batch)
             finally:
                 self.in_flight = 0
@@ -108,8 +109,8 @@ class OutcomeWriter:
             pass
         if self.pending:
             log.error(
-                "could not record %d outcomes before exiting; their leases will expire and "
-                "rescue will return them to the queue", len(self.pending),
+                "could not record %s before exiting; their leases will expire and "
+                "rescue will return them to the queue", plural(len(self.pending), "outcome"),
             )  # fmt: skip
 
     async def _write_one_by_one(self, batch: list[Outcome]) -> None:

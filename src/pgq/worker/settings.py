@@ -140,7 +140,12 @@ class WorkerSettings:
 
     def summary(self) -> str:
         """How this worker runs, for its start-up log line."""
-        queues = ", ".join(self.queues) if self.queues else "all"
+        # As --queues takes them: emails=5 caps a queue, a bare name has no cap of its own.
+        queues = (
+            ", ".join(name if cap is None else f"{name}={cap}" for name, cap in self.queues.items())
+            if self.queues
+            else "all"
+        )
         wakeups = f"polling every {self.poll_seconds:g}s" if self.poll_only else "listening"
         return (
             f"queues {queues}, concurrency {self.concurrency}, "

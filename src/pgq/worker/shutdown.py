@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from pgq.logs import plural
 from pgq.worker.executor import Executor
 from pgq.worker.outcome_writer import OutcomeWriter
 
@@ -70,7 +71,9 @@ async def finish_running_jobs(executor: Executor, grace_seconds: float) -> None:
         await asyncio.wait(waiting, timeout=grace_seconds)
     leftovers = [run for run in executor.running.values() if run.future is not None]
     if leftovers:
-        log.warning("grace period over: handing back %d running jobs to the queue", len(leftovers))
+        log.warning(
+            "grace period over: handing back %s to the queue", plural(len(leftovers), "running job")
+        )
         for run in leftovers:
             executor.hand_back(run)
         await asyncio.wait(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from pgq.connection import Backoff
+from pgq.logs import plural
 
 log = logging.getLogger("pgq.supervisor")
 
@@ -63,7 +64,9 @@ class Supervisor:
                 child.send_signal(signal.SIGTERM)
         if self.signals == 1:
             log.info(
-                "%s: stopping %d worker processes", signal.Signals(signum).name, len(self.children)
+                "%s: stopping %s",
+                signal.Signals(signum).name,
+                plural(len(self.children), "worker process", "worker processes"),
             )
 
     def run(self) -> int:

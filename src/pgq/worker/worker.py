@@ -16,6 +16,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from pgq.errors import ConfigError
+from pgq.logs import plural
 from pgq.metrics import DEFAULT_HOST, WorkerMetrics
 from pgq.retention import Retention
 from pgq.tasks import App
@@ -168,4 +169,4 @@ class Worker:
 
     def _describe_stop(self) -> str:
         running, grace = len(self.executor.running), self.settings.shutdown_grace_seconds
-        return f"waiting up to {grace:g}s for {running} running jobs"
+        return f"waiting up to {grace:g}s for {plural(running, 'running job')}"
