@@ -66,6 +66,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD = pgq.migrate.head_revision()
+NEEDED = pgq.migrate.required_revision()  # the oldest revision this pgq runs on
 OLDER = "0001"
 NEWER = "0099"  # a revision a later pgq might ship: this one does not know it
 MIB = 1024 * 1024
@@ -409,7 +410,7 @@ def test_worker_refuses_bad_options_before_it_starts(
     ("database", "fragments"),
     [
         ("empty_db", ["pgq's schema 'pgq' is not in this database", "run `pgq migrate`"]),
-        ("older_db", [f"at revision {OLDER}", f"this pgq needs {HEAD}", "run `pgq migrate`"]),
+        ("older_db", [f"at revision {OLDER}", f"this pgq needs {NEEDED}", "run `pgq migrate`"]),
         ("newer_db", [f"at revision {NEWER}", "newer"]),
     ],
 )  # fmt: skip
@@ -665,7 +666,7 @@ class Cli:
 
 
 SCHEMA_FIX = ("pgq's schema 'pgq' is not in this database", "run `pgq migrate`")
-REVISIONS = (f"at revision {OLDER}", f"this pgq needs {HEAD}", "run `pgq migrate`")
+REVISIONS = (f"at revision {OLDER}", f"this pgq needs {NEEDED}", "run `pgq migrate`")
 CLI_CASES: dict[str, Cli] = {
     # pgq work: the APP
     "work_app_empty": Cli(("work", ""), ("APP must look like 'package.module:app'",)),
@@ -678,8 +679,9 @@ CLI_CASES: dict[str, Cli] = {
     "work_app_with_a_space": Cli(("work", "a b:app"), ("cannot import 'a b'",)),
     "work_app_not_an_app": Cli(("work", "os:path"), ("'os:path' is not a pgq.App",)),
     "work_app_missing_attribute": Cli(("work", "test_bad_input:NOPE"),
-                                      ("is not a pgq.App (found NoneType)",)),
-    "work_app_trailing_newline": Cli(("work", "test_bad_input:APP\n"), ("is not a pgq.App",)),
+                                      ("module 'test_bad_input' has no attribute 'NOPE'",)),
+    "work_app_trailing_newline": Cli(("work", "test_bad_input:APP\n"),
+                                     ("has no attribute 'APP\\n'; try 'test_bad_input:APP'",)),
     "work_app_without_tasks": Cli(("work", "test_bad_input:EMPTY_APP"),
                                   ("has no tasks registered",)),
     "work_app_relative_import": Cli(("work", "..tasks:app"), ("cannot import",)),

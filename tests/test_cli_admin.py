@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -23,6 +24,7 @@ from typer.testing import CliRunner, Result
 from conftest import Databases
 from pgq.cli import app
 from seeding import Conn, fetch_job, job_ids, job_statuses, seed_job
+from terminal import run_pgq_on_a_terminal
 from worker_helpers import REPO_ROOT
 
 HOUR = 3600.0
@@ -42,11 +44,14 @@ def pgq_cli(*args: str) -> Result:
 
 
 def run_pgq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m pgq ARGS`` as a subprocess, wide enough that tables never wrap."""
+    """``python -m pgq ARGS`` as a subprocess, wide enough that tables never wrap.
+
+    stdin is not a terminal, as in a script: a command that would ask refuses instead.
+    """
     env = {k: v for k, v in os.environ.items() if k not in NO_PGQ_SETTINGS}
     env["COLUMNS"] = "200"
     return subprocess.run(
-        [sys.executable, "-m", "pgq", *args],
+        [sys.executable, "-m", "pgq", *args], stdin=subprocess.DEVNULL,
         capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout, check=False,
     )  # fmt: skip
 
@@ -102,20 +107,39 @@ def test_stats_shows_due_scheduled_running_expired_and_lag_per_queue(dsn: str, d
 
     out = ok(pgq_cli("stats", "--dsn", dsn))
 
-    assert "pgq queues (unfinished jobs)" in out
+    assert "pgq queues" in out
     (row,) = table_rows(out)
     assert row[:5] == ["emails", "2", "1", "1", "1"]
     assert row[5].endswith("m") and 1.5 <= float(row[5][:-1]) < 3, "lag 90 s shows as 1.5m"
+    assert row[6:] == ["0", ""], "no dead job, no time of death"
     assert "archive" not in out
 
 
-def test_stats_with_no_unfinished_jobs_says_so(dsn: str, db: Conn) -> None:
+def test_stats_shows_each_queues_dead_jobs_and_last_death_without_all(dsn: str, db: Conn) -> None:
+    seed_job(db, "dead", queue="payments", finished_ago=3 * HOUR)
+    seed_job(db, "dead", queue="payments", finished_ago=2 * HOUR)
+    seed_job(db, "dead", queue="emails", finished_ago=600)
+    seed_job(db, queue="emails", due_in=-30)
+    seed_job(db, "succeeded", queue="archive")
+
+    out = ok(pgq_cli("stats", "--dsn", dsn))
+
+    rows = {row[0]: row for row in table_rows(out)}
+    assert set(rows) == {"emails", "payments"}, "a queue with only dead jobs has a row too"
+    assert rows["payments"][1:5] == ["0", "0", "0", "0"]
+    assert rows["payments"][6:] == ["2", "2.0h ago"], "the newest death, not the oldest"
+    assert rows["emails"][1] == "1" and rows["emails"][6:] == ["1", "10.0m ago"]
+    assert "all jobs by queue and status" not in out, "no --all: no scan of the table"
+
+
+def test_stats_with_no_unfinished_or_dead_jobs_says_so(dsn: str, db: Conn) -> None:
     seed_job(db, "succeeded")
+    seed_job(db, "cancelled")
 
     out = ok(pgq_cli("stats", "--dsn", dsn))
 
     assert table_rows(out) == []
-    assert "no queued or running jobs" in out
+    assert "no queued, running or dead jobs" in out
 
 
 def test_stats_all_adds_every_status_per_queue(dsn: str, db: Conn) -> None:
@@ -134,18 +158,24 @@ def test_stats_all_adds_every_status_per_queue(dsn: str, db: Conn) -> None:
 
 def test_stats_json_has_queues_and_with_all_counts(dsn: str, db: Conn) -> None:
     seed_job(db, queue="emails", due_in=-30)
-    seed_job(db, "dead", queue="emails")
+    dead = seed_job(db, "dead", queue="emails")
 
     plain = json.loads(ok(pgq_cli("stats", "--json", "--dsn", dsn)))
     everything = json.loads(ok(pgq_cli("stats", "--json", "--all", "--dsn", dsn)))
 
     assert set(plain) == {"queues", "counts"} and plain["counts"] == []
     (queue,) = plain["queues"]
-    assert set(queue) == {"queue", "due", "scheduled", "running", "lease_expired", "lag_seconds"}
+    assert set(queue) == {
+        "queue", "due", "scheduled", "running", "lease_expired", "lag_seconds", "dead",
+        "last_died_at",
+    }  # fmt: skip
     assert (queue["queue"], queue["due"], queue["scheduled"], queue["running"]) == (
         "emails", 1, 0, 0,
     )  # fmt: skip
     assert 29 <= queue["lag_seconds"] < 90
+    assert queue["dead"] == 1
+    died = datetime.fromisoformat(queue["last_died_at"])
+    assert died.utcoffset() is not None and died == fetch_job(db, dead)["finished_at"]
     assert sorted(everything["counts"], key=lambda c: c["status"]) == [
         {"queue": "emails", "status": "dead", "jobs": 1},
         {"queue": "emails", "status": "queued", "jobs": 1},
@@ -349,11 +379,11 @@ def test_requeue_dry_run_promises_only_what_the_real_run_then_does(dsn: str, db:
 
     by_id = ok(pgq_cli("requeue", str(blocked), "--dry-run", "--dsn", dsn))
     by_filter = ok(pgq_cli("requeue", "--all-dead", "--dry-run", "--dsn", dsn))
-    real = ok(pgq_cli("requeue", "--all-dead", "--dsn", dsn))
+    real = ok(pgq_cli("requeue", "--all-dead", "--yes", "--dsn", dsn))
 
-    assert flat(real) == "requeued 1 dead jobs"
+    assert flat(real) == "requeued 1 dead job"
     assert "would refuse" in by_id
-    assert "dry run: 1 dead jobs would be requeued" in by_filter
+    assert "dry run: 1 dead job would be requeued" in by_filter
 
 
 def test_requeue_by_error_pattern_requeues_exactly_the_matching_dead_jobs(
@@ -361,7 +391,7 @@ def test_requeue_by_error_pattern_requeues_exactly_the_matching_dead_jobs(
 ) -> None:
     jobs = seed_dead_mix(db)
 
-    out = ok(pgq_cli("requeue", "--error", "%timeout%", "--dsn", dsn))
+    out = ok(pgq_cli("requeue", "--error", "%timeout%", "--yes", "--dsn", dsn))
 
     assert flat(out) == "requeued 2 dead jobs"
     statuses = job_statuses(db)
@@ -385,15 +415,54 @@ def test_requeue_by_filter_or_all_dead_requeues_the_selected_dead_jobs(
 ) -> None:
     jobs = seed_dead_mix(db)
 
-    out = ok(pgq_cli("requeue", *options, "--dsn", dsn))
+    out = ok(pgq_cli("requeue", *options, "-y", "--dsn", dsn))
 
-    assert flat(out) == f"requeued {len(selected)} dead jobs"
+    assert flat(out) == {1: "requeued 1 dead job", 2: "requeued 2 dead jobs",
+                         3: "requeued 3 dead jobs"}[len(selected)]  # fmt: skip
     statuses = job_statuses(db)
     for name, job_id in jobs.items():
         if name.startswith("queued"):
             assert statuses[job_id] == "queued"
         else:
             assert statuses[job_id] == ("queued" if name in selected else "dead"), name
+
+
+def test_requeue_by_filter_without_a_terminal_or_yes_refuses_and_requeues_nothing(
+    dsn: str, db: Conn
+) -> None:
+    jobs = seed_dead_mix(db)
+    before = job_statuses(db)
+
+    text = failed(pgq_cli("requeue", "--error", "%timeout%", "--task", "charge", "--dsn", dsn))
+
+    assert text.startswith(
+        "error: refusing to requeue 1 dead job matching --task charge --error %timeout% "
+        "without confirmation: stdin is not a terminal"
+    ), text
+    assert "Add --yes to go ahead, or --dry-run" in text
+    assert job_statuses(db) == before
+    assert before[jobs["charge timeout"]] == "dead"
+
+
+def test_requeue_by_filter_on_a_terminal_asks_and_a_no_requeues_nothing(dsn: str, db: Conn) -> None:
+    seed_dead_mix(db)
+    before = job_statuses(db)
+
+    result = run_pgq_on_a_terminal("requeue", "--all-dead", "--dsn", dsn, answer="n\n")
+
+    assert result.returncode == 1, result.stderr
+    assert flat(result.stderr) == (
+        "Requeue 3 dead jobs (--all-dead)? Each runs again, with its attempts from zero. "
+        "[y/N] not confirmed: nothing changed"
+    )
+    assert job_statuses(db) == before
+
+
+def test_requeue_by_id_does_not_ask(dsn: str, db: Conn) -> None:
+    # The operator named each job: nothing to confirm, and scripts keep working.
+    dead = seed_job(db, "dead")
+
+    assert flat(ok(pgq_cli("requeue", str(dead), "--dsn", dsn))) == f"job {dead}: requeued"
 
 
 @pytest.mark.parametrize(
@@ -466,10 +535,10 @@ def test_prune_deletes_old_succeeded_and_cancelled_jobs_by_default(dsn: str, db:
         seed_job(db, "queued", created_ago=30 * day),
     }
 
-    out = ok(pgq_cli("prune", "--older-than", "2d", "--dsn", dsn))
+    out = ok(pgq_cli("prune", "--older-than", "2d", "--yes", "--dsn", dsn))
 
     assert out.splitlines() == [
-        "pruned 1 succeeded jobs older than 2d",
+        "pruned 1 succeeded job older than 2d",
         "pruned 2 cancelled jobs older than 2d",
     ]
     assert job_ids(db) == kept
@@ -482,11 +551,88 @@ def test_prune_with_status_and_batch_size_deletes_only_that_status(dsn: str, db:
 
     out = ok(
         pgq_cli("prune", "--older-than", "1h", "--status", "dead", "--batch-size", "2",
-                "--dsn", dsn)
+                "-y", "--dsn", dsn)
     )  # fmt: skip
 
     assert out.splitlines() == ["pruned 5 dead jobs older than 1h"]
     assert job_ids(db) == kept
+
+
+def seed_old_dead_jobs(db: Conn) -> set[int]:
+    """Two dead jobs that died 2 h ago, and a succeeded one as old: all of them in view."""
+    return {
+        seed_job(db, "dead", finished_ago=2 * HOUR),
+        seed_job(db, "dead", finished_ago=2 * HOUR),
+        seed_job(db, "succeeded", finished_ago=2 * HOUR),
+    }
+
+
+def test_prune_without_a_terminal_or_yes_refuses_naming_what_it_would_delete(
+    dsn: str, db: Conn
+) -> None:
+    everything = seed_old_dead_jobs(db)
+
+    text = failed(pgq_cli("prune", "--older-than", "1h", "--status", "dead", "--dsn", dsn))
+
+    assert text.startswith("error: refusing to delete 2 dead jobs finished before "), text
+    assert "UTC (older than 1h) without confirmation: stdin is not a terminal" in text
+    assert text.endswith("Add --yes to go ahead, or --dry-run to see what would change")
+    assert job_ids(db) == everything
+
+
+def test_prune_dry_run_counts_per_status_and_deletes_nothing(dsn: str, db: Conn) -> None:
+    everything = seed_old_dead_jobs(db)
+    seed_job(db, "dead", finished_ago=600)  # too young
+    everything = job_ids(db)
+
+    out = ok(
+        pgq_cli("prune", "--older-than", "1h", "--status", "dead", "--status", "succeeded",
+                "--status", "cancelled", "--dry-run", "--dsn", dsn)
+    )  # fmt: skip
+
+    assert flat(out).startswith(
+        "dry run: would delete 2 dead jobs, 1 succeeded job and 0 cancelled jobs finished before "
+    ), out
+    assert flat(out).endswith("UTC (older than 1h); nothing deleted")
+    assert job_ids(db) == everything
+
+
+def test_prune_on_a_terminal_asks_and_a_no_deletes_nothing(dsn: str, db: Conn) -> None:
+    everything = seed_old_dead_jobs(db)
+
+    result = run_pgq_on_a_terminal(
+        "prune", "--older-than", "1h", "--status", "dead", "--dsn", dsn, answer="n\n"
+    )
+
+    assert result.returncode == 1, result.stderr
+    question, _, after = flat(result.stderr).partition(" [y/N] ")
+    assert question.startswith("Delete 2 dead jobs finished before "), result.stderr
+    assert question.endswith(" UTC (older than 1h)?")
+    assert after == "not confirmed: nothing changed"
+    assert result.stdout == ""
+    assert job_ids(db) == everything
+
+
+def test_prune_on_a_terminal_deletes_after_a_yes(dsn: str, db: Conn) -> None:
+    everything = seed_old_dead_jobs(db)
+    succeeded = max(everything)
+
+    result = run_pgq_on_a_terminal(
+        "prune", "--older-than", "1h", "--status", "dead", "--dsn", dsn, answer="y\n"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "pruned 2 dead jobs older than 1h\n"
+    assert job_ids(db) == {succeeded}
+
+
+def test_prune_with_nothing_to_delete_does_not_ask(dsn: str, db: Conn) -> None:
+    young = seed_job(db, "dead", finished_ago=600)
+
+    out = ok(pgq_cli("prune", "--older-than", "1h", "--status", "dead", "--dsn", dsn))
+
+    assert out.splitlines() == ["pruned 0 dead jobs older than 1h"]
+    assert job_ids(db) == {young}
 
 
 @pytest.mark.parametrize(
@@ -579,7 +725,7 @@ def test_stats_json_from_a_real_process(dsn: str, db: Conn) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "queues": [{"queue": "emails", "due": 0, "scheduled": 1, "running": 0,
-                    "lease_expired": 0, "lag_seconds": 0.0}],
+                    "lease_expired": 0, "lag_seconds": 0.0, "dead": 0, "last_died_at": None}],
         "counts": [],
     }  # fmt: skip
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -22,8 +24,10 @@ from typer.testing import CliRunner
 import pgq.migrate
 from pgcluster import free_port
 from pgq.cli import app as cli_app
+from pgq.queries import query
 from pgq.roles import grant_roles, role_names, roles_sql
 from seeding import Conn, seed_job
+from terminal import run_pgq_on_a_terminal
 
 HEAD = pgq.migrate.head_revision()
 
@@ -37,8 +41,9 @@ def pgq_env() -> dict[str, str]:
 
 
 def run_pgq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m pgq ARGS`` as a script runs it: stdin is no terminal, so pgq cannot ask."""
     return subprocess.run(
-        [sys.executable, "-m", "pgq", *args],
+        [sys.executable, "-m", "pgq", *args], stdin=subprocess.DEVNULL,
         capture_output=True, text=True, env=pgq_env(), timeout=timeout, check=False,
     )  # fmt: skip
 
@@ -64,6 +69,15 @@ def schema_exists(dsn: str, name: str) -> bool:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_namespace WHERE nspname = %s", [name]
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def index_is_valid(dsn: str, name: str) -> bool:
+    """Does the index exist, built to the end (a cancelled CONCURRENTLY build leaves it invalid)?"""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [name]
         ).fetchone()
     return bool(row and row[0])
 
@@ -215,7 +229,7 @@ def test_migrations_go_up_down_and_up_again(empty_dsn: str) -> None:
     migrate_ok(empty_dsn)
     at_head = schema_dump(empty_dsn)
 
-    text = migrate_ok(empty_dsn, "--downgrade", "base")
+    text = migrate_ok(empty_dsn, "--downgrade", "base", "--yes")
 
     assert f"{HEAD} -> none" in text
     assert not relation_exists(empty_dsn, "pgq.jobs")
@@ -372,7 +386,7 @@ def test_migrate_leaves_the_apps_own_alembic_version_untouched(empty_dsn: str) -
     assert app_revisions() == [("app_rev_42",)]
     assert pgq.migrate.current_revision(empty_dsn) == HEAD
 
-    migrate_ok(empty_dsn, "--downgrade", "base")
+    migrate_ok(empty_dsn, "--downgrade", "base", "-y")
     assert app_revisions() == [("app_rev_42",)]
 
 
@@ -395,6 +409,8 @@ def test_upgrade_runs_inside_the_apps_own_sqlalchemy_transaction(empty_dsn: str)
 
     assert pgq.migrate.current_revision(empty_dsn) == HEAD
     assert relation_exists(empty_dsn, "public.orders")
+    # Built inside the app's transaction (no CONCURRENTLY there), and valid.
+    assert index_is_valid(empty_dsn, "pgq.jobs_dead_idx")
     with psycopg.connect(empty_dsn) as conn:
         assert pgq.enqueue(conn, "after_upgrade").created
 
@@ -422,7 +438,8 @@ def test_python_migrate_reports_revisions_before_and_after(empty_dsn: str) -> No
 
 
 def test_check_schema_names_the_fix_when_pgq_was_never_migrated(empty_dsn: str) -> None:
-    with psycopg.connect(empty_dsn) as conn:
+    # Autocommit: an open transaction would hold up revision 0005's concurrent index build.
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
         with pytest.raises(pgq.SchemaError, match="pgq migrate"):
             pgq.migrate.check_schema(conn)
         pgq.migrate.migrate(empty_dsn)
@@ -529,7 +546,7 @@ def test_downgrade_to_0002_restores_its_requeue_dead_and_up_again_restores_0003(
     at_head = schema_dump(dsn)
     ids = seed_0002_jobs(dsn)
 
-    text = migrate_ok(dsn, "--downgrade", "0002")
+    text = migrate_ok(dsn, "--downgrade", "0002", "--yes")
 
     assert f"{HEAD} -> 0002" in text
     assert pgq.migrate.current_revision(dsn) == "0002"
@@ -653,3 +670,232 @@ def test_roles_set_up_before_0003_keep_enqueueing_and_requeueing_after_the_upgra
     with psycopg.connect(make_conninfo(empty_dsn, user=stranger)) as outsider:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="resolve_run_at"):
             outsider.execute(q("SELECT {s}.resolve_run_at(NULL, 5)"))
+
+
+# --- a downgrade asks first -----------------------------------------------------------------
+
+
+def seed_jobs_of_every_kind(dsn: str) -> None:
+    """2 queued jobs, 1 running, 1 dead and 1 succeeded."""
+    with psycopg.connect(dsn) as conn:  # commits at exit
+        for status in ("queued", "queued", "running", "dead", "succeeded"):
+            seed_job(conn, status)
+
+
+DROPS_THE_JOBS = (
+    "This drops pgq.jobs holding 3 unfinished jobs (2 queued, 1 running) and 2 finished jobs "
+    "(1 succeeded, 1 dead): they are lost."
+)
+
+
+def test_a_downgrade_on_a_terminal_asks_naming_the_jobs_it_drops_and_a_no_keeps_them(
+    dsn: str,
+) -> None:
+    seed_jobs_of_every_kind(dsn)
+
+    result = run_pgq_on_a_terminal("migrate", "--dsn", dsn, "--downgrade", "base", answer="n\n")
+
+    assert result.returncode == 1, output(result)
+    assert output(result) == (
+        f"Downgrade pgq's schema 'pgq' from {HEAD} to base? {DROPS_THE_JOBS} [y/N] "
+        "not confirmed: nothing changed"
+    )
+    assert pgq.migrate.current_revision(dsn) == HEAD
+    assert len(all_jobs(dsn)) == 5
+
+
+def test_a_downgrade_on_a_terminal_goes_ahead_after_a_yes(dsn: str) -> None:
+    seed_jobs_of_every_kind(dsn)
+
+    result = run_pgq_on_a_terminal("migrate", "--dsn", dsn, "--downgrade", "base", answer="y\n")
+
+    assert result.returncode == 0, output(result)
+    assert f"pgq schema 'pgq': {HEAD} -> none" in output(result)
+    assert not relation_exists(dsn, "pgq.jobs")
+
+
+def test_a_downgrade_without_a_terminal_or_yes_is_refused_and_changes_nothing(dsn: str) -> None:
+    seed_jobs_of_every_kind(dsn)
+
+    result = run_pgq("migrate", "--dsn", dsn, "--downgrade", "base")
+
+    assert result.returncode == 1
+    assert output(result) == (
+        f"error: refusing to downgrade pgq's schema 'pgq' from {HEAD} to base without "
+        f"confirmation: stdin is not a terminal, so pgq cannot ask. {DROPS_THE_JOBS} Add --yes "
+        "to go ahead, or --dry-run to see what would change"
+    )
+    assert pgq.migrate.current_revision(dsn) == HEAD
+    assert len(all_jobs(dsn)) == 5
+
+
+def test_a_downgrade_dry_run_names_the_revisions_and_the_jobs_and_changes_nothing(
+    dsn: str,
+) -> None:
+    seed_jobs_of_every_kind(dsn)
+    before = schema_dump(dsn)
+
+    text = migrate_ok(dsn, "--downgrade", "base", "--dry-run")
+
+    reverted = ", ".join(reversed(pgq.migrate.REVISIONS))
+    assert text == (
+        f"dry run: would downgrade pgq's schema 'pgq' from {HEAD} to base, reverting "
+        f"{reverted}. {DROPS_THE_JOBS} Nothing changed."
+    )
+    assert schema_dump(dsn) == before and len(all_jobs(dsn)) == 5
+
+
+def test_a_downgrade_that_keeps_the_jobs_says_so_and_what_this_pgq_needs(dsn: str) -> None:
+    text = migrate_ok(dsn, "--downgrade", "0003", "--dry-run")
+
+    assert text == (
+        f"dry run: would downgrade pgq's schema 'pgq' from {HEAD} to 0003, reverting "
+        f"{HEAD}, 0004. Jobs are kept. This pgq needs {pgq.migrate.required_revision()}: it "
+        "refuses to run until migrated again. Nothing changed."
+    )
+    assert pgq.migrate.current_revision(dsn) == HEAD
+
+
+def test_a_downgrade_of_an_empty_queue_says_the_table_is_empty(dsn: str) -> None:
+    text = migrate_ok(dsn, "--downgrade", "base", "--dry-run")
+
+    assert "This drops pgq.jobs, which is empty." in text
+
+
+def test_migrate_sql_with_downgrade_prints_the_downgrade_from_the_newest_revision(
+    dsn: str,
+) -> None:
+    script = run_pgq("migrate", "--sql", "--downgrade", "base")
+    assert script.returncode == 0, output(script)
+    assert "DROP TABLE pgq.jobs" in script.stdout and "CREATE TABLE" not in script.stdout
+
+    applied = subprocess.run(
+        ["psql", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-d", dsn],
+        input=script.stdout, capture_output=True, text=True,
+        env=pgq_env(), timeout=60, check=False,
+    )  # fmt: skip
+
+    assert applied.returncode == 0, applied.stderr
+    assert not relation_exists(dsn, "pgq.jobs")
+    assert pgq.migrate.current_revision(dsn) is None
+
+
+# --- revision 0005: dead jobs per queue and queue_stats read indexes ------------------------
+
+
+def plan_text(dsn: str, statement: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        return "\n".join(str(row[0]) for row in conn.execute("EXPLAIN " + statement))
+
+
+def seed_a_long_history(dsn: str) -> None:
+    """20,000 succeeded jobs, 30 dead ones and a few unfinished: a queue some weeks old."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO pgq.jobs (task, queue, status, finished_at)"
+            " SELECT 'task', 'queue_' || (n % 3), 'succeeded', now() - n * interval '1 minute'"
+            " FROM generate_series(1, 20000) AS n"
+        )
+        for n in range(30):
+            seed_job(conn, "dead", queue=f"queue_{n % 3}")
+        seed_job(conn, "queued")
+        seed_job(conn, "running")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE pgq.jobs")
+
+
+def test_before_0005_the_first_screens_queries_read_the_whole_table(empty_dsn: str) -> None:
+    pgq.migrate.migrate(empty_dsn, revision="0004")
+    seed_a_long_history(empty_dsn)
+
+    assert "Seq Scan on jobs" in plan_text(empty_dsn, "SELECT * FROM pgq.queue_stats")
+    dead = query("count_dead_jobs_by_queue", "pgq").as_string(None)
+    assert "Seq Scan on jobs" in plan_text(empty_dsn, dead)
+
+
+def test_at_0005_they_read_only_indexes(dsn: str) -> None:
+    seed_a_long_history(dsn)
+
+    stats = plan_text(dsn, "SELECT * FROM pgq.queue_stats")
+    dead = plan_text(dsn, query("count_dead_jobs_by_queue", "pgq").as_string(None))
+
+    assert "Seq Scan" not in stats and "jobs_queue_claim_idx" in stats, stats
+    assert "Index Only Scan using jobs_dead_idx" in dead, dead
+
+
+def test_upgrade_to_0005_builds_its_index_without_blocking_enqueues(empty_dsn: str) -> None:
+    pgq.migrate.migrate(empty_dsn, revision="0004")
+    writer = psycopg.connect(empty_dsn)  # an enqueue still in its transaction
+    try:
+        pgq.enqueue(writer, "slow_transaction")
+        migration = subprocess.Popen(
+            [sys.executable, "-m", "pgq", "migrate", "--dsn", empty_dsn],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=pgq_env(),
+        )  # fmt: skip
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX%%'"
+        with psycopg.connect(empty_dsn, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(waiting).fetchone() == (1,):
+                assert time.monotonic() < deadline, "the index build never started"
+                time.sleep(0.05)
+            # A plain CREATE INDEX would now wait for the open enqueue, and every
+            # other enqueue would queue behind it: this one would time out.
+            with psycopg.connect(empty_dsn, options="-c lock_timeout=2s") as other:
+                assert pgq.enqueue(other, "meanwhile").created
+        writer.commit()
+        stdout, _ = migration.communicate(timeout=60)
+    finally:
+        writer.close()
+
+    assert migration.returncode == 0, stdout
+    assert "0004 -> 0005" in stdout
+    assert index_is_valid(empty_dsn, "pgq.jobs_dead_idx")
+
+
+def test_an_upgrade_interrupted_during_the_index_build_is_finished_by_the_next(
+    empty_dsn: str,
+) -> None:
+    pgq.migrate.migrate(empty_dsn, revision="0004")
+    # A build cancelled while it waits for an open snapshot leaves an invalid index.
+    with psycopg.connect(empty_dsn) as reader, psycopg.connect(empty_dsn, autocommit=True) as ddl:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM pgq.jobs")
+        ddl.execute("SET statement_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            ddl.execute(
+                "CREATE INDEX CONCURRENTLY jobs_dead_idx ON pgq.jobs (queue, finished_at)"
+                " WHERE status = 'dead'"
+            )
+    assert relation_exists(empty_dsn, "pgq.jobs_dead_idx")
+    assert not index_is_valid(empty_dsn, "pgq.jobs_dead_idx")
+
+    migrate_ok(empty_dsn)
+
+    assert index_is_valid(empty_dsn, "pgq.jobs_dead_idx")
+
+
+def test_this_pgq_runs_on_the_revision_it_needs_and_refuses_older_ones(
+    make_dsn: Callable[..., str],
+) -> None:
+    needed = pgq.migrate.required_revision()
+    older = pgq.migrate.REVISIONS[pgq.migrate.REVISIONS.index(needed) - 1]
+    at_needed, at_older = make_dsn(migrated=False), make_dsn(migrated=False)
+    pgq.migrate.migrate(at_needed, revision=needed)
+    pgq.migrate.migrate(at_older, revision=older)
+    with psycopg.connect(at_needed) as conn:
+        seed_job(conn, "dead", queue="payments")
+
+    stats = run_pgq("stats", "--dsn", at_needed, "--json")
+    refused = run_pgq("stats", "--dsn", at_older)
+
+    assert needed != HEAD, "a revision this pgq uses without needing it, for this test"
+    assert stats.returncode == 0, output(stats)
+    assert [(q["queue"], q["dead"]) for q in json.loads(stats.stdout)["queues"]] == [
+        ("payments", 1)
+    ]
+    assert refused.returncode == 1
+    assert output(refused) == (
+        f"error: pgq's schema 'pgq' is at revision {older}, this pgq needs {needed} or later: "
+        "run `pgq migrate`"
+    )

@@ -469,7 +469,8 @@ def test_admin_commands_work_through_the_bouncer(dsn: str, pooled_dsn: str) -> N
     assert {"queue": "emails", "status": "queued", "jobs": 1} in stats["counts"]
     listed = json.loads(pgq_cli("jobs", "--dsn", pooled_dsn, "--status", "queued", "--json"))
     assert [job["id"] for job in listed] == [queued]
-    assert "requeued 3100 dead jobs" in pgq_cli("requeue", "--dsn", pooled_dsn, "--all-dead")
+    requeued = pgq_cli("requeue", "--dsn", pooled_dsn, "--all-dead", "--yes")
+    assert "requeued 3100 dead jobs" in requeued
     assert status_counts(dsn) == {"queued": 3_101}
 
 

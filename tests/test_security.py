@@ -529,8 +529,8 @@ def test_an_operator_login_runs_the_operators_commands(lab: RoleLab, jobs: dict[
     assert code == 0 and f"job {jobs['dead']}: requeued" in text, text
     code, text = cli("cancel", str(jobs["queued"]), *op)
     assert code == 0 and f"job {jobs['queued']}: cancelled" in text, text
-    code, text = cli("prune", *op, "--older-than", "0s", "--status", "succeeded")
-    assert code == 0 and re.search(r"pruned [1-9]\d* succeeded jobs", text), text
+    code, text = cli("prune", *op, "--older-than", "0s", "--status", "succeeded", "--yes")
+    assert code == 0 and re.search(r"pruned [1-9]\d* succeeded jobs?", text), text
     with lab.connect("operator", autocommit=True) as conn:
         assert admin.get_job(conn, jobs["dead"], schema=lab.schema).status == "queued"
         admin.retry_now(conn, jobs["dead"], schema=lab.schema)

@@ -76,7 +76,10 @@ ALTER TABLE {schema}.jobs SET (
 -- Live numbers per queue: jobs due now, scheduled for later, running, and the
 -- age of the oldest due job (lag: how far behind the workers are). Only queued
 -- and running rows are read, through the partial indexes: cheap at any history.
-CREATE VIEW {schema}.queue_stats AS
+"""
+
+# Its own constant: revision 0005's downgrade puts this definition back.
+QUEUE_STATS_VIEW = """CREATE VIEW {schema}.queue_stats AS
 SELECT queue,
        count(*) FILTER (WHERE status = 'queued' AND run_at <= now()) AS due,
        count(*) FILTER (WHERE status = 'queued' AND run_at > now()) AS scheduled,
@@ -88,7 +91,9 @@ SELECT queue,
 FROM {schema}.jobs
 WHERE status IN ('queued', 'running')
 GROUP BY queue;
+"""
 
+UPGRADE_AFTER_QUEUE_STATS = """
 COMMENT ON VIEW {schema}.queue_stats IS
     'Per queue: jobs due, scheduled, running, lease expired, and the age of the oldest due job.';
 
@@ -300,7 +305,15 @@ COMMENT ON FUNCTION {schema}.prune(text, interval, integer) IS
     'Delete one batch of finished jobs of a status older than an interval; returns how many.';
 """
 
-UPGRADE = "".join((UPGRADE_BEFORE_REQUEUE_DEAD, REQUEUE_DEAD, UPGRADE_AFTER_REQUEUE_DEAD))
+UPGRADE = "".join(
+    (
+        UPGRADE_BEFORE_REQUEUE_DEAD,
+        QUEUE_STATS_VIEW,
+        UPGRADE_AFTER_QUEUE_STATS,
+        REQUEUE_DEAD,
+        UPGRADE_AFTER_REQUEUE_DEAD,
+    )
+)
 
 DOWNGRADE = """
 DROP FUNCTION {schema}.prune(text, interval, integer);

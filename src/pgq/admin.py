@@ -7,7 +7,7 @@ Each one wraps a documented view or SQL function (migrations/versions/0002 and
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -34,6 +34,31 @@ class QueueStats:
     running: int
     lease_expired: int
     lag_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadJobCount:
+    """A queue's dead jobs: how many, and when the last one died."""
+
+    queue: str
+    dead: int
+    last_died_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePlan:
+    """What a prune would delete: per status, the jobs that finished before one moment.
+
+    ``finished_before`` is the database's ``now()`` minus the age, when counted;
+    ``prune_as_planned`` deletes up to that same moment, not up to a later one.
+    """
+
+    finished_before: datetime
+    jobs: dict[JobStatus, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.jobs.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +143,13 @@ def queue_stats(conn: psycopg.Connection[Any], *, schema: str | None = None) -> 
     """Jobs due, scheduled, running and the lag of every queue with unfinished jobs."""
     rows = _fetch(conn, "read_queue_stats", schema)
     return [QueueStats(*row) for row in rows]
+
+
+def dead_job_counts(
+    conn: psycopg.Connection[Any], *, schema: str | None = None
+) -> list[DeadJobCount]:
+    """Dead jobs per queue, read along the partial index of dead jobs (not the table)."""
+    return [DeadJobCount(*row) for row in _fetch(conn, "count_dead_jobs_by_queue", schema)]
 
 
 def job_counts(
@@ -279,26 +311,89 @@ def prune(
     schema: str | None = None,
 ) -> int:
     """Delete finished jobs of ``status`` older than the age, in small committed batches."""
-    status = _status(status)
-    if status not in FINISHED_STATUSES:
-        raise InvalidJobError(
-            f"only finished jobs can be pruned (succeeded, dead, cancelled), not {status}"
-        )
-    number = isinstance(older_than_seconds, int | float) and not isinstance(
-        older_than_seconds, bool
-    )
-    if not number or not 0 <= older_than_seconds <= MAX_DURATION_SECONDS:
-        raise InvalidJobError(
-            f"the age must be >= 0 seconds and at most 100 years, got {shown(older_than_seconds)}"
-        )
+    status = _finished_status(status)
+    _check_age(older_than_seconds)
     _check_count("batch_size", batch_size)
-    schema = resolve_schema(schema)
     params = {"status": status.value, "older_than_seconds": older_than_seconds,
               "batch_size": batch_size}  # fmt: skip
+    return _in_batches(conn, batch_size, lambda: _fetch(conn, "prune_jobs", schema, params))
+
+
+def plan_prune(
+    conn: psycopg.Connection[Any],
+    statuses: Iterable[JobStatus | str],
+    older_than_seconds: float,
+    *,
+    schema: str | None = None,
+) -> PrunePlan:
+    """Count what a prune of these statuses would delete (its dry run), locking nothing.
+
+    ``pgq prune`` shows it and asks before ``prune_as_planned`` deletes::
+
+        plan = plan_prune(conn, ["dead"], 7 * 86400)
+        plan.jobs, plan.finished_before  # {JobStatus.DEAD: 12}, datetime(...)
+    """
+    if isinstance(statuses, str):  # one status is not a list of its letters
+        statuses = [statuses]
+    try:
+        given = list(statuses)
+    except TypeError:
+        raise InvalidJobError(
+            f"statuses must be a list of finished statuses, got {shown(statuses)}"
+        ) from None
+    wanted = list(dict.fromkeys(_finished_status(status) for status in given))
+    _check_age(older_than_seconds)
+    params = {"statuses": [s.value for s in wanted], "older_than_seconds": older_than_seconds}
+    rows = _fetch(conn, "count_prunable_jobs", schema, params)
+    finished_before = rows[0][0] if rows else None
+    if finished_before is None:
+        raise InvalidJobError("say which finished statuses to prune: none were given")
+    return PrunePlan(finished_before, {JobStatus(status): int(n) for _, status, n in rows})
+
+
+def prune_as_planned(
+    conn: psycopg.Connection[Any],
+    plan: PrunePlan,
+    *,
+    batch_size: int = PRUNE_BATCH,
+    schema: str | None = None,
+) -> dict[JobStatus, int]:
+    """Delete what ``plan`` counted: each status's jobs finished before its moment.
+
+    In small committed batches, as ``prune``. Returns how many were deleted per
+    status: the counts, unless jobs were requeued or pruned meanwhile.
+    """
+    if not isinstance(plan, PrunePlan):
+        raise InvalidJobError(f"plan must be a pgq.admin.PrunePlan, got {shown(plan)}")
+    _check_count("batch_size", batch_size)
+    return {
+        status: _prune_finished_before(conn, status, plan.finished_before, batch_size, schema)
+        for status in plan.jobs
+    }
+
+
+def _prune_finished_before(
+    conn: psycopg.Connection[Any],
+    status: JobStatus,
+    finished_before: datetime,
+    batch_size: int,
+    schema: str | None,
+) -> int:
+    params = {"status": status.value, "finished_before": finished_before,
+              "batch_size": batch_size}  # fmt: skip
+    return _in_batches(
+        conn, batch_size, lambda: _fetch(conn, "prune_jobs_finished_before", schema, params)
+    )
+
+
+def _in_batches(
+    conn: psycopg.Connection[Any], batch_size: int, delete: Callable[[], list[tuple[Any, ...]]]
+) -> int:
+    """Run ``delete`` (one batch) in a transaction of its own until a batch comes back short."""
     total = 0
     while True:
         with conn.transaction():
-            rows = _fetch(conn, "prune_jobs", schema, params)
+            rows = delete()
         deleted = int(rows[0][0]) if rows else 0
         total += deleted
         if deleted < batch_size:
@@ -328,6 +423,27 @@ def _status(value: JobStatus | str) -> JobStatus:
     except Exception:  # ValueError; TypeError for an unhashable value; a repr's own error
         names = ", ".join(s.value for s in JobStatus)
         raise InvalidJobError(f"unknown status {shown(value)}: use one of {names}") from None
+
+
+def _finished_status(value: JobStatus | str) -> JobStatus:
+    status = _status(value)
+    if status not in FINISHED_STATUSES:
+        raise InvalidJobError(
+            f"only finished jobs can be pruned (succeeded, dead, cancelled), not {status}"
+        )
+    return status
+
+
+def _check_age(age: object) -> None:
+    # A bool is an int to isinstance, but never an age.
+    if (
+        isinstance(age, bool)
+        or not isinstance(age, int | float)
+        or not 0 <= age <= MAX_DURATION_SECONDS
+    ):
+        raise InvalidJobError(
+            f"the age must be >= 0 seconds and at most 100 years, got {shown(age)}"
+        )
 
 
 def _check_count(name: str, value: object, low: int = 1, high: int = 2**31 - 1) -> None:

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Any
+from importlib.metadata import version as installed_version
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
 
 from pgq.cli_admin import admin_commands
-from pgq.cli_shared import DsnOption, SchemaOption, database, err, fail, out
+from pgq.cli_shared import (
+    Commands,
+    DryRunOption,
+    DsnOption,
+    JsonOption,
+    SchemaOption,
+    YesOption,
+    confirm,
+    database,
+    err,
+    fail,
+    out,
+)
 from pgq.cli_work import work_commands
 from pgq.config import describe_dsn, resolve_dsn, resolve_schema
 from pgq.errors import PgqError
-from pgq.logs import LOG_LEVELS, configure_logging
+from pgq.job import FINISHED_STATUSES, JobStatus
+from pgq.logs import LOG_LEVELS, configure_logging, plural
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    from pgq.migrate import DowngradePlan
+
+app = Commands(
     name="pgq",
     help="pgq: a PostgreSQL-native background job queue.",
     no_args_is_help=True,
@@ -27,8 +44,25 @@ app.add_typer(work_commands)
 app.add_typer(admin_commands)
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        # The version is the installed distribution's, as pyproject.toml states it.
+        typer.echo(f"pgq {installed_version('pgq-jobs')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def root() -> None:
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print pgq's version and exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
+) -> None:
     """pgq: a PostgreSQL-native background job queue."""
 
 
@@ -39,7 +73,9 @@ def migrate(
     sql: Annotated[
         bool,
         typer.Option(
-            "--sql", help="Print the upgrade as SQL instead of applying it; needs no database."
+            "--sql",
+            help="Print the SQL instead of applying it; needs no database. With --downgrade, "
+            "from the newest revision.",
         ),
     ] = False,
     current: Annotated[
@@ -51,27 +87,35 @@ def migrate(
     downgrade: Annotated[
         str | None,
         typer.Option(
-            "--downgrade", metavar="REVISION", help="Revert to REVISION ('base' removes pgq)."
+            "--downgrade",
+            metavar="REVISION",
+            help="Revert to REVISION ('base' removes pgq and its jobs); asks first.",
         ),
     ] = None,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
 ) -> None:
-    """Bring pgq's schema up to date (safe to run from several processes at once)."""
+    """Bring pgq's schema up to date. Safe to run from several processes at once."""
     from pgq import migrate as migrations
 
     try:
         schema = resolve_schema(schema)
-        if sql:
-            sys.stdout.write(migrations.offline_sql(schema=schema))
+        if sql:  # prints only: nothing to ask, nothing to dry-run
+            sys.stdout.write(migrations.offline_sql(downgrade_to=downgrade, schema=schema))
             return
         dsn = resolve_dsn(dsn)
         head = migrations.head_revision()
-        if current:
+        if current or (dry_run and downgrade is None):
             found = migrations.current_revision(dsn, schema=schema)
             state = "up to date" if found == head else "needs `pgq migrate`"
             out.print(f"database: {describe_dsn(dsn)}\nschema: {schema}\n"
                       f"current revision: {found or 'none'}\nnewest revision: {head} ({state})",
                       highlight=False)  # fmt: skip
             return
+        if downgrade is not None:
+            plan = migrations.plan_downgrade(dsn, downgrade, schema=schema)
+            if plan.reverted:
+                _ask_to_downgrade(plan, dry_run=dry_run, yes=yes)
         before, after = migrations.migrate(dsn, schema=schema, downgrade_to=downgrade)
     except PgqError as error:
         fail(str(error), dsn)
@@ -95,6 +139,41 @@ def migrate(
         )
 
 
+def _ask_to_downgrade(plan: DowngradePlan, *, dry_run: bool, yes: bool) -> None:
+    """Say what the downgrade drops; return only if it is to go ahead."""
+    from pgq.migrate import REVISIONS, required_revision
+
+    action = (
+        f"downgrade pgq's schema {plan.schema!r} from {plan.current} to {plan.target or 'base'}"
+    )
+    if plan.drops_jobs:
+        by_kind: dict[str, dict[str, int]] = {"unfinished": {}, "finished": {}}
+        for status, count in plan.jobs_by_status.items():
+            kind = "finished" if JobStatus(status) in FINISHED_STATUSES else "unfinished"
+            by_kind[kind][status] = count
+        held = [
+            f"{plural(sum(counts.values()), f'{kind} job')} ("
+            + ", ".join(f"{n} {status}" for status, n in counts.items()) + ")"
+            for kind, counts in by_kind.items() if counts
+        ]  # fmt: skip
+        warning = (
+            f"This drops {plan.schema}.jobs holding {' and '.join(held)}: they are lost."
+            if held
+            else f"This drops {plan.schema}.jobs, which is empty."
+        )
+    else:
+        warning = "Jobs are kept."
+        needed = required_revision()
+        if plan.target in REVISIONS[: REVISIONS.index(needed)]:
+            warning += f" This pgq needs {needed}: it refuses to run until migrated again."
+    if dry_run:
+        reverted = ", ".join(plan.reverted)
+        out.print(f"dry run: would {action}, reverting {reverted}. {warning} Nothing changed.",
+                  highlight=False)  # fmt: skip
+        raise typer.Exit()
+    confirm(action, warning=warning, yes=yes)
+
+
 @app.command()
 def roles(
     dsn: DsnOption = None,
@@ -103,10 +182,11 @@ def roles(
         bool, typer.Option("--sql", help="Print the statements instead of applying them.")
     ] = False,
 ) -> None:
-    """Create the least-privilege roles <schema>_producer, _worker and _operator.
+    """Create the roles <schema>_producer, _worker and _operator.
 
-    Group roles (NOLOGIN): grant them to your login roles. Applying needs
-    CREATEROLE and ownership of pgq's schema; safe to run again after `pgq migrate`.
+    Each gets only the privileges its work needs. They are group roles (NOLOGIN):
+    grant them to your login roles. Applying needs CREATEROLE and ownership of
+    pgq's schema; safe to run again after `pgq migrate`.
     """
     from pgq import roles as least_privilege
 
@@ -132,23 +212,26 @@ def roles(
 def bench(
     dsn: DsnOption = None,
     single_jobs: Annotated[
-        int, typer.Option(min=1, help="Jobs enqueued one per transaction.")
+        int, typer.Option(min=1, metavar="N", help="Jobs enqueued one per transaction.")
     ] = 1_000,
     bulk_jobs: Annotated[
-        int, typer.Option(min=1, help="Jobs enqueued in bulk, then drained.")
+        int, typer.Option(min=1, metavar="N", help="Jobs enqueued in bulk, then drained.")
     ] = 50_000,
     latency_jobs: Annotated[
-        int, typer.Option(min=1, help="Jobs timed from commit to start.")
+        int, typer.Option(min=1, metavar="N", help="Jobs timed from commit to start.")
     ] = 200,
-    rate: Annotated[float, typer.Option(min=0.1, help="Latency jobs enqueued per second.")] = 20.0,
+    rate: Annotated[
+        float, typer.Option(min=0.1, metavar="PER_SECOND", help="Latency jobs enqueued per second.")
+    ] = 20.0,
     concurrency: Annotated[
-        int, typer.Option(min=1, help="Worker concurrency for the drain.")
+        int, typer.Option(min=1, metavar="N", help="Worker concurrency for the drain.")
     ] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Measure enqueue, drain and pickup latency on your database (a temporary schema).
+    """Measure enqueue, drain and pickup latency on your database.
 
-    The schema is created, used and dropped; the load is real, so choose the moment.
+    It works in a temporary schema, created, used and dropped. The load is real,
+    so choose the moment.
     """
     import json
 
@@ -188,12 +271,14 @@ def bench(
 @app.command()
 def demo(
     dsn: DsnOption = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    log_level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
+    ] = "warning",
 ) -> None:
     """Run pgq end to end on a real database and print what happened.
 
     With no DSN configured it uses a local PostgreSQL on 127.0.0.1:5432 if one
-    answers, else an embedded one (pip install 'pgq-jobs\\[embedded]').
+    answers, else an embedded one (pip install 'pgq-jobs[embedded]').
     """
     from pgq.demo import run_demo
 

@@ -6,6 +6,7 @@ Each calls a function of pgq.admin, which wraps a documented view or SQL functio
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -13,14 +14,27 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from pgq import admin
-from pgq.cli_shared import DsnOption, JsonOption, SchemaOption, database, fail, out
+from pgq.cli_shared import (
+    Commands,
+    DryRunOption,
+    DsnOption,
+    JsonOption,
+    SchemaOption,
+    YesOption,
+    confirm,
+    database,
+    fail,
+    out,
+)
 from pgq.config import parse_duration
 from pgq.errors import ConfigError, PgqError
 from pgq.job import MAX_JOB_ID, JobStatus
+from pgq.logs import plural
 
-admin_commands = typer.Typer()
+admin_commands = Commands()
 
 
 def _print_json(value: Any) -> None:
@@ -66,6 +80,37 @@ def _seconds(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
+_QUEUE_COLUMNS = (
+    "queue",
+    "due",
+    "scheduled",
+    "running",
+    "lease expired",
+    "lag",
+    "dead",
+    "last died",
+)
+
+
+def _queue_row(
+    name: str, live: admin.QueueStats | None, dead: admin.DeadJobCount | None
+) -> dict[str, Any]:
+    """One queue's line of `pgq stats`: pgq.queue_stats's numbers, then its dead jobs.
+
+    A queue with dead jobs only has no row in queue_stats, and zeros here.
+    """
+    return {
+        "queue": name,
+        "due": live.due if live else 0,
+        "scheduled": live.scheduled if live else 0,
+        "running": live.running if live else 0,
+        "lease_expired": live.lease_expired if live else 0,
+        "lag_seconds": live.lag_seconds if live else 0.0,
+        "dead": dead.dead if dead else 0,
+        "last_died_at": dead.last_died_at if dead else None,
+    }
+
+
 @admin_commands.command()
 def stats(
     dsn: DsnOption = None,
@@ -76,42 +121,34 @@ def stats(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Per queue: jobs due, scheduled, running, and lag (age of the oldest due job)."""
+    """Per queue: due, scheduled, running and dead jobs, and lag.
+
+    Lag is the age of the oldest due job. These are read from indexes, cheap
+    however long the history; --all reads the whole table.
+    """
     with database(dsn, schema) as (conn, schema_name):
-        queues = admin.queue_stats(conn, schema=schema_name)
+        live = {q.queue: q for q in admin.queue_stats(conn, schema=schema_name)}
+        dead = {d.queue: d for d in admin.dead_job_counts(conn, schema=schema_name)}
         counts = admin.job_counts(conn, schema=schema_name) if all_statuses else []
+    rows = [_queue_row(name, live.get(name), dead.get(name)) for name in sorted(live | dead)]
     if as_json:
         _print_json(
-            {
-                "queues": [
-                    {
-                        "queue": q.queue,
-                        "due": q.due,
-                        "scheduled": q.scheduled,
-                        "running": q.running,
-                        "lease_expired": q.lease_expired,
-                        "lag_seconds": q.lag_seconds,
-                    }
-                    for q in queues
-                ],
-                "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in counts],
-            }
+            {"queues": rows, "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in counts]}
         )
         return
-    table = Table(title="pgq queues (unfinished jobs)")
-    for column in ("queue", "due", "scheduled", "running", "lease expired", "lag"):
+    table = Table(title="pgq queues")
+    for column in _QUEUE_COLUMNS:
         table.add_column(column, justify="left" if column == "queue" else "right")
-    for q in queues:
+    for row in rows:
         table.add_row(
-            escape(q.queue),
-            str(q.due),
-            str(q.scheduled),
-            str(q.running),
-            str(q.lease_expired),
-            _seconds(q.lag_seconds),
+            escape(row["queue"]),
+            *(str(row[key]) for key in ("due", "scheduled", "running", "lease_expired")),
+            _seconds(row["lag_seconds"]),
+            str(row["dead"]),
+            _age(row["last_died_at"]),
         )
-    if not queues:
-        table.caption = "no queued or running jobs"
+    if not rows:
+        table.caption = "no queued, running or dead jobs"
     out.print(table)
     if all_statuses:
         by_status = Table(title="all jobs by queue and status")
@@ -130,15 +167,18 @@ def jobs(
     dsn: DsnOption = None,
     schema: SchemaOption = None,
     status: Annotated[
-        str | None, typer.Option(help="queued, running, succeeded, dead or cancelled.")
+        str | None,
+        typer.Option(metavar="STATUS", help="queued, running, succeeded, dead or cancelled."),
     ] = None,
-    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
-    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    queue: Annotated[str | None, typer.Option(metavar="QUEUE", help="Only this queue.")] = None,
+    task: Annotated[str | None, typer.Option(metavar="TASK", help="Only this task.")] = None,
     since: Annotated[
-        str | None, typer.Option(help="Created since: a duration ago (2h, 7d) or an ISO time.")
+        str | None,
+        typer.Option(metavar="TIME", help="Created since: a duration ago (2h, 7d) or an ISO time."),
     ] = None,
     limit: Annotated[
-        int, typer.Option(min=1, max=100_000, help="At most this many, newest first.")
+        int,
+        typer.Option(min=1, max=100_000, metavar="N", help="At most this many, newest first."),
     ] = 50,
     as_json: JsonOption = False,
 ) -> None:
@@ -157,27 +197,39 @@ def jobs(
     if as_json:
         _print_json([job.as_dict() for job in found])
         return
-    table = Table(title=f"pgq jobs ({len(found)} shown)")
-    for column in ("id", "queue", "task", "status", "attempts", "created", "last error"):
-        table.add_column(column, overflow="ellipsis", no_wrap=column != "last error")
+    table = _job_table(
+        f"pgq jobs ({len(found)} shown)",
+        ("id", "queue", "task", "status", "attempts", "created", "last error"),
+    )
     for job in found:
         table.add_row(
             str(job.id),
-            escape(job.queue),
-            escape(job.task),
+            _one_line(job.queue),
+            _one_line(job.task),
             job.status,
             f"{job.attempts}/{job.max_attempts}",
             _age(job.created_at),
-            escape((job.last_error or "")[:200]),
+            _one_line(job.last_error or ""),
         )
     out.print(table)
 
 
+def _job_table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table of one line per job, where only the queue, task and error columns narrow."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, no_wrap=column not in ("queue", "task", "last error"))
+    return table
+
+
+def _one_line(text: str) -> Text:
+    """``text`` on one line, cut with an ellipsis at the terminal's width: `pgq job` has it all."""
+    return Text(" ".join(text.split()), no_wrap=True, overflow="ellipsis")
+
+
 @admin_commands.command()
 def job(
-    job_id: Annotated[
-        int, typer.Argument(metavar="ID", help="The job's id.", min=1, max=MAX_JOB_ID)
-    ],
+    job_id: Annotated[int, typer.Argument(metavar="ID", help="A job id.", min=1, max=MAX_JOB_ID)],
     dsn: DsnOption = None,
     schema: SchemaOption = None,
     as_json: JsonOption = False,
@@ -218,36 +270,40 @@ def requeue(
     job_ids: Annotated[
         list[int] | None,
         typer.Argument(
-            metavar="[ID]...", help="Dead or cancelled jobs to requeue.", min=1, max=MAX_JOB_ID
+            metavar="ID", help="Job ids: dead or cancelled jobs to requeue.", min=1, max=MAX_JOB_ID
         ),
     ] = None,
     dsn: DsnOption = None,
     schema: SchemaOption = None,
-    task: Annotated[str | None, typer.Option(help="Dead jobs of this task.")] = None,
-    queue: Annotated[str | None, typer.Option(help="Dead jobs of this queue.")] = None,
+    task: Annotated[
+        str | None, typer.Option(metavar="TASK", help="Dead jobs of this task.")
+    ] = None,
+    queue: Annotated[
+        str | None, typer.Option(metavar="QUEUE", help="Dead jobs of this queue.")
+    ] = None,
     error: Annotated[
         str | None,
         typer.Option(
-            help="Dead jobs whose last error matches this ILIKE pattern, e.g. '%timeout%'."
+            metavar="PATTERN",
+            help="Dead jobs whose last error matches this ILIKE pattern, e.g. '%timeout%'.",
         ),
     ] = None,
     died_after: Annotated[
-        str | None, typer.Option(help="Died since: 2h, 7d or an ISO time.")
+        str | None, typer.Option(metavar="TIME", help="Died since: 2h, 7d or an ISO time.")
     ] = None,
     died_before: Annotated[
-        str | None, typer.Option(help="Died before: 2h, 7d or an ISO time.")
+        str | None, typer.Option(metavar="TIME", help="Died before: 2h, 7d or an ISO time.")
     ] = None,
     all_dead: Annotated[
         bool, typer.Option("--all-dead", help="Every dead job (no filter).")
     ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be requeued; change nothing.")
-    ] = False,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
 ) -> None:
     """Requeue dead (or cancelled) jobs by id, or dead jobs by filter.
 
     Attempts restart from zero; the error history is kept. Queued, running and
-    succeeded jobs are refused: they would run twice.
+    succeeded jobs are refused: they would run twice. By filter, it asks first.
     """
     where = admin.DeadJobFilter(
         task=task,
@@ -264,11 +320,15 @@ def requeue(
             "say which jobs: ids, a filter (--task, --queue, --error, --died-after, "
             "--died-before), or --all-dead"
         )
+    # Named ids need no question; a filter can match thousands, which all run again.
+    given = {"--task": task, "--queue": queue, "--error": error,
+             "--died-after": died_after, "--died-before": died_before}  # fmt: skip
+    selection = " ".join(f"{flag} {shlex.quote(v)}" for flag, v in given.items() if v is not None)
     with database(dsn, schema) as (conn, schema_name):
         if job_ids:
             _requeue_ids(conn, job_ids, schema_name, dry_run)
         else:
-            _requeue_by_filter(conn, where, schema_name, dry_run)
+            _requeue_by_filter(conn, where, schema_name, dry_run, selection, yes)
 
 
 def _requeue_ids(conn: Any, job_ids: list[int], schema: str, dry_run: bool) -> None:
@@ -292,26 +352,36 @@ def _requeue_ids(conn: Any, job_ids: list[int], schema: str, dry_run: bool) -> N
         raise typer.Exit(1)
 
 
-def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_run: bool) -> None:
+def _requeue_by_filter(
+    conn: Any, where: admin.DeadJobFilter, schema: str, dry_run: bool, selection: str, yes: bool
+) -> None:
     total = admin.count_dead_jobs(conn, where, schema=schema)
     if dry_run:
         matching = admin.find_dead_jobs(conn, where, limit=100, schema=schema)
-        table = Table(title=f"dry run: {total} dead jobs would be requeued")
-        for column in ("id", "queue", "task", "attempts", "died", "last error"):
-            table.add_column(column, overflow="ellipsis")
+        table = _job_table(
+            f"dry run: {plural(total, 'dead job')} would be requeued",
+            ("id", "queue", "task", "attempts", "died", "last error"),
+        )
         for found in matching:
             table.add_row(
                 str(found.id),
-                escape(found.queue),
-                escape(found.task),
+                _one_line(found.queue),
+                _one_line(found.task),
                 str(found.attempts),
                 _age(found.died_at),
-                escape((found.last_error or "")[:120]),
+                _one_line(found.last_error or ""),
             )
         if total > len(matching):
             table.caption = f"first {len(matching)} of {total}, by id"
         out.print(table)
         return
+    if total:
+        which = f"matching {selection}" if selection else "(--all-dead)"
+        confirm(
+            f"requeue {plural(total, 'dead job')} {which}",
+            warning="Each runs again, with its attempts from zero.",
+            yes=yes,
+        )
     with Progress(console=out, transient=True) as progress:
         bar = progress.add_task("requeueing", total=total or None)
         requeued = admin.requeue_dead(
@@ -323,14 +393,14 @@ def _requeue_by_filter(conn: Any, where: admin.DeadJobFilter, schema: str, dry_r
         if skipped > 0
         else ""
     )
-    out.print(f"requeued {len(requeued)} dead jobs{note}", highlight=False)
+    out.print(f"requeued {plural(len(requeued), 'dead job')}{note}", highlight=False)
 
 
 @admin_commands.command()
 def cancel(
     job_ids: Annotated[
         list[int],
-        typer.Argument(metavar="ID...", help="Queued jobs to cancel.", min=1, max=MAX_JOB_ID),
+        typer.Argument(metavar="ID", help="Job ids: queued jobs to cancel.", min=1, max=MAX_JOB_ID),
     ],
     dsn: DsnOption = None,
     schema: SchemaOption = None,
@@ -354,25 +424,56 @@ def cancel(
 @admin_commands.command()
 def prune(
     older_than: Annotated[
-        str, typer.Option(help="Delete jobs finished longer ago than this: 7d, 12h, 30m.")
+        str,
+        typer.Option(
+            metavar="AGE", help="Delete jobs finished longer ago than this: 7d, 12h, 30m."
+        ),
     ],
     status: Annotated[
         list[str] | None,
-        typer.Option(help="Finished statuses to prune (repeat). Default: succeeded and cancelled."),
+        typer.Option(
+            metavar="STATUS",
+            help="Finished statuses to prune (repeat). Default: succeeded and cancelled.",
+        ),
     ] = None,
     dsn: DsnOption = None,
     schema: SchemaOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per delete.")] = 1000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, metavar="N", help="Rows per delete.")
+    ] = 1000,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
 ) -> None:
-    """Delete finished jobs older than an age, in small batches that hold no long locks."""
+    """Delete finished jobs older than an age.
+
+    It counts them and asks first (--yes answers for a script, --dry-run only
+    counts), then deletes in small batches, which hold no long locks.
+    """
     try:
         age_seconds = parse_duration(older_than)
     except ConfigError as problem:
         fail(f"{problem} (--older-than)")
-    statuses = status or ["succeeded", "cancelled"]
     with database(dsn, schema) as (conn, schema_name):
-        for name in statuses:
-            deleted = admin.prune(
-                conn, name, age_seconds, batch_size=batch_size, schema=schema_name
-            )
-            out.print(f"pruned {deleted} {name} jobs older than {older_than}", highlight=False)
+        plan = admin.plan_prune(
+            conn, status or ["succeeded", "cancelled"], age_seconds, schema=schema_name
+        )
+        doomed = _prunable(plan, older_than)
+        if dry_run:
+            out.print(f"dry run: would delete {doomed}; nothing deleted", highlight=False)
+            return
+        if plan.total:
+            confirm(f"delete {doomed}", yes=yes)
+        deleted = admin.prune_as_planned(conn, plan, batch_size=batch_size, schema=schema_name)
+    for pruned, count in deleted.items():
+        out.print(
+            f"pruned {plural(count, f'{pruned.value} job')} older than {older_than}",
+            highlight=False,
+        )
+
+
+def _prunable(plan: admin.PrunePlan, older_than: str) -> str:
+    """``3 dead jobs finished before 2030-01-01 12:00:00 UTC (older than 7d)``."""
+    counts = [plural(n, f"{status.value} job") for status, n in plan.jobs.items()]
+    listed = ", ".join(counts[:-1]) + " and " + counts[-1] if len(counts) > 1 else counts[0]
+    moment = plan.finished_before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{listed} finished before {moment} (older than {older_than})"

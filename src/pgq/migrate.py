@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +35,11 @@ VERSION_TABLE = "alembic_version"
 #: The revisions in migrations/versions, oldest first (a test checks them against
 #: Alembic's own walk). Listed here so that a worker checking the schema at start-up
 #: does not import Alembic and SQLAlchemy: that took 0.4 s of a 1.3 s start.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
+#: The oldest revision this pgq runs on. Raise it only when the code needs what a
+#: revision adds: 0005 adds an index and a faster plan for a view, which this pgq
+#: uses without needing, so workers deployed before `pgq migrate` keep running.
+REQUIRED_REVISION = "0004"
 MIGRATION_LOCK_POLL_SECONDS = 0.2
 
 
@@ -103,6 +108,11 @@ def known_revisions() -> set[str]:
     return set(REVISIONS)
 
 
+def required_revision() -> str:
+    """The oldest revision this version of pgq runs on (``check_schema`` accepts it and later)."""
+    return REQUIRED_REVISION
+
+
 def upgrade(connection: SAConnection, *, revision: str = "head", schema: str | None = None) -> None:
     """Apply pgq's revisions on ``connection``, inside its transaction.
 
@@ -115,8 +125,11 @@ def upgrade(connection: SAConnection, *, revision: str = "head", schema: str | N
     """
     from alembic import command
 
+    config = alembic_config(resolve_schema(schema), connection)
+    # Read before Alembic begins its own: a transaction open now is the caller's.
+    config.attributes["in_callers_transaction"] = connection.in_transaction()
     with _restore_alembic_proxies():
-        command.upgrade(alembic_config(resolve_schema(schema), connection), revision)
+        command.upgrade(config, revision)
 
 
 def downgrade(connection: SAConnection, *, revision: str, schema: str | None = None) -> None:
@@ -127,14 +140,24 @@ def downgrade(connection: SAConnection, *, revision: str, schema: str | None = N
         command.downgrade(alembic_config(resolve_schema(schema), connection), revision)
 
 
-def offline_sql(*, revision: str = "head", schema: str | None = None) -> str:
-    """The upgrade as a SQL script, produced without a database (``pgq migrate --sql``)."""
+def offline_sql(
+    *, revision: str = "head", downgrade_to: str | None = None, schema: str | None = None
+) -> str:
+    """The upgrade as a SQL script, produced without a database (``pgq migrate --sql``).
+
+    With ``downgrade_to``, the downgrade from this pgq's newest revision to that one
+    instead: with no database to ask, the script assumes the schema is at the newest.
+    """
     from alembic import command
 
     config = alembic_config(resolve_schema(schema))
     buffer = io.StringIO()
     config.output_buffer = buffer
-    command.upgrade(config, revision, sql=True)
+    if downgrade_to is None:
+        command.upgrade(config, revision, sql=True)
+    else:
+        # Offline, Alembic needs the range: it cannot read where the schema is.
+        command.downgrade(config, f"{head_revision()}:{downgrade_to}", sql=True)
     return buffer.getvalue()
 
 
@@ -162,15 +185,18 @@ def _migration_lock(dsn: str, schema: str, timeout_seconds: float) -> Iterator[N
     # release. A pooler in transaction mode (PgBouncer) then keeps this connection
     # on the server session that holds the session-level lock, so the release lands
     # there, and no other client of the pool can take the lock again on that
-    # session (tests/test_pgbouncer.py). READ COMMITTED: between statements the open
-    # transaction holds no snapshot, which a CREATE INDEX CONCURRENTLY would wait for.
+    # session (tests/test_pgbouncer.py). READ COMMITTED, and the schema name bound
+    # client-side: the open transaction must hold no snapshot, which revision 0005's
+    # CREATE INDEX CONCURRENTLY waits for. A statement with server-side parameters
+    # leaves its portal, and the portal's snapshot, open until the transaction ends.
     # No prepared statements: the polls may each reach another server connection.
     with psycopg.connect(dsn, prepare_threshold=None) as lock_conn:
         lock_conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         deadline = time.monotonic() + timeout_seconds
         params = {"schema_name": schema}
         while True:
-            row = lock_conn.execute(query("try_migration_lock", schema), params).fetchone()
+            with psycopg.ClientCursor(lock_conn) as cursor:
+                row = cursor.execute(query("try_migration_lock", schema), params).fetchone()
             if row and row[0]:
                 break
             lock_conn.rollback()
@@ -210,6 +236,60 @@ def migrate(
         return before, current_revision(dsn, schema=schema)
 
 
+@dataclass(frozen=True, slots=True)
+class DowngradePlan:
+    """What a downgrade would do, read without changing anything (``plan_downgrade``)."""
+
+    schema: str
+    #: The schema's revision now, and after the downgrade (None: no pgq revision at all).
+    current: str | None
+    target: str | None
+    #: The revisions the downgrade reverts, newest first.
+    reverted: tuple[str, ...]
+    #: When the downgrade drops the jobs table (it reverts 0001): the jobs in it by
+    #: status, as counted. Empty otherwise.
+    jobs_by_status: dict[str, int]
+
+    @property
+    def drops_jobs(self) -> bool:
+        return REVISIONS[0] in self.reverted
+
+
+def plan_downgrade(dsn: str, revision: str, *, schema: str | None = None) -> DowngradePlan:
+    """What ``migrate(dsn, downgrade_to=revision)`` would revert, and the jobs it would drop.
+
+    It reads only: the count takes no lock that blocks workers or enqueues. A
+    ``pgq migrate --downgrade`` shows it before it asks, and as its dry run::
+
+        plan = plan_downgrade(dsn, "base")
+        plan.reverted, plan.jobs_by_status  # ('0005', ..., '0001'), {'queued': 3}
+    """
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+
+    schema = resolve_schema(schema)
+    current = current_revision(dsn, schema=schema)
+    if current is None:
+        return DowngradePlan(schema, None, None, (), {})
+    script = ScriptDirectory.from_config(alembic_config(schema))
+    try:
+        reverted = tuple(step.revision for step in script.iterate_revisions(current, revision))
+    except RevisionError as error:
+        raise SchemaError(
+            f"cannot downgrade pgq's schema {schema!r} from {current} to {revision!r}: {error}"
+        ) from None
+    if not reverted:
+        return DowngradePlan(schema, current, current, (), {})
+    oldest = REVISIONS.index(reverted[-1])
+    target = REVISIONS[oldest - 1] if oldest > 0 else None
+    jobs: dict[str, int] = {}
+    if REVISIONS[0] in reverted:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute(query("count_jobs_by_status", schema)).fetchall()
+        jobs = {str(status): int(count) for status, count in rows}
+    return DowngradePlan(schema, current, target, reverted, jobs)
+
+
 def current_revision(
     dsn_or_conn: str | psycopg.Connection[Any], *, schema: str | None = None
 ) -> str | None:
@@ -233,10 +313,12 @@ def _read_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
 
 
 def check_schema(conn: psycopg.Connection[Any], *, schema: str | None = None) -> None:
-    """Raise SchemaError unless the database is at the revision this pgq ships."""
+    """Raise SchemaError unless the database is at a revision this pgq runs on.
+
+    That is ``required_revision()`` or any later one this pgq ships.
+    """
     schema = resolve_schema(schema)
     found = _read_revision(conn, schema)
-    wanted = head_revision()
     if found is None:
         raise SchemaError(
             f"pgq's schema {schema!r} is not in this database: run `pgq migrate` first"
@@ -244,12 +326,12 @@ def check_schema(conn: psycopg.Connection[Any], *, schema: str | None = None) ->
     if found not in known_revisions():
         raise SchemaError(
             f"pgq's schema {schema!r} is at revision {found}, newer than this pgq knows "
-            f"(its newest is {wanted}): upgrade pgq, or run the pgq that migrated it"
+            f"(its newest is {head_revision()}): upgrade pgq, or run the pgq that migrated it"
         )
-    if found != wanted:
+    if REVISIONS.index(found) < REVISIONS.index(REQUIRED_REVISION):
         raise SchemaError(
-            f"pgq's schema {schema!r} is at revision {found}, this pgq needs {wanted}: "
-            "run `pgq migrate`"
+            f"pgq's schema {schema!r} is at revision {found}, this pgq needs "
+            f"{REQUIRED_REVISION} or later: run `pgq migrate`"
         )
 
 
@@ -266,8 +348,23 @@ def load_revision(filename: str) -> ModuleType:
 
 def revision_schema() -> str:
     """The schema an Alembic revision is applied to (called from migrations/versions)."""
+    return str(_revision_config().attributes["pgq_schema"])
+
+
+def in_callers_transaction() -> bool:
+    """Does this revision run inside a transaction pgq must not commit (called from
+    migrations/versions)?
+
+    True when an application's own revision calls ``upgrade(op.get_bind())``: its
+    changes must roll back with the application's, so a revision cannot step outside
+    the transaction, to build an index CONCURRENTLY for one.
+    """
+    return bool(_revision_config().attributes.get("in_callers_transaction", False))
+
+
+def _revision_config() -> Config:
     from alembic import op
 
     config = op.get_context().config
     assert config is not None, "pgq revisions run through pgq.migrate's Config"
-    return str(config.attributes["pgq_schema"])
+    return config

@@ -304,6 +304,22 @@ SELECT queue, status, jobs
 FROM {schema}.job_counts
 ORDER BY queue, status;
 
+-- count_dead_jobs_by_queue: dead jobs per queue and when the last one died (`pgq stats`)
+-- Only the index jobs_dead_idx is read (revision 0005): cheap however many jobs
+-- succeeded, and proportional to the dead-letter queue, which is what it counts.
+SELECT queue, count(*) AS dead, max(died_at) AS last_died_at
+FROM {schema}.dead_jobs
+GROUP BY queue
+ORDER BY queue;
+
+-- count_jobs_by_status: every job by status (what `pgq migrate --downgrade base` would drop; scans the table)
+-- The table, not the view job_counts: at revision 0001 there is no view yet. In the
+-- statuses' own order (queued, running, succeeded...): the alias keeps the text out of ORDER BY.
+SELECT status::text AS status_name, count(*) AS jobs
+FROM {schema}.jobs
+GROUP BY status
+ORDER BY status;
+
 -- list_jobs: newest jobs first, each filter ignored when NULL
 SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
        started_at, finished_at, locked_by, last_error
@@ -367,6 +383,28 @@ SELECT {schema}.retry_now(%(id)s::bigint);
 
 -- prune_jobs: delete one batch of finished jobs of a status older than an age (edge: finished -> deleted)
 SELECT {schema}.prune(%(status)s, %(older_than_seconds)s * interval '1 second', %(batch_size)s);
+
+-- count_prunable_jobs: per status, the jobs that finished before now() minus an age, and that moment (`pgq prune` asks, or dry-runs, before it deletes)
+-- A plain read along jobs_finished_idx: it locks no row, so workers and pruners
+-- go on while the operator reads the question.
+WITH cutoff AS (
+    SELECT now() - %(older_than_seconds)s * interval '1 second' AS finished_before
+)
+SELECT cutoff.finished_before, wanted.status, (
+           SELECT count(*)
+           FROM {schema}.jobs AS j
+           WHERE j.status = wanted.status::{schema}.job_status
+             AND j.finished_at < cutoff.finished_before
+       ) AS jobs
+FROM cutoff, unnest(%(statuses)s::text[]) WITH ORDINALITY AS wanted(status, position)
+ORDER BY wanted.position;
+
+-- prune_jobs_finished_before: prune_jobs up to the moment count_prunable_jobs counted to, however long the operator took to answer (edge: finished -> deleted)
+SELECT {schema}.prune(
+    %(status)s,
+    greatest(now() - %(finished_before)s::timestamptz, interval '0'),
+    %(batch_size)s
+);
 
 -- refresh_queue_stats: refresh the fleet's queue_stats snapshot if stale and nobody else is at it
 SELECT {schema}.refresh_queue_stats(%(max_age_seconds)s * interval '1 second');
