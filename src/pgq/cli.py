@@ -277,8 +277,9 @@ def demo(
 ) -> None:
     """Run pgq end to end on a real database and print what happened.
 
-    With no DSN configured it uses a local PostgreSQL on 127.0.0.1:5432 if one
-    answers, else an embedded one (pip install 'pgq-jobs[embedded]').
+    With no DSN configured it looks for a local PostgreSQL as psql does (your
+    PG* settings, then the user postgres), else starts an embedded one (pip
+    install 'pgq-jobs[embedded]').
     """
     from pgq.demo import run_demo
 
