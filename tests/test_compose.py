@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -28,6 +27,7 @@ import psycopg
 import pytest
 from ruamel.yaml import YAML
 
+from pgcluster import free_port
 from pgq.tasks import load_app
 from worker_helpers import REPO_ROOT, wait_until
 
@@ -376,12 +376,6 @@ def services(tmp_path: Path) -> Iterator[Services]:
         running.kill_all()
         for name in running.started:
             print(f"----- {name} -----\n{running.log(name)}")  # shown when the test failed
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def first_orders_finished(dsn: str, orders: int, services: Services) -> Callable[[], bool]:
