@@ -13,6 +13,12 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
+# tests/test_docs_site.py parses the docs' diagrams with Mermaid itself (from npm).
+if [ ! -d .venv/mermaid/node_modules/mermaid ]; then
+    npm install --silent --no-save --no-package-lock --prefix .venv/mermaid mermaid@11 jsdom@26 \
+        >/dev/null 2>&1 || echo "warning: npm install mermaid failed; test_docs_site will fail" >&2
+fi
+
 echo "== ruff check" >&2
 .venv/bin/ruff check .
 echo "== ruff format --check" >&2

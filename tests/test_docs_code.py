@@ -53,7 +53,7 @@ RUNNABLE = {"python", "sh", "sql"}
 SKIPPED = {
     ("README.md", "bash scripts/demo.sh"): "installs pgq: tests/test_demo.py runs the demo",
     ("README.md", "bash scripts/test.sh"): "this suite itself",
-    ("README.md", ".venv/bin/mkdocs serve"): "serves until stopped: test_docs_site builds the site",
+    ("README.md", "python3 -m venv .venv"): "serves until stopped: test_docs_site builds the site",
     ("docs/quickstart.md", "cd pgq"): "the install: the suite itself runs inside it",
     ("docs/howto/deployment.md", "docker compose up"): "no Docker engine: tests/test_compose.py",
     ("docs/howto/pgbouncer.md", "PGQ_DSN='postgresql://app@pgbouncer:6432/app' pgq work"): (
@@ -137,6 +137,7 @@ class Reader:
         }
         self.env.pop("DATABASE_URL", None)
         self.workers_started = 0
+        self.printed: list[str] = []  # what each command block printed
 
     def worker_logs(self) -> str:
         return "".join(log.read_text() for log in sorted(self.project.glob("worker-*.log")))
@@ -170,6 +171,7 @@ class Reader:
         assert done.returncode == 0, (
             f"{block} exited {done.returncode}:\n{done.stdout}{done.stderr}"
         )
+        self.printed.append(done.stdout + done.stderr)
 
     def _worker(self, block: Block, command: str) -> None:
         self.workers_started += 1
@@ -260,6 +262,10 @@ def quickstart_outcome(reader: Reader) -> None:
     assert orders == [("ada",)]
     logs = reader.worker_logs()
     assert "order 1: confirmation sent to ada@example.com" in logs
+    claim = re.search(
+        r"`pgq migrate` prints `([^`]+)`", (REPO_ROOT / "docs/quickstart.md").read_text()
+    )
+    assert claim is not None and claim[1] in "".join(reader.printed), "what migrate prints"
     assert "resizing https://example.com/cat.png" in logs
 
 

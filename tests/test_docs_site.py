@@ -3,12 +3,17 @@ page left out of the navigation fails here, before a reader finds it."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MERMAID_BLOCK = re.compile(r"^```mermaid\n(?P<source>.*?)^```", re.MULTILINE | re.DOTALL)
+# Mermaid and jsdom from npm, installed next to the virtualenv's packages by scripts/test.sh.
+MERMAID_DIR = Path(os.environ.get("PGQ_MERMAID_DIR", Path(sys.prefix) / "mermaid"))
 
 
 def build(site: Path, config: Path = REPO_ROOT / "mkdocs.yml") -> subprocess.CompletedProcess[str]:
@@ -46,3 +51,32 @@ def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     done = build(tmp_path / "site", config)
     assert done.returncode != 0
     assert "missing.md" in done.stderr
+
+
+def parse_with_mermaid(diagrams: list[tuple[str, str]]) -> list[str]:
+    assert (MERMAID_DIR / "node_modules" / "mermaid").is_dir(), (
+        f"no Mermaid in {MERMAID_DIR}: run scripts/test.sh, which installs it with npm"
+    )
+    done = subprocess.run(
+        ["node", str(Path(__file__).with_name("mermaid_parse.mjs"))], input=json.dumps(diagrams),
+        env={**os.environ, "MERMAID_DIR": str(MERMAID_DIR)}, capture_output=True, text=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+    errors: list[str] = json.loads(done.stdout)
+    return errors
+
+
+def test_every_diagram_parses_as_the_browser_will_parse_it() -> None:
+    """mkdocs passes a diagram through as text: only Mermaid itself can say it is broken."""
+    diagrams = [
+        (f"docs/{page.relative_to(REPO_ROOT / 'docs')}", match["source"])
+        for page in sorted((REPO_ROOT / "docs").rglob("*.md"))
+        for match in MERMAID_BLOCK.finditer(page.read_text())
+    ]
+    assert len(diagrams) >= 3
+    # A semicolon ends a statement in Mermaid, even inside a message: this one must fail.
+    control = ("control", "sequenceDiagram\n    A->>B: BEGIN; INSERT\n")
+
+    errors = parse_with_mermaid([*diagrams, control])
+
+    assert [error.split(":")[0] for error in errors] == ["control"], errors
