@@ -19,11 +19,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner, Result
 
 import pgq
 from pgq.cli import app
 from pgq.cli_work import CHILD_SPEC_ENV_VAR, ChildSpec
+from pgq.config import describe_dsn
 from pgq.worker.settings import WorkerSettings
 from worker_helpers import (
     LEDGER_APP,
@@ -160,6 +162,26 @@ def test_the_child_spec_round_trips_through_the_environment(
     assert (restored.queues, restored.concurrency, restored.lease_seconds) == (
         {"emails": 2}, 3, 9.0,
     )  # fmt: skip
+
+
+# -- pgq work on a database that is not there -------------------------------------------------
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_work_on_a_missing_database_names_it_as_stats_does_without_the_password(
+    pg_admin_dsn: str, processes: str
+) -> None:
+    missing = make_conninfo(pg_admin_dsn, dbname="pgq_no_such_database", password=PASSWORD)
+    env = {**NO_PGQ_SETTINGS, "PGQ_DSN": missing}
+
+    work = runner.invoke(app, ["work", LEDGER_APP, "--processes", processes], env=env)
+    stats = runner.invoke(app, ["stats"], env=env)
+
+    line = one_error_line(work)
+    assert line == one_error_line(stats)
+    assert line.startswith(f"error: cannot connect to {describe_dsn(missing)}: "), line
+    assert 'database "pgq_no_such_database" does not exist' in line
+    assert PASSWORD not in line
 
 
 # -- a real supervisor ------------------------------------------------------------------------

@@ -9,8 +9,15 @@ used, and it says what it leaves behind.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import pty
+import re
+import struct
+import subprocess
 import sys
+import termios
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +29,31 @@ from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from typer.testing import CliRunner
 
+import pgq.migrate
+from conftest import Databases
 from pgcluster import free_port
 from pgq.cli import app
-from pgq.demo import EMBEDDED_DATA_DIR, find_database, needs_embedded_server, probe_local_servers
+from pgq.config import describe_dsn
+from pgq.demo import (
+    EMBEDDED_DATA_DIR,
+    create_demo_database,
+    find_database,
+    needs_embedded_server,
+    probe_local_servers,
+)
 
+HEAD = pgq.migrate.head_revision()
 LIBPQ_SETTINGS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE")
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """`pgq demo` in-process configures logging (--log-level): put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -172,6 +199,120 @@ def test_the_demo_tells_its_story_and_why_job_ids_skip_numbers(dsn: str) -> None
     output = " ".join(result.output.split())
 
     assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        f"database: {describe_dsn(dsn)}\nschema pgq: already at revision {HEAD}, the newest\n"
+    )
+    assert (
+        "each order's confirmation was enqueued twice (a double click) and deduplicated to one "
+        "job per order"
+    ) in output
+    assert "each rate limited on its first try, so it snoozes (a snooze uses no attempt)" in output
+    assert "9 succeeded and 2 ended dead, after 8 retries and 3 snoozes" in output
     assert "orders stored: 3, charged: 3, confirmation sent: 3" in output
     # Three deduplicated second confirmations and the rolled-back order drew ids unused.
     assert "job ids 3, 6, 9, 10 are missing: every insert draws an id" in output
+
+
+@pytest.mark.parametrize(
+    ("revision", "said"),
+    [
+        (None, f"schema pgq: created at revision {HEAD}"),
+        ("0004", f"schema pgq: upgraded from revision 0004 to {HEAD}"),
+    ],
+)
+def test_the_demo_says_whether_it_created_or_upgraded_pgqs_schema(
+    empty_dsn: str, revision: str | None, said: str
+) -> None:
+    if revision is not None:
+        pgq.migrate.migrate(empty_dsn, revision=revision)
+
+    result = CliRunner().invoke(app, ["demo", "--dsn", empty_dsn])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1] == said
+
+
+def test_the_demo_says_whether_it_created_its_database_or_reuses_it(
+    pg_admin_dsn: str, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"{databases.prefix}_demo"
+    monkeypatch.setattr("pgq.demo.DEMO_DATABASE", name)
+    said = []
+    try:
+        for _ in range(2):
+            console = Console(record=True, width=400)
+            create_demo_database(console, pg_admin_dsn)
+            said.append(console.export_text())
+    finally:
+        databases.drop_later(name)
+
+    assert said == [
+        f"found a local PostgreSQL server: created the database {name}\n",
+        f"found a local PostgreSQL server: reusing its database {name}\n",
+    ]
+
+
+def run_demo_with_stdout(dsn: str, stdout: int) -> subprocess.Popen[bytes]:
+    """``python -m pgq demo`` writing to ``stdout``, with no $COLUMNS to go by."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "PGQ_DSN", "DATABASE_URL")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgq", "demo", "--dsn", dsn], stdout=stdout,
+        stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+
+
+def demo_on_a_terminal(dsn: str, columns: int) -> list[str]:
+    """What `pgq demo` shows in a terminal ``columns`` wide: its lines, colours removed."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    demo = run_demo_with_stdout(dsn, follower)
+    os.close(follower)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the demo exited and closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert demo.wait(60) == 0, shown.decode()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).replace("\r\n", "\n")
+    return text.splitlines()
+
+
+def job_rows(lines: list[str]) -> list[str]:
+    return [line for line in lines if re.match(r"^│ \d+ +│", line)]
+
+
+def test_in_an_80_column_terminal_the_demo_fits_with_one_line_per_job(dsn: str) -> None:
+    lines = demo_on_a_terminal(dsn, 80)
+
+    assert max(map(len, lines)) <= 80, "\n".join(lines)
+    rows = job_rows(lines)
+    assert len(rows) == 11, "\n".join(lines)
+    (poison,) = [row for row in rows if "import_legacy_record" in row]
+    assert "│ dead      │ 3/3      │ KeyError: " in poison and poison.endswith("… │"), poison
+    # Wrapped between words, never inside one.
+    assert "deduplicated to one job per order" in " ".join(lines)
+
+
+def test_piped_the_demo_shows_each_error_whole(dsn: str) -> None:
+    demo = run_demo_with_stdout(dsn, subprocess.PIPE)
+    output, _ = demo.communicate(timeout=60)
+
+    assert demo.returncode == 0
+    (row,) = [row for row in job_rows(output.decode().splitlines()) if "resize_image" in row]
+    assert "│ GiveUp: not an https URL: 'ftp://old-cdn/cat.png'; retrying cannot fix it │" in row
+
+
+def test_demo_log_level_info_shows_the_workers_info_lines(dsn: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PGQ_DSN", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pgq", "demo", "--dsn", dsn, "--log-level", "info"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert " INFO pgq.worker" in result.stderr and " started: tasks charge_card, " in result.stderr

@@ -446,6 +446,34 @@ def test_check_schema_names_the_fix_when_pgq_was_never_migrated(empty_dsn: str) 
         pgq.migrate.check_schema(conn)
 
 
+def test_after_a_downgrade_to_base_stats_and_work_say_no_revision_is_applied(
+    empty_dsn: str,
+) -> None:
+    migrate_ok(empty_dsn)
+    migrate_ok(empty_dsn, "--downgrade", "base", "--yes")
+    assert schema_exists(empty_dsn, "pgq")  # the schema stays; its tables are gone
+
+    stats = run_pgq("stats", "--dsn", empty_dsn)
+    work = run_pgq("work", "tests.apps.metrics_app:app", "--dsn", empty_dsn)
+
+    for result in (stats, work):
+        assert result.returncode == 1, output(result)
+        assert output(result) == (
+            "error: pgq's schema 'pgq' has no revision applied (downgraded to base?): "
+            "run `pgq migrate`"
+        )
+
+
+def test_a_database_without_pgqs_schema_is_told_apart_from_one_at_base(
+    empty_dsn: str,
+) -> None:
+    result = run_pgq("stats", "--dsn", empty_dsn)
+
+    assert output(result) == (
+        "error: pgq's schema 'pgq' is not in this database: run `pgq migrate` first"
+    )
+
+
 # --- revision 0003: one run_at rule, one dead-job filter ------------------------------------
 
 NEW_IN_0003 = ("resolve_run_at", "dead_job_matches", "requeueable_dead_job_ids")

@@ -1,5 +1,7 @@
 """pgq: a PostgreSQL-native background job queue."""
 
+from importlib import metadata as _metadata
+
 from pgq.enqueue import (
     EnqueueOptions,
     EnqueueResult,
@@ -25,6 +27,12 @@ from pgq.retention import Retention
 from pgq.retry import Retry
 from pgq.tasks import App, JobContext, Task
 from pgq.worker import Worker
+
+try:
+    # The installed distribution's, as pyproject.toml states it: `pgq --version` prints it.
+    __version__ = _metadata.version("pgq-jobs")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "unknown"
 
 __all__ = [
     "App",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from importlib.metadata import version as installed_version
 from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
@@ -46,8 +45,9 @@ app.add_typer(admin_commands)
 
 def _print_version(wanted: bool) -> None:
     if wanted:
-        # The version is the installed distribution's, as pyproject.toml states it.
-        typer.echo(f"pgq {installed_version('pgq-jobs')}")
+        from pgq import __version__
+
+        typer.echo(f"pgq {__version__}")
         raise typer.Exit()
 
 
@@ -57,6 +57,7 @@ def root(
         bool,
         typer.Option(
             "--version",
+            "-V",
             help="Print pgq's version and exit.",
             is_eager=True,
             callback=_print_version,
@@ -286,7 +287,7 @@ def demo(
     if log_level.lower() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     configure_logging(log_level)
-    run_demo(dsn)
+    run_demo(out, dsn)
 
 
 def main() -> None:

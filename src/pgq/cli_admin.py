@@ -28,10 +28,11 @@ from pgq.cli_shared import (
     database,
     fail,
     out,
+    parse_job_id,
 )
 from pgq.config import parse_duration
 from pgq.errors import ConfigError, PgqError
-from pgq.job import MAX_JOB_ID, JobStatus
+from pgq.job import JobStatus
 from pgq.logs import plural
 
 admin_commands = Commands()
@@ -197,6 +198,12 @@ def jobs(
     if as_json:
         _print_json([job.as_dict() for job in found])
         return
+    if not found:
+        # A line, not an empty table; the filters as typed, to see which one excluded all.
+        given = {"--status": status, "--queue": queue, "--task": task, "--since": since}
+        selection = _as_typed(given)
+        out.print(f"no jobs match {selection}" if selection else "no jobs", highlight=False)
+        return
     table = _job_table(
         f"pgq jobs ({len(found)} shown)",
         ("id", "queue", "task", "status", "attempts", "created", "last error"),
@@ -229,7 +236,7 @@ def _one_line(text: str) -> Text:
 
 @admin_commands.command()
 def job(
-    job_id: Annotated[int, typer.Argument(metavar="ID", help="A job id.", min=1, max=MAX_JOB_ID)],
+    job_id: Annotated[int, typer.Argument(metavar="ID", help="A job id.", parser=parse_job_id)],
     dsn: DsnOption = None,
     schema: SchemaOption = None,
     as_json: JsonOption = False,
@@ -270,7 +277,7 @@ def requeue(
     job_ids: Annotated[
         list[int] | None,
         typer.Argument(
-            metavar="ID", help="Job ids: dead or cancelled jobs to requeue.", min=1, max=MAX_JOB_ID
+            metavar="ID", help="Job ids: dead or cancelled jobs to requeue.", parser=parse_job_id
         ),
     ] = None,
     dsn: DsnOption = None,
@@ -323,12 +330,17 @@ def requeue(
     # Named ids need no question; a filter can match thousands, which all run again.
     given = {"--task": task, "--queue": queue, "--error": error,
              "--died-after": died_after, "--died-before": died_before}  # fmt: skip
-    selection = " ".join(f"{flag} {shlex.quote(v)}" for flag, v in given.items() if v is not None)
+    selection = _as_typed(given)
     with database(dsn, schema) as (conn, schema_name):
         if job_ids:
             _requeue_ids(conn, job_ids, schema_name, dry_run)
         else:
             _requeue_by_filter(conn, where, schema_name, dry_run, selection, yes)
+
+
+def _as_typed(options: dict[str, str | None]) -> str:
+    """The options given, as a shell would take them: ``--queue emails --error '%x y%'``."""
+    return " ".join(f"{flag} {shlex.quote(v)}" for flag, v in options.items() if v is not None)
 
 
 def _requeue_ids(conn: Any, job_ids: list[int], schema: str, dry_run: bool) -> None:
@@ -400,7 +412,7 @@ def _requeue_by_filter(
 def cancel(
     job_ids: Annotated[
         list[int],
-        typer.Argument(metavar="ID", help="Job ids: queued jobs to cancel.", min=1, max=MAX_JOB_ID),
+        typer.Argument(metavar="ID", help="Job ids: queued jobs to cancel.", parser=parse_job_id),
     ],
     dsn: DsnOption = None,
     schema: SchemaOption = None,

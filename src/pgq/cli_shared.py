@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,12 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import psycopg
 import psycopg.errors
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from typer.core import TyperCommand
 
 from pgq.config import describe_dsn, redact, resolve_dsn, resolve_schema
 from pgq.errors import PgqError
+from pgq.job import MAX_JOB_ID
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,8 +26,34 @@ if TYPE_CHECKING:
     from typer._click import Context, HelpFormatter, Parameter
     from typer.models import CommandFunctionType
 
+#: How wide `pgq`'s tables and messages are when stdout is no terminal (a pipe, a
+#: log, CI) and $COLUMNS says nothing: wide enough that a cell or a sentence is
+#: rarely cut, where rich's default (80) cut task names and wrapped sentences.
+WIDE_OUTPUT_COLUMNS = 200
+
+
+class Output(Console):
+    """A console that fits a terminal, and is WIDE_OUTPUT_COLUMNS wide anywhere else.
+
+    Rich measures any terminal it finds, stdin's included, so `pgq jobs | grep x`
+    would be cut to the width of a terminal it does not print on. $COLUMNS, when
+    set, wins everywhere. Decided at each print: tests swap stdout in-process.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        measured = super().size
+        if self._width is None and "COLUMNS" not in os.environ and not self.is_terminal:
+            return ConsoleDimensions(WIDE_OUTPUT_COLUMNS, measured.height)
+        return measured
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
 err = Console(stderr=True)
-out = Console()
+out = Output()
 
 
 class PlainHelpCommand(TyperCommand):
@@ -106,6 +134,17 @@ YesOption = Annotated[
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
 ]
+
+
+def parse_job_id(text: str) -> int:
+    """An ID argument as typed: a whole number from 1 (a bigint), else a usage error naming it."""
+    # ASCII digits only: int() would also take "1_000", " 7" and other scripts' digits.
+    number = int(text) if text.isascii() and text.isdigit() else 0
+    if number < 1:
+        raise typer.BadParameter(f"{text!r} is not a job id (a whole number from 1)")
+    if number > MAX_JOB_ID:
+        raise typer.BadParameter(f"{text!r} is not a job id: ids end at {MAX_JOB_ID}")
+    return number
 
 
 def confirm(action: str, *, warning: str = "", yes: bool) -> None:

@@ -9,9 +9,9 @@ poison job that ended dead, and a rolled-back order that never had a job.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,12 @@ from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pgq.config import DSN_ENV_VARS, describe_dsn, redact, resolve_dsn
 from pgq.enqueue import JobSpec, enqueue, enqueue_many
 from pgq.errors import ConfigError, GiveUp, PgqError
+from pgq.logs import plural
 from pgq.migrate import migrate
 from pgq.queries import Statements
 from pgq.retry import Retry
@@ -180,9 +182,9 @@ def refused_message(probe: LocalProbe) -> str:
 def create_demo_database(console: Console, server_dsn: str) -> str:
     """The demo's own database on the local server, created if missing."""
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        if not conn.execute(
-            demo_query("find_database", SCHEMA), {"name": DEMO_DATABASE}
-        ).fetchone():
+        found = conn.execute(demo_query("find_database", SCHEMA), {"name": DEMO_DATABASE})
+        exists = found.fetchone() is not None
+        if not exists:
             try:
                 conn.execute(demo_query("create_database", SCHEMA, database=DEMO_DATABASE))
             except psycopg.errors.InsufficientPrivilege as error:
@@ -191,7 +193,8 @@ def create_demo_database(console: Console, server_dsn: str) -> str:
                     f"the database {DEMO_DATABASE} for this role, or set PGQ_DSN to a database "
                     "it may use"
                 ) from None
-    console.print(f"using the local PostgreSQL server, database [bold]{DEMO_DATABASE}[/]")
+    done = "reusing its database" if exists else "created the database"
+    console.print(f"found a local PostgreSQL server: {done} [bold]{DEMO_DATABASE}[/]")
     return make_conninfo(server_dsn, dbname=DEMO_DATABASE)
 
 
@@ -245,7 +248,8 @@ def enqueue_shop_jobs(dsn: str, app: App) -> tuple[list[int], list[str]]:
                 assert again.id == job.id and not again.created
         story.append(
             "3 orders committed, each with a charge and a confirmation job in the same "
-            "transaction (a second confirmation for the same order was deduplicated)"
+            "transaction; each order's confirmation was enqueued twice (a double click) and "
+            "deduplicated to one job per order"
         )
         try:
             with conn.transaction():
@@ -263,7 +267,8 @@ def enqueue_shop_jobs(dsn: str, app: App) -> tuple[list[int], list[str]]:
             )
             ids.append(enqueue(conn, "resize_image", {"url": "ftp://old-cdn/cat.png"}).id)
         story.append(
-            "3 inventory syncs (bulk enqueue), 1 poison legacy import, 1 image with a bad URL"
+            "3 inventory syncs (bulk enqueue), each rate limited on its first try, so it "
+            "snoozes (a snooze uses no attempt); 1 poison legacy import; 1 image with a bad URL"
         )
     return ids, story
 
@@ -297,16 +302,16 @@ def report(console: Console, dsn: str, ids: list[int]) -> None:
     table = Table(title="pgq demo: every job's outcome")
     for column in ("job", "task", "status", "attempts"):
         table.add_column(column, no_wrap=True)
-    table.add_column(
-        "last error (kept in the row)", overflow="ellipsis", no_wrap=True, max_width=60
-    )
+    # The one column that narrows (rich narrows columns that wrap), and its cells are
+    # cut with an ellipsis instead: each job keeps one line on a narrow terminal.
+    table.add_column("last error (stored)")
     with psycopg.connect(dsn) as conn:
         for job_id, task, status, attempts, max_attempts, error in conn.execute(
             demo_query("read_job_states", SCHEMA), {"ids": ids}
         ):
             colour = {"succeeded": "green", "dead": "red"}.get(status, "yellow")
             table.add_row(str(job_id), task, f"[{colour}]{status}[/]", f"{attempts}/{max_attempts}",
-                          error or "")  # fmt: skip
+                          Text(error or "", no_wrap=True, overflow="ellipsis"))  # fmt: skip
         orders, charged, confirmed = conn.execute(
             demo_query("count_orders", SCHEMA)
         ).fetchone() or (0, 0, 0)
@@ -321,17 +326,35 @@ def report(console: Console, dsn: str, ids: list[int]) -> None:
         )
 
 
-def run_demo(dsn: str | None = None) -> None:
-    console = Console(width=max(Console().width, 130))
-    logging.getLogger("pgq").setLevel(logging.WARNING)
+def describe_migration(before: str | None, after: str | None) -> str:
+    """What ``migrate`` did to the demo's schema, for its ``schema:`` line."""
+    if before == after:
+        return f"schema {SCHEMA}: already at revision {after}, the newest"
+    if before is None:
+        return f"schema {SCHEMA}: created at revision {after}"
+    return f"schema {SCHEMA}: upgraded from revision {before} to {after}"
+
+
+def describe_work(counts: Mapping[str, int]) -> str:
+    """The worker's counters in words: final outcomes, then what happened on the way."""
+    dead = counts.get("dead", 0) + counts.get("gave_up", 0)
+    return (
+        f"{counts.get('succeeded', 0)} succeeded and {dead} ended dead, after "
+        f"{plural(counts.get('retried', 0), 'retry', 'retries')} and "
+        f"{plural(counts.get('snoozed', 0), 'snooze')}"
+    )
+
+
+def run_demo(console: Console, dsn: str | None = None) -> None:
+    """The demo, printed on ``console`` (the CLI's: a terminal's width, else a wide one).
+
+    Its log lines go where `pgq demo --log-level` sent them: at the default,
+    warning, the worker's retries and dead jobs.
+    """
     try:
         dsn = find_database(console, dsn)
-        console.print(f"database: {describe_dsn(dsn)}")
-        before, after = migrate(dsn, schema=SCHEMA)
-        if before == after:
-            console.print(f"schema: pgq already at revision {after}")
-        else:
-            console.print(f"schema: pgq migrated ({before or 'none'} -> {after})")
+        console.print(f"database: {describe_dsn(dsn)}", highlight=False)
+        console.print(describe_migration(*migrate(dsn, schema=SCHEMA)), highlight=False)
         app = build_app(dsn)
         ids, story = enqueue_shop_jobs(dsn, app)
         for line in story:
@@ -341,7 +364,9 @@ def run_demo(dsn: str | None = None) -> None:
         started = time.monotonic()
         asyncio.run(work_until_done(worker, dsn, ids))
         console.print(
-            f"worker finished in {time.monotonic() - started:.1f}s: {dict(worker.stats.counts)}"
+            f"worker finished in {time.monotonic() - started:.1f}s: "
+            f"{describe_work(worker.stats.counts)}",
+            highlight=False,
         )
         report(console, dsn, ids)
     except PgqError as error:

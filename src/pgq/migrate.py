@@ -320,6 +320,12 @@ def check_schema(conn: psycopg.Connection[Any], *, schema: str | None = None) ->
     schema = resolve_schema(schema)
     found = _read_revision(conn, schema)
     if found is None:
+        if conn.execute(query("find_schema", schema), {"schema_name": schema}).fetchone():
+            # `pgq migrate --downgrade base` drops pgq's tables but keeps the schema.
+            raise SchemaError(
+                f"pgq's schema {schema!r} has no revision applied (downgraded to base?): "
+                "run `pgq migrate`"
+            )
         raise SchemaError(
             f"pgq's schema {schema!r} is not in this database: run `pgq migrate` first"
         )

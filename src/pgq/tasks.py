@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import pkgutil
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -212,6 +214,12 @@ def load_app(spec: str) -> App:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"APP must look like 'package.module:app', got {spec!r}")
+    if "/" in module_name or "\\" in module_name or module_name.endswith(".py"):
+        # A file path, as a shell completes it: Python imports modules, not files.
+        raise ConfigError(
+            f"APP {spec!r} names a file: use a dotted module path, as in "
+            f"'{_dotted(module_name)}:{attribute}'"
+        )
     # Like uvicorn and celery: the current directory is importable.
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -232,9 +240,11 @@ def _import_app_module(module_name: str, spec: str) -> ModuleType:
     except ModuleNotFoundError as error:
         missing = error.name or module_name
         if module_name == missing or module_name.startswith(f"{missing}."):
+            close = _close_module(missing)
+            meant = f"; did you mean '{close}{spec[len(missing) :]}'?" if close else ""
             raise ConfigError(
                 f"{cannot_import}: no module named {missing!r} in {Path.cwd()} "
-                "or the installed packages"
+                f"or the installed packages{meant}"
             ) from error
         # The path is right: the module itself imports something that is not there.
         raise ConfigError(
@@ -242,6 +252,35 @@ def _import_app_module(module_name: str, spec: str) -> ModuleType:
         ) from error
     except (ImportError, TypeError) as error:  # TypeError: a relative name such as "..x"
         raise ConfigError(f"{cannot_import}: {error}") from error
+
+
+def _close_module(missing: str) -> str | None:
+    """A module named like ``missing`` (a typo: ``myproject.task``), if there is one.
+
+    Only siblings are searched: the modules of the package that did import, or of
+    the current directory for a top-level name. The installed packages would be
+    slow to list, and a near name among them is rarely the one meant.
+    """
+    package, _, name = missing.rpartition(".")
+    if package:
+        places = getattr(sys.modules.get(package), "__path__", None)
+        if places is None:
+            return None
+    else:
+        places = [str(Path.cwd())]
+    siblings = [module.name for module in pkgutil.iter_modules(places)]
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.8)
+    if not close:
+        return None
+    return f"{package}.{close[0]}" if package else close[0]
+
+
+def _dotted(path_text: str) -> str:
+    """``myproject/tasks.py`` (or its absolute path, in this directory) as ``myproject.tasks``."""
+    path = Path(path_text.replace("\\", "/").removesuffix(".py"))
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())
+    return ".".join(part for part in path.parts if part not in (".", path.anchor))
 
 
 def _not_an_app(spec: str, module: ModuleType, attribute: str) -> str:

@@ -15,7 +15,9 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgq.config import WORKER_CONNECTION_DEFAULTS, describe_dsn
 from pgq.connection import DATABASE_DOWN, MAX_BACKOFF_SECONDS, Backoff, is_outage
 from pgq.errors import ConfigError
 from pgq.migrate import check_schema
@@ -32,7 +34,16 @@ def check_database(settings: WorkerSettings) -> None:
     try:
         _check_schema(settings)
     except psycopg.OperationalError as error:
-        raise ConfigError(f"cannot use the database: {error}") from error
+        raise ConfigError(f"cannot connect to {_target(settings)}: {error}") from error
+
+
+def _target(settings: WorkerSettings) -> str:
+    """The database as `pgq migrate` and `pgq stats` name it: no password, and none of
+    the worker's connection defaults (timeouts, keepalives), which say how, not where."""
+    params = conninfo_to_dict(settings.dsn)
+    for key in WORKER_CONNECTION_DEFAULTS:
+        params.pop(key, None)
+    return describe_dsn(make_conninfo("", **params))
 
 
 def _check_schema(settings: WorkerSettings) -> None:
@@ -50,13 +61,13 @@ async def wait_for_database(settings: WorkerSettings, stopping: Callable[[], boo
             return
         except DATABASE_DOWN as error:
             if not is_outage(error):
-                raise ConfigError(f"cannot use the database: {error}") from error
+                raise ConfigError(f"cannot connect to {_target(settings)}: {error}") from error
             if stopping():
                 message = f"stopped before the database could be reached: {error}"
                 raise ConfigError(message) from error
             if time.monotonic() > deadline:
                 raise ConfigError(
-                    f"cannot reach the database after {STARTUP_TIMEOUT_SECONDS:g}s: {error}"
+                    f"cannot reach {_target(settings)} after {STARTUP_TIMEOUT_SECONDS:g}s: {error}"
                 ) from error
             log.warning("database unreachable (%s); retrying", error)
             await asyncio.sleep(backoff.failed())

@@ -137,6 +137,7 @@ class Worker:
                 background.append(asyncio.create_task(listen, name="pgq-listen"))
             log.info("worker %s started: tasks %s, %s", self.name,
                      ", ".join(sorted(self.app.tasks)), settings.summary())  # fmt: skip
+            self._warn_of_queues_no_task_uses()
             try:
                 await self.producer.run(pool, writer)
             finally:
@@ -150,6 +151,19 @@ class Worker:
             await pool.close()
             self.stats.stop_serving()
         log.info("worker %s stopped: %s", self.name, dict(self.stats.counts))
+
+    def _warn_of_queues_no_task_uses(self) -> None:
+        """A served queue that no task declares is most often a typo (--queues emials).
+
+        Only a warning: a job enqueued with ``queue=`` explicitly reaches any queue.
+        """
+        declared = sorted({task.queue for task in self.app.tasks.values()})
+        for queue in self.settings.queues or ():
+            if queue not in declared:
+                log.warning(
+                    "queue %r is no task's queue in this app (tasks use: %s); jobs reach it "
+                    "only when enqueued with queue=%r", queue, ", ".join(declared), queue,
+                )  # fmt: skip
 
     # -- what the parts tell each other ------------------------------------------
 
