@@ -1,6 +1,6 @@
 """Benchmark pgq against Python peers and a raw-SQL ceiling on the same PostgreSQL.
 
-    python3 benchmarks/run.py                 # the full suite (~40 minutes)
+    python3 benchmarks/run.py                 # the full suite (~1 hour)
     python3 benchmarks/run.py --smoke         # pgq and raw, tiny sizes (CI)
     python3 benchmarks/run.py --systems pgq,raw --scenarios drain_1p,latency_20 --runs 5
     python3 benchmarks/run.py --report-only   # rewrite docs/benchmarks.md from the results
@@ -60,12 +60,20 @@ class System:
     scenarios: tuple[str, ...] | None = None
 
 
+WORKER_SCENARIOS = (
+    "drain_1p", "drain_2p", "latency_20", "latency_200", "history_small", "history_large",
+    "memory_worker",
+)  # fmt: skip
 SYSTEMS = {
     s.name: s
     for s in (
+        # What a user gets: a plain `def` handler, every `pgq work` option at its default.
         System("pgq", "pgq", "pgq_adapter.py"),
-        # pgq's worker with --synchronous-commit: its claims and outcomes wait for
-        # the WAL flush, as raw's do.
+        # An async handler, --concurrency 100, --log-level warning: the worker's
+        # scenarios only (enqueueing is the same code as pgq's row).
+        System("pgq-tuned", "pgq", "pgq_adapter.py", "tuned", scenarios=WORKER_SCENARIOS),
+        # pgq-tuned with --synchronous-commit: its claims and outcomes wait for the
+        # WAL flush, as raw's do.
         System("pgq-sync", "pgq", "pgq_adapter.py", "sync", scenarios=("drain_1p", "drain_2p")),
         # pgq's enqueue_many returning every id (the default), where pgq's row uses
         # return_ids=False, which streams straight into the table.
@@ -92,9 +100,8 @@ class Sizes:
     history_large: int = 5_000_000
     history_drain: int = 20_000
     memory: int = 1_000_000
-    concurrency: int = 10
     drain_seconds: float = 25.0  # cap: slow peers report jobs/s over what finished
-    memory_seconds: float = 300.0  # pgq: enough to drain all of them at >= 3.4k jobs/s
+    memory_seconds: float = 300.0  # pgq's rows: all of them at >= 3.4k jobs/s (pgq-tuned)
     peer_memory_seconds: float = 60.0  # peers and raw: RSS compared at the point reached
     slow_factor: float = 0.1  # slow systems' history and memory job counts
     peer_memory_factor: float = 0.3  # other peers' memory_worker job count
@@ -162,8 +169,10 @@ SCENARIOS = {
 
 
 def adapter_args(scenario: str, system: System, sizes: Sizes) -> tuple[list[str], float]:
-    """(adapter arguments, seconds the run may take before it is killed)."""
-    conc = ["--concurrency", str(sizes.concurrency)]
+    """(adapter arguments, seconds the run may take before it is killed).
+
+    No --concurrency: every worker runs at its system's own default, as a user's would.
+    """
     factor = sizes.slow_factor if system.slow else 1.0
     if scenario == "enqueue_single":
         return ["--scenario", "enqueue_single", "--jobs", str(sizes.single)], 180
@@ -174,30 +183,29 @@ def adapter_args(scenario: str, system: System, sizes: Sizes) -> tuple[list[str]
         limit = sizes.drain_seconds
         return [
             "--scenario", "drain", "--jobs", str(sizes.drain), "--processes", processes,
-            "--time-limit", str(limit), *conc,
-        ], limit + 120  # fmt: skip
+            "--time-limit", str(limit),
+        ], limit + 240  # raw probes 12 settings before its measured run  # fmt: skip
     if scenario in ("latency_20", "latency_200"):
         rate = scenario.removeprefix("latency_")
         jobs = sizes.latency
         return [
             "--scenario", "latency", "--jobs", str(jobs), "--rate", rate, "--time-limit", "60",
-            *conc,
         ], jobs / float(rate) + 120  # fmt: skip
     if scenario in ("history_small", "history_large"):
         rows = sizes.history_small if scenario == "history_small" else sizes.history_large
         jobs = max(100, int(sizes.history_drain * factor))
         return [
             "--scenario", "history", "--prepared", "--history-rows", str(rows),
-            "--jobs", str(jobs), "--time-limit", "120", *conc,
+            "--jobs", str(jobs), "--time-limit", "120",
         ], 300  # fmt: skip
     if scenario == "memory_worker":
-        ours = system.name == "pgq"
+        ours = system.venv == "pgq"
         share = 1.0 if ours else factor if system.slow else sizes.peer_memory_factor
         jobs = max(1_000, int(sizes.memory * share))
         limit = sizes.memory_seconds if ours else sizes.peer_memory_seconds
         return [
             "--scenario", "memory_worker", "--jobs", str(jobs),
-            "--time-limit", str(limit), *conc,
+            "--time-limit", str(limit),
         ], limit + 300  # fmt: skip
     if scenario == "memory_enqueue":
         return ["--scenario", "memory_enqueue", "--jobs", str(sizes.memory)], 600
@@ -375,9 +383,10 @@ class Suite:
 
     def template(self, system: System, python: Path, scenario: str, args: list[str]) -> str:
         """A database with the history written once; each run clones it (a fresh database)."""
-        key = (system.name, scenario)
+        # By venv: a system's variants (pgq, pgq-tuned) write the same history.
+        key = (system.venv, scenario)
         if key not in self.templates:
-            name = f"{DB_PREFIX}tpl_{system.name.replace('-', '_')}_{scenario}_{self.run_id}"
+            name = f"{DB_PREFIX}tpl_{system.venv}_{scenario}_{self.run_id}"
             create_database(self.admin, name)
             rows = args[args.index("--history-rows") + 1]
             outcome = run_adapter(

@@ -3,7 +3,8 @@
 Install: ``migrate()`` then ``install_queue_storage()`` (its current storage
 engine; ``enqueue_many_copy`` needs it). Enqueue: ``Client.insert()`` per job;
 bulk: ``Client.enqueue_many_copy()`` (COPY) in chunks of 10,000. Workers:
-``AsyncClient.start([("bench", C)])``, one per process, other settings default.
+``AsyncClient.start([("bench", 10)])``, one per process, other settings default:
+awa has no default worker count per queue, so it gets pgq's default, 10.
 
 Finished jobs are counted from the handlers' start records (``needs_record``):
 awa keeps completion receipts in rotating ring partitions, and its own
@@ -32,6 +33,8 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 QUEUE = "bench"
 CHUNK = 10_000
+# awa has no default worker count per queue (its README example uses 4): pgq's default.
+DEFAULT_WORKERS = 10
 
 
 @dataclass
@@ -101,13 +104,13 @@ class AwaAdapter:
         )
 
     def worker_commands(
-        self, dsn: str, processes: int, concurrency: int
+        self, dsn: str, processes: int, concurrency: int | None
     ) -> list[tuple[list[str], Path]]:
         argv = [sys.executable, str(HERE / "awa_adapter.py"), "--role", "worker",
-                "--dsn", dsn, "--concurrency", str(concurrency)]  # fmt: skip
+                "--dsn", dsn, "--concurrency", str(concurrency or DEFAULT_WORKERS)]  # fmt: skip
         return [(argv, HERE) for _ in range(processes)]
 
-    def run_worker(self, dsn: str, concurrency: int) -> None:
+    def run_worker(self, dsn: str, concurrency: int | None) -> None:
         async def work() -> None:
             client = awa_module().AsyncClient(database_url(dsn))
 
@@ -120,7 +123,7 @@ class AwaAdapter:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
-            await client.start([(QUEUE, concurrency)])
+            await client.start([(QUEUE, concurrency or DEFAULT_WORKERS)])
             await stop.wait()
             await client.shutdown()
             await client.close()

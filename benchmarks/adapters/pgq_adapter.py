@@ -1,14 +1,15 @@
-"""pgq under the benchmark harness; also the app that `pgq work pgq_adapter:app` runs.
+"""pgq under the benchmark harness; also the apps that `pgq work` runs.
 
 Enqueue: ``pgq.enqueue`` + commit per job; bulk: ``pgq.enqueue_many`` fed by a
 generator, with ``return_ids=False`` (variant "ids": returning every id). Workers:
-the real CLI, ``pgq work --processes N --concurrency C`` (variant "sync": with
-``--synchronous-commit``).
+the real CLI, ``pgq work pgq_adapter:app --processes N`` with every other option at
+its default and a plain ``def`` handler: what a user gets. Variant "tuned" runs
+``pgq_adapter:tuned_app`` (an ``async def`` handler) with ``--concurrency 100
+--log-level warning``; variant "sync" is "tuned" plus ``--synchronous-commit``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -24,11 +25,22 @@ from pgq.migrate import migrate
 HERE = Path(__file__).resolve().parent
 
 app = pgq.App()
+tuned_app = pgq.App()
 
 
-@app.task
-async def noop(seq: int) -> None:
+@app.task(name="noop")
+def noop(seq: int) -> None:
     bench_common.record_start(seq)
+
+
+# The same task for the tuned worker: async handlers share the event loop, where
+# sync ones go through a thread pool.
+@tuned_app.task(name="noop")
+async def noop_async(seq: int) -> None:
+    bench_common.record_start(seq)
+
+
+TUNED_OPTIONS = ("--concurrency", "100", "--log-level", "warning")
 
 
 class PgqAdapter:
@@ -36,7 +48,10 @@ class PgqAdapter:
     needs_record = False
     packages = ("pgq-jobs", "psycopg", "psycopg-binary", "psycopg-pool")
 
-    def __init__(self, synchronous_commit: bool = False, return_ids: bool = False) -> None:
+    def __init__(
+        self, tuned: bool = False, synchronous_commit: bool = False, return_ids: bool = False
+    ) -> None:
+        self.tuned = tuned or synchronous_commit
         self.synchronous_commit = synchronous_commit
         self.return_ids = return_ids
 
@@ -76,28 +91,33 @@ class PgqAdapter:
         )
 
     def worker_commands(
-        self, dsn: str, processes: int, concurrency: int
+        self, dsn: str, processes: int, concurrency: int | None
     ) -> list[tuple[list[str], Path]]:
         pgq_cli = shutil.which("pgq", path=str(Path(sys.executable).parent)) or "pgq"
-        argv = [
-            pgq_cli, "work", "pgq_adapter:app", "--dsn", dsn,
-            "--processes", str(processes), "--concurrency", str(concurrency),
-            "--log-level", "warning",
-        ]  # fmt: skip
+        target = "pgq_adapter:tuned_app" if self.tuned else "pgq_adapter:app"
+        argv = [pgq_cli, "work", target, "--dsn", dsn, "--processes", str(processes)]
+        if self.tuned:
+            argv += TUNED_OPTIONS
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
         if self.synchronous_commit:
             argv.append("--synchronous-commit")
         return [(argv, HERE)]
 
-    def run_worker(self, dsn: str, concurrency: int) -> None:
-        worker = pgq.Worker(
-            app, dsn, concurrency=concurrency, synchronous_commit=self.synchronous_commit
-        )
-        asyncio.run(worker.run(handle_signals=True))
+    def run_worker(self, dsn: str, concurrency: int | None) -> None:
+        # Unused: pgq's workers are always the real CLI (worker_commands).
+        raise NotImplementedError("pgq's workers run through `pgq work`")
 
 
 if __name__ == "__main__":
 
     def make(variant: str) -> PgqAdapter:
-        return PgqAdapter(synchronous_commit=variant == "sync", return_ids=variant == "ids")
+        if variant not in ("", "tuned", "sync", "ids"):
+            raise SystemExit(f"unknown pgq variant {variant!r}")
+        return PgqAdapter(
+            tuned=variant == "tuned",
+            synchronous_commit=variant == "sync",
+            return_ids=variant == "ids",
+        )
 
     bench_common.main(make)

@@ -2,7 +2,8 @@
 
 Enqueue: ``Queries.enqueue(entrypoint, payload)`` on an autocommit connection
 (one transaction per job); bulk: the same call with lists, in chunks of 10,000.
-Workers: ``QueueManager.run(batch_size=C)``, one per process.
+Workers: ``QueueManager.run()``, one per process, every setting at its default
+(``batch_size=10``).
 
 pgqueuer deletes a job from its queue table when it finishes and keeps the
 record in ``pgqueuer_log``: its history is written there.
@@ -111,14 +112,15 @@ class PgqueuerAdapter:
         )
 
     def worker_commands(
-        self, dsn: str, processes: int, concurrency: int
+        self, dsn: str, processes: int, concurrency: int | None
     ) -> list[tuple[list[str], Path]]:
         argv = [sys.executable, str(HERE / "pgqueuer_adapter.py"), "--role", "worker",
-                "--dsn", dsn, "--concurrency", str(concurrency),
-                "--variant", self.variant]  # fmt: skip
+                "--dsn", dsn, "--variant", self.variant]  # fmt: skip
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
         return [(argv, HERE) for _ in range(processes)]
 
-    def run_worker(self, dsn: str, concurrency: int) -> None:
+    def run_worker(self, dsn: str, concurrency: int | None) -> None:
         async def work() -> None:
             pgqueuer: Any = importlib.import_module("pgqueuer")
             queries, conn = await self._queries(dsn)
@@ -132,7 +134,7 @@ class PgqueuerAdapter:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, manager.shutdown.set)
-            await manager.run(batch_size=concurrency)
+            await manager.run(**({} if concurrency is None else {"batch_size": concurrency}))
             await conn.close()
 
         asyncio.run(work())

@@ -2,8 +2,8 @@
 
 Enqueue: ``task.defer()`` on a sync connector (one transaction per job); bulk:
 ``task.batch_defer()`` in chunks of 10,000 (it takes a materialised argument
-list). Workers: ``app.run_worker_async(concurrency=C)``, one per process,
-LISTEN/NOTIFY on, other settings at their defaults.
+list). Workers: ``app.run_worker_async()``, one per process, every setting at
+its default (``concurrency=1``, LISTEN/NOTIFY on).
 
 procrastinate is imported inside functions and typed Any: it is installed only
 in this adapter's venv, not in pgq's (where mypy checks this file).
@@ -80,20 +80,21 @@ class ProcrastinateAdapter:
         )
 
     def worker_commands(
-        self, dsn: str, processes: int, concurrency: int
+        self, dsn: str, processes: int, concurrency: int | None
     ) -> list[tuple[list[str], Path]]:
         argv = [sys.executable, str(HERE / "procrastinate_adapter.py"), "--role", "worker",
-                "--dsn", dsn, "--concurrency", str(concurrency)]  # fmt: skip
+                "--dsn", dsn]  # fmt: skip
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
         return [(argv, HERE) for _ in range(processes)]
 
-    def run_worker(self, dsn: str, concurrency: int) -> None:
+    def run_worker(self, dsn: str, concurrency: int | None) -> None:
         async def work() -> None:
             app, _ = make_app(dsn, sync=False)
             async with app.open_async():
                 # install_signal_handlers (the default): SIGTERM stops it gracefully.
-                await app.run_worker_async(
-                    queues=[QUEUE], concurrency=concurrency, listen_notify=True, wait=True
-                )
+                options = {} if concurrency is None else {"concurrency": concurrency}
+                await app.run_worker_async(queues=[QUEUE], **options)
 
         asyncio.run(work())
 
