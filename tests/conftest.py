@@ -236,6 +236,17 @@ def module_dsn(databases: Databases) -> Iterator[str]:
     databases.drop_later(name)
 
 
+@pytest.fixture(scope="module")
+def module_conn(module_dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """One connection to the module's shared database for all its tests, never committed:
+    for property tests whose many examples would each pay for a connection otherwise."""
+    connection = psycopg.connect(module_dsn)
+    try:
+        yield connection
+    finally:
+        connection.close()  # without commit
+
+
 @pytest.fixture
 def rollback_conn(module_dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """A connection to the module's shared migrated database, rolled back after the test.

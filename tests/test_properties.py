@@ -40,12 +40,8 @@ PURE_SETTINGS = settings(max_examples=200, deadline=None)
 
 
 @pytest.fixture(scope="module")
-def db(module_dsn: str) -> Iterator[Conn]:
-    conn = psycopg.connect(module_dsn)
-    try:
-        yield conn
-    finally:
-        conn.close()  # without commit
+def db(module_conn: Conn) -> Conn:
+    return module_conn
 
 
 # -- JSON args -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ keyword *names* are the one exception: they are TypeErrors, as in any Python sig
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -94,12 +94,8 @@ anything = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def db(module_dsn: str) -> Iterator[Conn]:
-    conn = psycopg.connect(module_dsn)
-    try:
-        yield conn
-    finally:
-        conn.close()  # without commit
+def db(module_conn: Conn) -> Conn:
+    return module_conn
 
 
 def count_jobs(conn: Conn) -> int:

@@ -18,7 +18,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -201,34 +201,37 @@ def reset(dsn: str) -> None:
         conn.execute("DROP TABLE IF EXISTS jobs")
 
 
-def sweep_drain(adapter: RawAdapter, args: argparse.Namespace) -> dict[str, Any]:
-    probe_args = argparse.Namespace(**{**vars(args), "jobs": min(args.jobs, DRAIN_PROBE_JOBS)})
+def sweep(
+    adapter: RawAdapter,
+    args: argparse.Namespace,
+    knob: str,
+    settings: Sequence[DrainSetting | BulkSetting],
+    probe_jobs: int,
+    scenario: Callable[[Any, argparse.Namespace], dict[str, Any]],
+) -> dict[str, Any]:
+    """Probe each setting of ``knob`` on a short run, then measure the full run at the fastest."""
+    probe_args = argparse.Namespace(**{**vars(args), "jobs": min(args.jobs, probe_jobs)})
     probes: dict[str, float] = {}
-    winner = DEFAULT_DRAIN
-    for setting in DRAIN_SWEEP:
-        adapter.drain = setting
+    winner = settings[0]
+    for setting in settings:
+        setattr(adapter, knob, setting)
         reset(args.dsn)
-        probes[str(setting)] = bench_common.scenario_drain(adapter, probe_args)["jobs_per_s"]
+        probes[str(setting)] = scenario(adapter, probe_args)["jobs_per_s"]
         if probes[str(setting)] >= max(probes.values()):
             winner = setting
-    adapter.drain = winner
+    setattr(adapter, knob, winner)
     reset(args.dsn)
-    return {**bench_common.scenario_drain(adapter, args), **sweep_extras(winner, probes)}
+    return {**scenario(adapter, args), **sweep_extras(winner, probes)}
+
+
+def sweep_drain(adapter: RawAdapter, args: argparse.Namespace) -> dict[str, Any]:
+    return sweep(adapter, args, "drain", DRAIN_SWEEP, DRAIN_PROBE_JOBS, bench_common.scenario_drain)
 
 
 def sweep_bulk(adapter: RawAdapter, args: argparse.Namespace) -> dict[str, Any]:
-    probe_args = argparse.Namespace(**{**vars(args), "jobs": min(args.jobs, BULK_PROBE_JOBS)})
-    probes: dict[str, float] = {}
-    winner = BULK_SWEEP[0]
-    for setting in BULK_SWEEP:
-        adapter.bulk = setting
-        reset(args.dsn)
-        probes[str(setting)] = bench_common.scenario_enqueue_bulk(adapter, probe_args)["jobs_per_s"]
-        if probes[str(setting)] >= max(probes.values()):
-            winner = setting
-    adapter.bulk = winner
-    reset(args.dsn)
-    return {**bench_common.scenario_enqueue_bulk(adapter, args), **sweep_extras(winner, probes)}
+    return sweep(
+        adapter, args, "bulk", BULK_SWEEP, BULK_PROBE_JOBS, bench_common.scenario_enqueue_bulk
+    )
 
 
 def sweep_extras(winner: DrainSetting | BulkSetting, probes: dict[str, float]) -> dict[str, Any]:
