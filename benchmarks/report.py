@@ -234,8 +234,8 @@ def rows_explained() -> list[str]:
         "## What each row runs",
         "",
         "- **pgq** is what a user gets: a plain `def` handler and `pgq work` with every option "
-        "at its default (`--concurrency 10`, `--log-level info`). Sync handlers run in a pool "
-        "of threads.",
+        "at its default (`--concurrency 10`, `--log-level info`). Sync handlers run on the "
+        "worker's handler threads; the worker prefetches while handlers are quick.",
         "- **pgq-tuned** is the same worker tuned for throughput: an `async def` handler, "
         "`--concurrency 100` and `--log-level warning`. It runs the worker scenarios only; "
         "enqueueing is the same code as the pgq row's.",

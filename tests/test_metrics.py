@@ -15,6 +15,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,15 +288,34 @@ def test_json_logs_are_one_object_per_line_with_fields_for_each_job_event(
         assert {"task", "queue", "attempt", "outcome", "duration_ms"} <= set(event), event
         assert ("error" in event) == (event["outcome"] in ("retried", "dead")), event
         by_job.setdefault(event["job_id"], []).append((event["attempt"], event["outcome"]))
+    # At INFO (the default), every retry and death is a line of its own; successes are
+    # counted in a summary (next test), one line each only at DEBUG.
     expected_events = {
-        "succeed": [(1, "succeeded")],
-        "fail_once": [(1, "retried"), (2, "succeeded")],
+        "fail_once": [(1, "retried")],
         "always_fail": [(1, "retried"), (2, "dead")],
     }
-    known = [job for job in jobs_table(finished_run.dsn) if job["task"] != "not_served"]
+    known = [job for job in jobs_table(finished_run.dsn) if job["task"] in expected_events]
     assert by_job == {job["id"]: expected_events[job["task"]] for job in known}
     dead = next(e for e in events if e["outcome"] == "dead")
     assert (dead["level"], dead["error"]) == ("error", "RuntimeError: fails on purpose, every time")
+
+
+def test_info_logs_summarize_the_outcomes_every_ten_seconds(finished_run: Run) -> None:
+    expected: Counter[str] = Counter()
+    for _started, succeeded, retried, dead in EXPECTED_COUNTS.values():
+        expected.update(succeeded=succeeded, retried=retried, dead=dead)
+
+    def summarized() -> Counter[str]:
+        total: Counter[str] = Counter()
+        for line in finished_run.worker.log().splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if "summary" in entry:
+                assert entry["level"] == "info" and entry["message"].startswith("last 10s: ")
+                total.update(entry["summary"])
+        return total
+
+    # The first summary comes 10 s after the worker started.
+    wait_until(lambda: summarized() == expected, 15, lambda: f"summaries {summarized()}")
 
 
 def test_json_logs_stay_json_when_the_worker_cannot_start(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
-JOB_FIELDS = ("job_id", "task", "queue", "attempt", "outcome", "duration_ms", "error")
+JOB_FIELDS = ("job_id", "task", "queue", "attempt", "outcome", "duration_ms", "error", "summary")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -22,6 +22,7 @@ from datetime import datetime
 import psycopg
 
 import pgq
+from pgq.worker.prefetch import MAX_HELD
 
 from .checks import unexplained_rescues
 from .faults import sigkill_workers
@@ -117,8 +118,9 @@ def reconnect_after_outage() -> bool:
 def leases_held() -> bool:
     """A worker keeps claiming while its outcomes are unwritten: leases pile up.
 
-    They pile up far past its concurrency, and every one of them is re-run if the
-    worker dies then.
+    They pile up far past what it may hold (its concurrency and prefetch), and every
+    one of them is re-run if the worker dies then. Held jobs plus at most as many
+    unwritten outcomes is the bound.
     """
     options = FleetOptions(workers=3, concurrency=4)
     with Lab(options) as lab:
@@ -129,7 +131,7 @@ def leases_held() -> bool:
             lab.terminate_workers()
             lab.sleep(2.5)
         print(f"--concurrency {options.concurrency}: most leases one worker held: {lab.max_held}")
-        return lab.max_held > 2 * options.concurrency
+        return lab.max_held > 2 * MAX_HELD
 
 
 def claim_backoff() -> bool:

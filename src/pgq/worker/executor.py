@@ -1,10 +1,15 @@
 """The executor: runs each claimed job's handler and turns what happened into its outcome.
 
-Async handlers run on the event loop, plain ones in a bounded thread pool. Per
-task timeouts live here. An async handler is cancelled at its deadline. A
-thread cannot be interrupted, so a sync handler's job is failed at its deadline
-while the thread runs on; its thread stays counted as busy until it really
-ends, and whatever it returns later is refused by the fence.
+A claimed job waits here until a handler slot is free (pgq.worker.slots): at
+most ``concurrency`` handlers run at once, async ones as tasks on the event
+loop, plain ones on handler threads that take their next job themselves and
+report their ends in batches. Jobs waiting beyond the running ones are the
+prefetch (pgq.worker.prefetch): leased like the rest, handed back at shutdown,
+and handed back early when handlers turn slow. Per task timeouts live here. An
+async handler is cancelled at its deadline. A thread cannot be interrupted, so a
+sync handler's job is failed at its deadline while the thread runs on; its slot
+stays in use until it really ends, and whatever it returns later is refused by
+the fence.
 
 The executor never writes to the database: it hands each outcome to
 ``record`` (the outcome writer's queue), and each result the fence will refuse
@@ -14,25 +19,34 @@ The executor never writes to the database: it hands each outcome to
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pgq.errors import GiveUp, Snooze
 from pgq.job import ClaimedJob
+from pgq.logs import plural
 from pgq.retry import DEFAULT_RETRY
 from pgq.signature import CONTEXT_PARAMETER
 from pgq.tasks import JobContext, Task
 from pgq.worker import outcome as outcomes
 from pgq.worker.lease import Lease, LeaseTable
 from pgq.worker.outcome import Outcome
+from pgq.worker.prefetch import Prefetch
+from pgq.worker.slots import Slots
 
 log = logging.getLogger("pgq.worker")
+
+#: A prefetched job that has waited this long while handlers turned slow goes back to the queue.
+SHED_AFTER_SECONDS = 1.0
+#: How often the longest running handler is looked for (it shrinks the prefetch).
+REVIEW_SECONDS = 0.05
 
 
 class HandlerTimeout(TimeoutError):
@@ -45,10 +59,13 @@ class RunningJob:
 
     job: ClaimedJob
     task: Task
-    future: asyncio.Task[None] | None = None
-    thread_future: concurrent.futures.Future[Any] | None = None
+    kwargs: dict[str, Any]
+    claimed_at: float  # time.monotonic() at claim
+    future: asyncio.Task[None] | None = None  # an async handler's run
     started: bool = False
     started_at: float = 0.0  # time.monotonic() when the handler began
+    decided: bool = False  # its outcome is decided; a thread may still run its handler
+    deadline: asyncio.TimerHandle | None = None  # a sync handler's timeout
     handing_back: bool = False
     lease_lost: bool = False
 
@@ -69,36 +86,75 @@ class Executor:
         on_thread_freed: Callable[[], None],
     ) -> None:
         self.tasks = tasks
+        self.concurrency = concurrency
         self.worker_name = worker_name
         self.leases = leases
         self.record = record
         self.discard = discard
         self.on_job_done = on_job_done
         self.on_thread_freed = on_thread_freed
-        # Both keyed by lease token, not job id (see LeaseTable).
+        # Keyed by lease token, not job id (see LeaseTable); in claim order.
         self.running: dict[uuid.UUID, RunningJob] = {}
         self.stuck_threads = 0
-        self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=concurrency, thread_name_prefix="pgq-handler"
-        )
+        self.prefetch = Prefetch(concurrency)
+        self._slots: Slots[RunningJob] = Slots(concurrency, self._run_in_thread)
+        self._async_waiting: deque[RunningJob] = deque()
+        self._thread_ends: list[tuple[RunningJob, BaseException | None]] = []
+        self._thread_ends_lock = threading.Lock()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._extra, self._reviewed_at = 0, 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- capacity --------------------------------------------------------------
 
     def busy(self) -> int:
-        """Slots in use: running jobs, and sync handlers still busy past their job's end."""
+        """Jobs in hand (running or waiting), and sync handlers still busy past their job's end."""
         return len(self.running) + self.stuck_threads
 
     def running_in(self, queue: str) -> int:
         return sum(1 for run in self.running.values() if run.job.queue == queue)
 
+    def executing(self) -> int:
+        """Handlers running now (a sync handler past its job's end included)."""
+        return self._slots.in_use
+
+    def extra(self) -> int:
+        """How many jobs to hold beyond the running ones now (the prefetch)."""
+        now = time.monotonic()
+        if now - self._reviewed_at >= REVIEW_SECONDS:
+            self._reviewed_at = now
+            started = [run.started_at for run in self.running.values() if run.started]
+            longest = now - min(started) if started else 0.0
+            self._extra = self.prefetch.extra(longest)
+        return self._extra
+
     # -- running ---------------------------------------------------------------
 
     def start(self, job: ClaimedJob) -> None:
-        """Run ``job``'s handler in a task of its own; its lease is held until its outcome."""
-        run = RunningJob(job=job, task=self.tasks[job.task])
-        self.running[job.lease_token] = run
+        """Run ``job``'s handler when a slot is free; its lease is held until its outcome."""
+        task = self.tasks[job.task]
         self.leases.hold(job)
-        run.future = asyncio.create_task(self._execute(run))
+        # Args that cannot bind will never work: dead now, no retry. The same rule
+        # refused them at enqueue, unless the job came by name or by SQL.
+        if (problem := task.signature.problem_with(job.args)) is not None:
+            run = RunningJob(job, task, job.args, time.monotonic(), decided=True)
+            self._record(
+                run, outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
+            )
+            return
+        kwargs: dict[str, Any] = job.args
+        if task.signature.takes_context:
+            kwargs = {**job.args, CONTEXT_PARAMETER: self._context(job)}
+        run = RunningJob(job, task, kwargs, time.monotonic())
+        self.running[job.lease_token] = run
+        self._idle.clear()
+        if task.is_async:
+            self._async_waiting.append(run)
+            self._start_async()
+        else:
+            self._loop = asyncio.get_running_loop()
+            self._slots.submit(run)
 
     def refuse(self, job: ClaimedJob, reason: str) -> None:
         """End a claimed job that cannot even start (its args cannot be decoded): dead now.
@@ -107,64 +163,27 @@ class Executor:
         """
         log.error("job %s (%s): cannot run it: %s", job.id, job.task, reason)
         self.leases.hold(job)
-        self._record(RunningJob(job=job, task=self.tasks[job.task]), outcomes.refused(job, reason))
+        run = RunningJob(job, self.tasks[job.task], {}, time.monotonic(), decided=True)
+        self._record(run, outcomes.refused(job, reason))
 
-    async def _execute(self, run: RunningJob) -> None:
+    def _finish(self, run: RunningJob, result: Outcome | None) -> None:
+        """``run``'s outcome is decided: record it (None: its lease was lost, discard)."""
+        run.decided = True
+        if run.deadline is not None:
+            run.deadline.cancel()
         job = run.job
-        try:
-            result = await self._run_and_decide(run)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:  # deciding the outcome itself failed: never strand the job
-            log.exception("job %s (%s): could not decide its outcome", job.id, job.task)
-            why = outcomes.describe_error(error)
-            problem = RuntimeError(f"pgq could not decide this job's outcome: {why}")
-            result = outcomes.failed(job, problem, DEFAULT_RETRY)
-        finally:
-            self.running.pop(job.lease_token, None)
-            self.on_job_done()
+        self.running.pop(job.lease_token, None)
+        if not self.running:
+            self._idle.set()
+        if run.started:
+            self.prefetch.observe(time.monotonic() - run.started_at)
+        self.on_job_done()
         if result is None or run.lease_lost:
             self.leases.release([job.lease_token])
             self.discard(job)
             log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
             return
         self._record(run, result)
-
-    async def _run_and_decide(self, run: RunningJob) -> Outcome | None:
-        """Run the handler and turn what happened into the job's outcome (None: lease lost)."""
-        job, task = run.job, run.task
-        # Args that cannot bind will never work: dead now, no retry. The same rule
-        # refused them at enqueue, unless the job came by name or by SQL.
-        if (problem := task.signature.problem_with(job.args)) is not None:
-            return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
-        kwargs: dict[str, Any] = job.args
-        if task.signature.takes_context:
-            kwargs = {**job.args, CONTEXT_PARAMETER: self._context(job)}
-        try:
-            await self._call(run, kwargs)
-            return outcomes.succeeded(job)
-        except asyncio.CancelledError as error:
-            if run.handing_back:
-                return outcomes.handed_back(job)
-            if run.lease_lost:
-                return None
-            current = asyncio.current_task()
-            if current is None or current.cancelling() == 0:
-                # Raised inside the handler (it awaited something cancelled),
-                # not a cancellation of this run: a failure like any other.
-                return outcomes.failed(job, error, task.retry)
-            # This run itself is being cancelled from outside: hand the job
-            # back rather than leave it running until rescue.
-            self._record(run, outcomes.handed_back(job))
-            raise
-        except Snooze as signal_:
-            return outcomes.snoozed(job, signal_.seconds)
-        except GiveUp as signal_:
-            return outcomes.gave_up(job, signal_.reason)
-        except HandlerTimeout as error:
-            return outcomes.failed(job, error, task.retry)
-        except (Exception, SystemExit) as error:
-            return outcomes.failed(job, error, task.retry)
 
     def _record(self, run: RunningJob, result: Outcome) -> None:
         if run.started:
@@ -183,94 +202,209 @@ class Executor:
             max_attempts=job.max_attempts, worker=self.worker_name, enqueued_at=job.created_at,
         )  # fmt: skip
 
-    # -- calling handlers ------------------------------------------------------
-
-    async def _call(self, run: RunningJob, kwargs: dict[str, Any]) -> None:
-        """Run the handler to its end, raising what it raised (or HandlerTimeout)."""
-        task = run.task
-        if not task.is_async:
-            await self._call_in_thread(run, kwargs)
-            return
-        run.started = True
-        run.started_at = time.monotonic()
-        if task.timeout_seconds is None:
-            await task.handler(**kwargs)
-            return
+    def _decide(self, run: RunningJob, error: BaseException | None) -> Outcome:
+        """The outcome of a handler that returned (``error`` None) or raised ``error``."""
+        job, task = run.job, run.task
         try:
-            async with asyncio.timeout(task.timeout_seconds):
-                await task.handler(**kwargs)
-        except TimeoutError as error:
-            raise HandlerTimeout(
-                f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
-            ) from error
+            if error is None:
+                return outcomes.succeeded(job)
+            if isinstance(error, Snooze):
+                return outcomes.snoozed(job, error.seconds)
+            if isinstance(error, GiveUp):
+                return outcomes.gave_up(job, error.reason)
+            return outcomes.failed(job, error, task.retry)
+        except Exception as problem:  # deciding the outcome itself failed: never strand the job
+            log.exception("job %s (%s): could not decide its outcome", job.id, job.task)
+            why = outcomes.describe_error(problem)
+            return outcomes.failed(
+                job, RuntimeError(f"pgq could not decide this job's outcome: {why}"), DEFAULT_RETRY
+            )
 
-    async def _call_in_thread(self, run: RunningJob, kwargs: dict[str, Any]) -> None:
-        task = run.task
+    # -- async handlers --------------------------------------------------------
 
-        def call() -> Any:
+    def _start_async(self) -> None:
+        while self._async_waiting and self._slots.take():
+            run = self._async_waiting.popleft()
             run.started = True
             run.started_at = time.monotonic()
-            return task.handler(**kwargs)
+            run.future = asyncio.create_task(self._execute(run))
 
-        thread_future = self._threads.submit(call)
-        run.thread_future = thread_future
-        waiter = asyncio.wrap_future(thread_future)
+    async def _execute(self, run: RunningJob) -> None:
         try:
-            # asyncio.wait never cancels the thread's future: at the deadline the
-            # job fails, and the fence discards whatever the thread returns later.
-            done, _ = await asyncio.wait({waiter}, timeout=task.timeout_seconds)
+            result = await self._run_async(run)
         except asyncio.CancelledError:
-            if not thread_future.cancel():  # already running: it cannot be stopped
-                self._count_stuck(thread_future)
             raise
-        if not done:
-            self._count_stuck(thread_future)
-            raise HandlerTimeout(
-                f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
-                " (the thread is still running; its result will be discarded)"
-            )
-        waiter.result()
+        except BaseException as error:  # deciding the outcome itself failed: never strand the job
+            log.exception("job %s (%s): could not decide its outcome", run.job.id, run.task.name)
+            why = outcomes.describe_error(error)
+            problem = RuntimeError(f"pgq could not decide this job's outcome: {why}")
+            result = outcomes.failed(run.job, problem, DEFAULT_RETRY)
+        finally:
+            self._slots.give_back()
+        self._finish(run, result)
+        self._start_async()
 
-    def _count_stuck(self, thread_future: concurrent.futures.Future[Any]) -> None:
-        """Keep a sync handler's thread counted as busy until it really ends."""
+    async def _run_async(self, run: RunningJob) -> Outcome | None:
+        """Run an async handler and decide its outcome (None: lease lost)."""
+        job, task = run.job, run.task
+        try:
+            if task.timeout_seconds is None:
+                await task.handler(**run.kwargs)
+            else:
+                try:
+                    async with asyncio.timeout(task.timeout_seconds):
+                        await task.handler(**run.kwargs)
+                except TimeoutError as error:
+                    raise HandlerTimeout(
+                        f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
+                    ) from error
+        except asyncio.CancelledError as error:
+            if run.handing_back:
+                return outcomes.handed_back(job)
+            if run.lease_lost:
+                return None
+            current = asyncio.current_task()
+            if current is None or current.cancelling() == 0:
+                # Raised inside the handler (it awaited something cancelled),
+                # not a cancellation of this run: a failure like any other.
+                return outcomes.failed(job, error, task.retry)
+            # This run itself is being cancelled from outside: hand the job
+            # back rather than leave it running until rescue.
+            self._finish(run, outcomes.handed_back(job))
+            raise
+        except (Exception, SystemExit) as error:
+            return self._decide(run, error)
+        return self._decide(run, None)
+
+    # -- sync handlers ---------------------------------------------------------
+
+    def _run_in_thread(self, run: RunningJob) -> None:
+        """On a handler thread: run the handler, then report its end to the loop."""
+        loop = self._loop
+        assert loop is not None
+        if run.task.timeout_seconds is not None:
+            self._call_from_thread(loop, self._arm_deadline, run)
+        error: BaseException | None = None
+        try:
+            run.task.handler(**run.kwargs)
+        except BaseException as raised:  # the thread must live on; the outcome says why
+            error = raised
+        with self._thread_ends_lock:
+            first = not self._thread_ends
+            self._thread_ends.append((run, error))
+        if first:  # one wake-up of the loop per batch of ends, not per job
+            self._call_from_thread(loop, self._thread_ends_reported)
+
+    @staticmethod
+    def _call_from_thread(
+        loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any
+    ) -> None:
+        # The worker may be gone already (Python API, loop closed): nothing to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback, *args)
+
+    def _thread_ends_reported(self) -> None:
+        with self._thread_ends_lock:
+            ends, self._thread_ends = self._thread_ends, []
+        for run, error in ends:
+            if run.decided:  # failed at its deadline or handed back while its thread ran on
+                self.stuck_threads -= 1
+                self.on_thread_freed()
+            else:
+                self._finish(run, self._decide(run, error))
+        self._start_async()
+
+    def _arm_deadline(self, run: RunningJob) -> None:
+        timeout = run.task.timeout_seconds
+        if run.decided or timeout is None:
+            return
+        left = run.started_at + timeout - time.monotonic()
+        run.deadline = asyncio.get_running_loop().call_later(
+            max(0.0, left), self._deadline_passed, run
+        )
+
+    def _deadline_passed(self, run: RunningJob) -> None:
+        if run.decided:
+            return
         self.stuck_threads += 1
-        loop = asyncio.get_running_loop()
+        error = HandlerTimeout(
+            f"task {run.task.name} exceeded its timeout of {run.task.timeout_seconds:g}s"
+            " (the thread is still running; its result will be discarded)"
+        )
+        self._finish(run, self._decide(run, error))
 
-        def release(_: concurrent.futures.Future[Any]) -> None:
-            # The worker may be gone already (Python API, loop closed): nothing to tell.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._thread_ended)
-
-        thread_future.add_done_callback(release)
-
-    def _thread_ended(self) -> None:
-        self.stuck_threads -= 1
-        self.on_thread_freed()
-
-    # -- leases lost, hand back, stop ------------------------------------------
+    # -- leases lost, hand back, shed, stop ------------------------------------
 
     def lease_lost(self, lost: list[Lease]) -> None:
         """The heartbeat found these leases gone: stop extending them, cancel what can be."""
         self.leases.release(token for _, token in lost)
         for job_id, token in lost:
             run = self.running.get(token)
-            if run is None or run.handing_back or run.lease_lost:
+            if run is None or run.decided or run.handing_back or run.lease_lost:
                 continue  # finished meanwhile: its outcome write is fenced anyway
             run.lease_lost = True
+            if self._withdraw(run):
+                self._finish(run, None)
+                continue
             log.warning(
                 "job %s (%s): lease lost (rescued or changed by an operator); %s",
                 job_id, run.task.name,
                 "cancelling it" if run.task.is_async else "its result will be discarded",
             )  # fmt: skip
-            if run.task.is_async and run.future is not None:
+            if run.future is not None:
                 run.future.cancel()
 
+    def _withdraw(self, run: RunningJob) -> bool:
+        """Take back a job whose handler has not started; False if it has."""
+        if run.task.is_async:
+            if run.started:
+                return False
+            self._async_waiting.remove(run)
+            return True
+        return self._slots.withdraw(run)
+
     def hand_back(self, run: RunningJob) -> None:
-        """Stop ``run`` and queue its job again at once (shutdown)."""
+        """Stop ``run`` and queue its job again at once (shutdown, shed)."""
+        if run.decided or run.handing_back:
+            return
         run.handing_back = True
-        if run.future is not None:
-            run.future.cancel()
+        if self._withdraw(run):
+            self._finish(run, outcomes.handed_back(run.job))
+        elif run.future is not None:
+            run.future.cancel()  # its task records the hand back
+        else:  # a thread runs its handler: the job goes back now, the thread runs on
+            self.stuck_threads += 1
+            self._finish(run, outcomes.handed_back(run.job))
+
+    def hand_back_waiting(self) -> None:
+        """Hand back every job whose handler has not started."""
+        for run in list(self.running.values()):
+            if not run.started:
+                self.hand_back(run)
+
+    def shed(self) -> None:
+        """Hand back prefetched jobs past what the handlers' pace now warrants.
+
+        Only once such a job has waited ``SHED_AFTER_SECONDS``: a prefetch that
+        shrinks for a moment is not worth a round trip.
+        """
+        waiting = [run for run in self.running.values() if not run.started]
+        free = max(0, self.concurrency - self.executing())
+        excess = len(waiting) - self.extra() - free
+        if excess <= 0 or time.monotonic() - waiting[0].claimed_at < SHED_AFTER_SECONDS:
+            return
+        log.info(
+            "handlers turned slow: handing back %s prefetched for other workers",
+            plural(excess, "job"),
+        )
+        for run in waiting[-excess:]:
+            self.hand_back(run)
+
+    async def wait_until_idle(self, timeout_seconds: float) -> None:
+        """Wait until no job is in hand, or ``timeout_seconds`` passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_seconds)
 
     def close(self) -> None:
-        """Let go of the thread pool; threads still running are left to end by themselves."""
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        """Let go of the handler threads; those still running end by themselves."""
+        self._slots.close()

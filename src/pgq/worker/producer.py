@@ -1,10 +1,12 @@
-"""The producer: the claim loop. It claims due jobs into free slots and hands them to the executor.
+"""The producer: the claim loop. It claims due jobs for the executor's free slots and prefetch.
 
-Claims are sized to free slots, so one round trip fetches many jobs; with
-``queues`` each queue is claimed within its own limit, in a rotating order so
-that no queue always goes first. The loop sleeps until a wake-up (an enqueue's
-NOTIFY, a job finishing while more are due, a short retry coming due) or the
-poll interval, and backs off while the database is away.
+A claim fills the free slots and the prefetch (pgq.worker.prefetch) in one
+round trip, and waits until half a prefetch's worth of room is free, so that
+under load each claim carries many jobs; with ``queues`` each queue is claimed
+within its own limit (no prefetch past it), in a rotating order so that no
+queue always goes first. The loop sleeps until a wake-up (an enqueue's NOTIFY,
+a job finishing while more are due, a short retry coming due) or the poll
+interval, and backs off while the database is away.
 """
 
 from __future__ import annotations
@@ -76,12 +78,13 @@ class Producer:
         self._tasks_literal = array_literal(task_names)
         self._wakeup = asyncio.Event()
         self._backlog = True  # the last claim filled its batch: more may be due
+        self._writer: OutcomeWriter | None = None  # while running
         self._claim_rounds = 0
 
     # -- wake-ups ----------------------------------------------------------------
 
     def wake(self) -> None:
-        """Claim now rather than at the next poll (a slot is free again)."""
+        """Claim now rather than at the next poll (slots held by unwritten outcomes are free)."""
         self._wakeup.set()
 
     def wake_for_due_job(self) -> None:
@@ -91,7 +94,7 @@ class Producer:
 
     def job_done(self) -> None:
         """A job left its slot: claim again if the last claim suggested more are due."""
-        if self._backlog:
+        if self._backlog and self._claim_size() > 0:
             self._wakeup.set()
 
     def serves(self, queue: str) -> bool:
@@ -106,8 +109,10 @@ class Producer:
 
     async def run(self, pool: psycopg_pool.AsyncConnectionPool[Any], writer: OutcomeWriter) -> None:
         """Claim until ``stop()``; outcomes waiting in ``writer`` still hold their slots."""
+        self._writer = writer
         backoff = Backoff()
         while not self.stopping:
+            self.executor.shed()
             try:
                 more_due = await self._claim(pool, writer)
                 if backoff.succeeded():
@@ -128,7 +133,7 @@ class Producer:
                 log.error("claim failed: %s; retrying in %.1fs%s", error, delay, _hint(error))
                 await self._sleep_unless_stopping(delay)
                 continue
-            if more_due and self.free_slots(writer) > 0:
+            if more_due and self._claim_size() > 0:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_seconds)
@@ -144,16 +149,26 @@ class Producer:
 
     # -- capacity ----------------------------------------------------------------
 
-    def free_slots(self, writer: OutcomeWriter) -> int:
-        # Outcomes not yet written still hold their leases. Past one batch's worth,
+    def free_slots(self) -> int:
+        """Jobs this worker may claim now: free slots, plus the prefetch."""
+        writer = self._writer
+        assert writer is not None
+        # Outcomes not yet written still hold their leases. Past one claim's worth,
         # claim no more: a worker whose writes stall (outage, deadlock retry) would
-        # otherwise keep claiming, and hold hundreds of leases for a concurrency of 4.
-        concurrency = self.settings.concurrency
+        # otherwise keep claiming, and hold thousands of leases for a concurrency of 4.
+        held = self.settings.concurrency + self.executor.extra()
         unwritten = len(writer.pending) + writer.in_flight
-        return concurrency - self.executor.busy() - max(0, unwritten - concurrency)
+        return held - self.executor.busy() - max(0, unwritten - held)
 
-    def _queue_room(self, writer: OutcomeWriter, queue: str, limit: int | None) -> int:
-        free = self.free_slots(writer)
+    def _claim_size(self) -> int:
+        """How many to claim now: 0 until half a prefetch's worth of room is free."""
+        if self._writer is None:
+            return 0
+        free = self.free_slots()
+        return free if free >= max(1, self.executor.extra() // 2) else 0
+
+    def _queue_room(self, queue: str, limit: int | None) -> int:
+        free = self.free_slots()
         if limit is None:
             return free
         return min(free, limit - self.executor.running_in(queue))
@@ -164,8 +179,9 @@ class Producer:
         self, pool: psycopg_pool.AsyncConnectionPool[Any], writer: OutcomeWriter
     ) -> bool:
         """Claim into free slots; True if some queue filled its batch (more may be due)."""
-        if self.free_slots(writer) <= 0:
-            return False
+        size = self._claim_size()
+        if size <= 0:
+            return self._backlog
         settings = self.settings
         params: dict[str, Any] = {
             "tasks": self._tasks_literal,
@@ -175,7 +191,7 @@ class Producer:
         more_due = False
         async with pool.connection() as conn:
             if settings.queues is None:
-                params["limit"] = self.free_slots(writer)
+                params["limit"] = size
                 claim = query("claim_jobs", settings.schema)
                 more_due = await self._claim_batch(conn, claim, params)
             else:
@@ -186,7 +202,7 @@ class Producer:
                 shift = self._claim_rounds % len(order)
                 self._claim_rounds += 1
                 for queue, limit in order[shift:] + order[:shift]:
-                    room = self._queue_room(writer, queue, limit)
+                    room = self._queue_room(queue, limit)
                     if room <= 0:
                         continue
                     params["queue"], params["limit"] = queue, room

@@ -62,23 +62,17 @@ class SignalHandler:
 
 async def finish_running_jobs(executor: Executor, grace_seconds: float) -> None:
     """Let running jobs finish for ``grace_seconds``, then hand back those still running."""
-    # Claimed but not started (waiting for a thread): hand back at once.
-    for run in list(executor.running.values()):
-        if not run.started:
-            executor.hand_back(run)
-    waiting = [run.future for run in executor.running.values() if run.future is not None]
-    if waiting:
-        await asyncio.wait(waiting, timeout=grace_seconds)
-    leftovers = [run for run in executor.running.values() if run.future is not None]
+    # Claimed but not started (prefetched, or waiting for a slot): hand back at once.
+    executor.hand_back_waiting()
+    await executor.wait_until_idle(grace_seconds)
+    leftovers = [run for run in executor.running.values() if not run.decided]
     if leftovers:
         log.warning(
             "grace period over: handing back %s to the queue", plural(len(leftovers), "running job")
         )
         for run in leftovers:
             executor.hand_back(run)
-        await asyncio.wait(
-            [run.future for run in leftovers if run.future is not None], timeout=HAND_BACK_SECONDS
-        )
+        await executor.wait_until_idle(HAND_BACK_SECONDS)
 
 
 async def stop_running(

@@ -118,7 +118,7 @@ class Worker:
         maintenance = Maintenance.for_worker(settings, self.stats.rescued)
         # Bind the metrics port before anything starts: a port in use is a
         # configuration error to report, not a reason to leave threads behind.
-        self.stats.serve_metrics(settings, heartbeat, lambda: len(self.executor.running))
+        self.stats.serve_metrics(settings, heartbeat, self.executor.executing)
         self.pool = pool = open_pool(settings)
         self._writer = writer = OutcomeWriter(
             pool, settings.schema, self.app.tasks, release=self.leases.release,
@@ -128,7 +128,10 @@ class Worker:
             await pool.open(wait=False)
             heartbeat.start()
             maintenance.start()
-            background = [asyncio.create_task(writer.run(), name="pgq-flush")]
+            background = [
+                asyncio.create_task(writer.run(), name="pgq-flush"),
+                asyncio.create_task(self.stats.log_summaries(), name="pgq-summary"),
+            ]
             if not settings.poll_only:
                 listen = listen_for_wakeups(
                     settings.dsn, settings.schema, self.producer.serves,
@@ -182,5 +185,5 @@ class Worker:
         self.producer.wake()  # a slot held by an unwritten outcome is free again
 
     def _describe_stop(self) -> str:
-        running, grace = len(self.executor.running), self.settings.shutdown_grace_seconds
+        running, grace = self.executor.executing(), self.settings.shutdown_grace_seconds
         return f"waiting up to {grace:g}s for {plural(running, 'running job')}"
