@@ -69,6 +69,10 @@ SYSTEMS = {
     for s in (
         # What a user gets: a plain `def` handler, every `pgq work` option at its default.
         System("pgq", "pgq", "pgq_adapter.py"),
+        # The same defaults with an `async def` handler.
+        System("pgq-async", "pgq", "pgq_adapter.py", "async", scenarios=WORKER_SCENARIOS[:2]),
+        # pgq's defaults as two separate `pgq work` processes, as on two machines.
+        System("pgq-hosts", "pgq", "pgq_adapter.py", "hosts", scenarios=("drain_2p",)),
         # An async handler, --concurrency 100, --log-level warning: the worker's
         # scenarios only (enqueueing is the same code as pgq's row).
         System("pgq-tuned", "pgq", "pgq_adapter.py", "tuned", scenarios=WORKER_SCENARIOS),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
+from bench_resources import ResourceSampler
 
 # Jobs carry {"seq": n}; warm-up jobs use negative seqs so they never collide.
 WARMUP_JOBS = 3
@@ -362,10 +363,15 @@ def drain(adapter: Adapter, args: argparse.Namespace, jobs: int, processes: int)
     """Time ``processes`` workers from spawn until ``jobs`` pre-loaded jobs are all finished."""
     record = new_record() if adapter.needs_record else None
     monitor = adapter.monitor(args.dsn, record, jobs)
+    sampler = ResourceSampler(args.dsn)
     try:
+        sampler.start()
         fleet = start_fleet(adapter, args.dsn, processes, args.concurrency, record)
         try:
             finished_at = wait_drained(monitor, fleet, fleet.started + args.time_limit)
+            elapsed = finished_at - fleet.started
+            # While the workers live: a supervisor's children count with it.
+            resources = sampler.stop(elapsed, [p.pid for p in fleet.processes])
             left = monitor.unfinished()
         finally:
             fleet.stop()
@@ -373,7 +379,6 @@ def drain(adapter: Adapter, args: argparse.Namespace, jobs: int, processes: int)
         monitor.close()
         if record is not None:
             record.unlink(missing_ok=True)
-    elapsed = finished_at - fleet.started
     done = jobs - left
     return {
         "jobs_per_s": done / elapsed,
@@ -381,6 +386,7 @@ def drain(adapter: Adapter, args: argparse.Namespace, jobs: int, processes: int)
         "jobs": jobs,
         "jobs_done": done,
         "complete": left == 0,
+        **resources,
     }
 
 

@@ -3,9 +3,11 @@
 Enqueue: ``pgq.enqueue`` + commit per job; bulk: ``pgq.enqueue_many`` fed by a
 generator, with ``return_ids=False`` (variant "ids": returning every id). Workers:
 the real CLI, ``pgq work pgq_adapter:app --processes N`` with every other option at
-its default and a plain ``def`` handler: what a user gets. Variant "tuned" runs
-``pgq_adapter:tuned_app`` (an ``async def`` handler) with ``--concurrency 100
---log-level warning``; variant "sync" is "tuned" plus ``--synchronous-commit``.
+its default and a plain ``def`` handler: what a user gets. Variant "async" runs
+``pgq_adapter:async_app`` (an ``async def`` handler) at every default; "tuned" the
+same with ``--concurrency 100 --log-level warning``; "sync" is "tuned" plus
+``--synchronous-commit``; "hosts" is the defaults as N separate ``pgq work``
+processes (as on N machines) rather than one supervisor's N children.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pgq.migrate import migrate
 HERE = Path(__file__).resolve().parent
 
 app = pgq.App()
-tuned_app = pgq.App()
+async_app = pgq.App()
 
 
 @app.task(name="noop")
@@ -33,9 +35,8 @@ def noop(seq: int) -> None:
     bench_common.record_start(seq)
 
 
-# The same task for the tuned worker: async handlers share the event loop, where
-# sync ones go through a thread pool.
-@tuned_app.task(name="noop")
+# The same task as an async handler (the async and tuned variants).
+@async_app.task(name="noop")
 async def noop_async(seq: int) -> None:
     bench_common.record_start(seq)
 
@@ -48,12 +49,12 @@ class PgqAdapter:
     needs_record = False
     packages = ("pgq-jobs", "psycopg", "psycopg-binary", "psycopg-pool")
 
-    def __init__(
-        self, tuned: bool = False, synchronous_commit: bool = False, return_ids: bool = False
-    ) -> None:
-        self.tuned = tuned or synchronous_commit
-        self.synchronous_commit = synchronous_commit
-        self.return_ids = return_ids
+    def __init__(self, variant: str = "") -> None:
+        self.tuned = variant in ("tuned", "sync")
+        self.async_handler = self.tuned or variant == "async"
+        self.synchronous_commit = variant == "sync"
+        self.return_ids = variant == "ids"
+        self.separate_processes = variant == "hosts"
 
     def install(self, dsn: str) -> None:
         migrate(dsn)
@@ -94,15 +95,17 @@ class PgqAdapter:
         self, dsn: str, processes: int, concurrency: int | None
     ) -> list[tuple[list[str], Path]]:
         pgq_cli = shutil.which("pgq", path=str(Path(sys.executable).parent)) or "pgq"
-        target = "pgq_adapter:tuned_app" if self.tuned else "pgq_adapter:app"
-        argv = [pgq_cli, "work", target, "--dsn", dsn, "--processes", str(processes)]
+        target = "pgq_adapter:async_app" if self.async_handler else "pgq_adapter:app"
+        argv = [pgq_cli, "work", target, "--dsn", dsn]
+        if not self.separate_processes:
+            argv += ["--processes", str(processes)]
         if self.tuned:
             argv += TUNED_OPTIONS
         if concurrency is not None:
             argv += ["--concurrency", str(concurrency)]
         if self.synchronous_commit:
             argv.append("--synchronous-commit")
-        return [(argv, HERE)]
+        return [(argv, HERE)] * (processes if self.separate_processes else 1)
 
     def run_worker(self, dsn: str, concurrency: int | None) -> None:
         # Unused: pgq's workers are always the real CLI (worker_commands).
@@ -112,12 +115,8 @@ class PgqAdapter:
 if __name__ == "__main__":
 
     def make(variant: str) -> PgqAdapter:
-        if variant not in ("", "tuned", "sync", "ids"):
+        if variant not in ("", "async", "tuned", "sync", "ids", "hosts"):
             raise SystemExit(f"unknown pgq variant {variant!r}")
-        return PgqAdapter(
-            tuned=variant == "tuned",
-            synchronous_commit=variant == "sync",
-            return_ids=variant == "ids",
-        )
+        return PgqAdapter(variant)
 
     bench_common.main(make)
