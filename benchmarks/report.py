@@ -251,6 +251,9 @@ def rows_explained() -> list[str]:
         "- **pgq** is what a user gets: a plain `def` handler and `pgq work` with every option "
         "at its default (`--concurrency 10`, `--log-level info`). Sync handlers run on the "
         "worker's handler threads; the worker prefetches while handlers are quick.",
+        "- **pgq-async** is the same with an `async def` handler (the drain scenarios).",
+        "- **pgq-hosts** is pgq at its defaults as two separate `pgq work` processes rather "
+        "than one `--processes 2` (drain_2p only; see the scaling table).",
         "- **pgq-tuned** is the same worker tuned for throughput: an `async def` handler, "
         "`--concurrency 100` and `--log-level warning`. It runs the worker scenarios only; "
         "enqueueing is the same code as the pgq row's.",
