@@ -207,7 +207,11 @@ def busy_conn(conn: Conn) -> Iterator[Conn]:
 
 
 def plan_index_names(conn: Conn, name: str, params: dict[str, Any]) -> set[str]:
-    """The indexes (and "Sort", if it sorts) in the plan PostgreSQL picks for ``name``."""
+    """The indexes (and "Sort", if it sorts jobs) in the plan PostgreSQL picks for ``name``.
+
+    A claim's final sort of the rows it claimed (at most its LIMIT, read from its
+    CTE) puts them in claim order: that one is not a sort of the queue.
+    """
     explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + query(name, "pgq")
     with ClientCursor(conn) as cursor:
         cursor.execute(explain, params)
@@ -219,7 +223,10 @@ def plan_index_names(conn: Conn, name: str, params: dict[str, Any]) -> set[str]:
     def walk(node: dict[str, Any]) -> None:
         if "Index Name" in node:
             found.add(node["Index Name"])
-        if node["Node Type"] == "Sort":
+        children = node.get("Plans", [])
+        sorted_input = [c["Node Type"] for c in children if c.get("Parent Relationship") == "Outer"]
+        claimed_rows = sorted_input == ["CTE Scan"]
+        if node["Node Type"] == "Sort" and not claimed_rows:
             found.add("Sort")
         for child in node.get("Plans", []):
             walk(child)

@@ -73,6 +73,23 @@ def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
     return queues
 
 
+def parse_queue_weights(values: list[str] | None) -> dict[str, int] | None:
+    """``["critical=6,default=3"]`` to ``{"critical": 6, "default": 3}``."""
+    if not values:
+        return None
+    weights: dict[str, int] = {}
+    for value in values:
+        for item in filter(None, (part.strip(ASCII_SPACE) for part in value.split(","))):
+            name, _, weight = item.partition("=")
+            try:
+                weights[name.strip(ASCII_SPACE)] = int(weight)
+            except ValueError:
+                raise ConfigError(
+                    f"--queue-weights {item!r}: write QUEUE=W with a whole weight, e.g. low=1"
+                ) from None
+    return weights
+
+
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
     """What one `--processes` child runs: the app, the checked settings, how to log."""
@@ -114,6 +131,22 @@ def work(
             "Repeat or separate with commas. Default: all queues.",
         ),
     ] = None,
+    queue_weights: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue-weights",
+            metavar="QUEUE=W",
+            help="Share the capacity among queues that all have jobs, by weight "
+            "(critical=6,default=3,low=1); a served queue left out weighs 1.",
+        ),
+    ] = None,
+    strict_queue_order: Annotated[
+        bool,
+        typer.Option(
+            "--strict-queue-order",
+            help="Take a queue only when those listed before it in --queues have no due job.",
+        ),
+    ] = False,
     concurrency: Annotated[
         int,
         typer.Option("--concurrency", "-c", metavar="N", help="Jobs run at once per process."),
@@ -199,6 +232,7 @@ def work(
         )
         dsn = resolve_dsn(dsn)
         parsed_queues = parse_queues(queues)
+        weights = parse_queue_weights(queue_weights)
         app = load_app(app_path)  # fail here, not in N restarting children
         if metrics_port is not None and not 0 <= metrics_port <= 65535:
             raise ConfigError(f"--metrics-port {metrics_port}: a port is 0 to 65535")
@@ -218,7 +252,8 @@ def work(
             poll_seconds=poll_seconds, lease_seconds=lease_seconds, poll_only=poll_only,
             shutdown_grace_seconds=shutdown_grace_seconds, retention=retention,
             metrics_port=metrics_port, metrics_host=metrics_host,
-            synchronous_commit=synchronous_commit,
+            synchronous_commit=synchronous_commit, queue_weights=weights,
+            strict_queue_order=strict_queue_order,
         )  # fmt: skip
         if processes > 1:
             worker.check_schema_now()

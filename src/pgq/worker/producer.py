@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -193,28 +195,73 @@ class Producer:
             if settings.queues is None:
                 params["limit"] = size
                 claim = query("claim_jobs", settings.schema)
-                more_due = await self._claim_batch(conn, claim, params)
+                more_due = await self._claim_batch(conn, claim, params) == size
             else:
-                # Room is recomputed after each queue's claim, so all queues
-                # together never exceed the total; the order rotates for fairness.
-                claim = query("claim_jobs_from_queue", settings.schema)
-                order = list(settings.queues.items())
-                shift = self._claim_rounds % len(order)
-                self._claim_rounds += 1
-                for queue, limit in order[shift:] + order[:shift]:
-                    room = self._queue_room(queue, limit)
-                    if room <= 0:
-                        continue
-                    params["queue"], params["limit"] = queue, room
-                    filled = await self._claim_batch(conn, claim, params)
-                    more_due = more_due or filled
+                more_due = await self._claim_queues(conn, params)
         self._backlog = more_due
+        return more_due
+
+    async def _claim_queues(
+        self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]
+    ) -> bool:
+        """Claim from each served queue in turn; True if some queue filled its batch.
+
+        Room is recomputed after each queue's claim, so all queues together never
+        exceed the total. Unweighted queues take turns going first. Weighted ones,
+        lightest first, claim up to their share of what this worker may hold
+        (counting what it holds of each), then, if a queue had fewer due jobs than its share, the
+        rest goes to the others, heaviest first: no capacity idles while jobs wait,
+        and a light queue's share is never taken from it. In strict order, a queue
+        is claimed from only when those before it had no more due jobs.
+        """
+        queues = self.settings.queues
+        assert queues is not None
+        claim = query("claim_jobs_from_queue", self.settings.schema)
+        order = list(queues.items())
+        weights = self.settings.queue_weights
+        shares: dict[str, int] = {}
+        if weights is None and not self.settings.strict_queue_order:
+            shift = self._claim_rounds % len(order)
+            self._claim_rounds += 1
+            order = order[shift:] + order[:shift]
+        elif weights is not None:
+            held = Counter(run.job.queue for run in self.executor.running.values())
+            capacity = self.settings.concurrency + self.executor.extra()
+            total = sum(weights.values())
+            for queue, _ in order:
+                shares[queue] = math.ceil(capacity * weights[queue] / total) - held[queue]
+            # Lightest first: rounded up, the shares add up to more than the room, and a
+            # heavy queue claiming first would take a light one's single slot every time.
+            order.sort(key=lambda item: weights[item[0]])
+        more_due = short = False
+        for queue, limit in order:
+            room = self._queue_room(queue, limit)
+            if queue in shares:
+                room = min(room, shares[queue])
+            if room <= 0:
+                continue
+            claimed = await self._claim_batch(
+                conn, claim, {**params, "queue": queue, "limit": room}
+            )
+            more_due = more_due or claimed == room
+            short = short or claimed < room
+            if self.settings.strict_queue_order and claimed == room:
+                break  # the queues after this one wait until it runs dry
+        if weights is not None and short:
+            heaviest_first = sorted(order, key=lambda item: -weights[item[0]])
+            for queue, limit in heaviest_first:
+                room = self._queue_room(queue, limit)
+                if room > 0:
+                    claimed = await self._claim_batch(
+                        conn, claim, {**params, "queue": queue, "limit": room}
+                    )
+                    more_due = more_due or claimed == room
         return more_due
 
     async def _claim_batch(
         self, conn: psycopg.AsyncConnection[Any], claim: sql.SQL, params: dict[str, Any]
-    ) -> bool:
-        """Run one claim statement and start its jobs; True if it filled its limit."""
+    ) -> int:
+        """Run one claim statement and start its jobs; how many it claimed."""
         cursor = await conn.execute(claim, params)
         claimed = [_claimed(row) for row in await cursor.fetchall()]
         self.stats.claimed([job for job, _ in claimed])
@@ -223,4 +270,4 @@ class Producer:
                 self.executor.start(job)
             else:
                 self.executor.refuse(job, problem)
-        return len(claimed) == int(params["limit"])
+        return len(claimed)

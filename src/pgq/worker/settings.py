@@ -55,6 +55,8 @@ class WorkerSettings:
     metrics_port: int | None
     metrics_host: str
     synchronous_commit: bool
+    queue_weights: Mapping[str, int] | None = None
+    strict_queue_order: bool = False
     name: str = field(default_factory=worker_name)
 
     @classmethod
@@ -76,6 +78,8 @@ class WorkerSettings:
         metrics_host: str,
         name: str | None,
         synchronous_commit: bool,
+        queue_weights: Mapping[str, int] | None = None,
+        strict_queue_order: bool = False,
     ) -> WorkerSettings:
         """Check every option (ConfigError naming the bad one) and resolve the defaults."""
         _check_range("concurrency", concurrency, 1, MAX_CONCURRENCY, whole=True)
@@ -94,6 +98,9 @@ class WorkerSettings:
         if metrics_port is not None:
             _check_range("metrics port", metrics_port, 0, 65535, whole=True)
         _check_queues(queues)
+        if queue_weights is not None:
+            queue_weights = _check_queue_weights(queue_weights, queues, strict_queue_order)
+            queues = queues or dict.fromkeys(queue_weights)
         if name is not None and not (isinstance(name, str) and _WORKER_NAME.match(name)):
             raise ConfigError(
                 f"invalid worker name {shown(name)}: 1 to 200 characters, no control characters"
@@ -104,7 +111,10 @@ class WorkerSettings:
             )
         if retention is not None and not isinstance(retention, Retention):
             raise ConfigError(f"retention must be a pgq.Retention, got {shown(retention)}")
-        for flag, value in (("poll_only", poll_only), ("synchronous_commit", synchronous_commit)):
+        for flag, value in (
+            ("poll_only", poll_only), ("synchronous_commit", synchronous_commit),
+            ("strict_queue_order", strict_queue_order),
+        ):  # fmt: skip
             if not isinstance(value, bool):
                 raise ConfigError(f"{flag} must be True or False, got {shown(value)}")
         named = {"name": name} if name is not None else {}
@@ -123,6 +133,8 @@ class WorkerSettings:
             metrics_port=metrics_port,
             metrics_host=metrics_host,
             synchronous_commit=synchronous_commit,
+            queue_weights=queue_weights,
+            strict_queue_order=strict_queue_order,
             **named,
         )
 
@@ -146,6 +158,11 @@ class WorkerSettings:
             if self.queues
             else "all"
         )
+        if self.queue_weights:
+            weights = ", ".join(f"{name}={weight}" for name, weight in self.queue_weights.items())
+            queues += f" (weighted {weights})"
+        elif self.strict_queue_order and self.queues:
+            queues += " (in strict order)"
         wakeups = f"polling every {self.poll_seconds:g}s" if self.poll_only else "listening"
         return (
             f"queues {queues}, concurrency {self.concurrency}, "
@@ -172,6 +189,26 @@ def _check_queues(queues: object) -> None:
             raise ConfigError(f"invalid queue name {shown(queue)}")
         if limit is not None:
             _check_range(f"queue {queue!r}: concurrency", limit, 1, MAX_CONCURRENCY, whole=True)
+
+
+def _check_queue_weights(
+    weights: object, queues: Mapping[str, int | None] | None, strict: bool
+) -> dict[str, int]:
+    """Queue names mapped to whole weights >= 1; each served queue gets one (1 if unsaid)."""
+    if strict:
+        raise ConfigError("queue weights and strict queue order exclude each other: choose one")
+    if not isinstance(weights, Mapping) or not weights:
+        raise ConfigError(f"queue weights must map queue names to weights, got {shown(weights)}")
+    for queue, weight in weights.items():
+        if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+            raise ConfigError(f"invalid queue name {shown(queue)} in the queue weights")
+        _check_range(f"queue {queue!r}: weight", weight, 1, 1_000, whole=True)
+        if queues is not None and queue not in queues:
+            raise ConfigError(
+                f"queue {queue!r} has a weight but is not served: add it to the queues "
+                f"({', '.join(queues)})"
+            )
+    return {queue: int(weights.get(queue, 1)) for queue in queues or weights}
 
 
 def _check_range(

@@ -39,8 +39,13 @@ class Worker:
     """Runs an App's tasks until stopped.
 
     ``queues`` maps queue name to its own concurrency limit (None: no limit but
-    the total); None serves every queue. ``poll_only=True`` is for PgBouncer in
-    transaction mode (no LISTEN, no prepared statements, no session settings).
+    the total); None serves every queue. With several queues, each claim takes
+    them in turn, first one then another; ``queue_weights`` (queue name to a whole
+    weight, 1 for a queue left out) shares the worker's capacity among them when
+    all have jobs, and ``strict_queue_order=True`` takes a queue only when those
+    listed before it have no due job. See docs/howto/queues.md.
+    ``poll_only=True`` is for PgBouncer in transaction mode (no LISTEN, no
+    prepared statements, no session settings).
     ``synchronous_commit=False`` (the default) lets claims and outcome writes
     commit without waiting for their WAL flush; see docs/concepts/delivery.md.
 
@@ -58,6 +63,7 @@ class Worker:
         retention: Retention | None = None, prune_interval_seconds: float = PRUNE_INTERVAL_SECONDS,
         metrics_port: int | None = None, metrics_host: str = DEFAULT_HOST,
         name: str | None = None, synchronous_commit: bool = False,
+        queue_weights: Mapping[str, int] | None = None, strict_queue_order: bool = False,
     ) -> None:  # fmt: skip
         if not app.tasks:
             raise ConfigError("the app has no tasks: register handlers with @app.task")
@@ -68,6 +74,7 @@ class Worker:
             rescue_interval_seconds=rescue_interval_seconds, retention=retention,
             prune_interval_seconds=prune_interval_seconds, metrics_port=metrics_port,
             metrics_host=metrics_host, name=name, synchronous_commit=synchronous_commit,
+            queue_weights=queue_weights, strict_queue_order=strict_queue_order,
         )  # fmt: skip
         self._wire(app, settings)
 
