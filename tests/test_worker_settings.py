@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "lease_seconds": 30.0, "poll_only": False, "shutdown_grace_seconds": 30.0,
     "rescue_interval_seconds": None, "retention": None, "prune_interval_seconds": 60.0,
     "metrics_port": None, "metrics_host": "127.0.0.1", "name": None,
-    "synchronous_commit": False,
+    "synchronous_commit": False, "queue_weights": None, "strict_queue_order": False,
 }  # fmt: skip
 
 
@@ -158,25 +158,31 @@ def every_option_changed() -> WorkerSettings:
         rescue_interval_seconds=2.5,
         retention=Retention(succeeded_seconds=60.0, cancelled_seconds=None, dead_seconds=3600.0),
         prune_interval_seconds=9.0, metrics_port=9400, metrics_host="0.0.0.0",
-        name="parent-worker", synchronous_commit=True,
+        name="parent-worker", synchronous_commit=True, queue_weights={"emails": 5},
     )  # fmt: skip
 
 
-def test_every_default_is_changed_in_the_round_trip_fixture() -> None:
-    changed = every_option_changed()
+def strict_order_changed() -> WorkerSettings:
+    """The option that excludes queue weights: in strict queue order."""
+    return create(queues={"emails": None, "reports": None}, strict_queue_order=True)
+
+
+def test_every_default_is_changed_in_the_round_trip_fixtures() -> None:
+    fixtures = [every_option_changed(), strict_order_changed()]
     defaults = create()
 
     same = [
         field.name
         for field in dataclasses.fields(WorkerSettings)
-        if getattr(changed, field.name) == getattr(defaults, field.name)
+        if all(
+            getattr(changed, field.name) == getattr(defaults, field.name) for changed in fixtures
+        )
     ]
     assert same == []
 
 
-def test_json_round_trip_keeps_every_setting_but_the_name() -> None:
-    original = every_option_changed()
-
+@pytest.mark.parametrize("original", [every_option_changed(), strict_order_changed()])
+def test_json_round_trip_keeps_every_setting_but_the_name(original: WorkerSettings) -> None:
     restored = WorkerSettings.from_json(original.to_json())
 
     assert restored.name != original.name
