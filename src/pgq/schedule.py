@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -128,20 +128,29 @@ class Schedule:
         return f"{self.task} {self.cron!r} {self.tz}{args}"
 
     def next_tick(self, after: datetime) -> datetime | None:
-        """The first tick strictly after ``after`` (None: the expression never matches again)."""
+        """The first tick strictly after ``after`` (None: the expression never matches again).
+
+        Ticks are in UTC: Python compares two times of one zone by their wall clocks,
+        which would put 02:30 summer time after 02:30 winter time on the fall-back night.
+        """
         try:
-            return next(CronSim(self.cron, after.astimezone(self.zone)))
+            return next(CronSim(self.cron, self._local(after))).astimezone(UTC)
         except (StopIteration, CronSimError):
             return None
 
     def latest_tick(self, at: datetime) -> datetime | None:
-        """The last tick at or before ``at``."""
+        """The last tick at or before ``at``, in UTC."""
         # cronsim counts back from a whole second, strictly before it.
-        start = at.astimezone(self.zone).replace(microsecond=0) + _ONE_SECOND
+        start = self._local(at.replace(microsecond=0) + _ONE_SECOND)
         try:
-            return next(CronSim(self.cron, start, reverse=True))
+            return next(CronSim(self.cron, start, reverse=True)).astimezone(UTC)
         except (StopIteration, CronSimError):
             return None
+
+    def _local(self, moment: datetime) -> datetime:
+        # Through UTC: a time of this zone made by adding to a wall clock may not
+        # exist (02:30 on the spring-forward night), and cronsim never returns from one.
+        return moment.astimezone(UTC).astimezone(self.zone)
 
     def plan(self, ticked_through: datetime, now: datetime) -> list[TickPlan]:
         """The ticks to make at ``now``, oldest first, when all up to ``ticked_through`` are done.

@@ -174,7 +174,7 @@ class Scheduler(DatabaseThread):
             "and skipped" if first_missed is not None and first_missed < tick else ""
         )  # fmt: skip
         if run:
-            log.info("schedule %s: tick %s made job %s%s",
+            log.debug("schedule %s: tick %s made job %s%s",
                      schedule.describe(), _local(tick, schedule), job_id, missed)  # fmt: skip
         else:
             log.warning("schedule %s: skipped tick %s, over a minute late (misfire='skip')%s",

@@ -1,0 +1,151 @@
+"""Declaring schedules (@app.periodic, app.schedule) and which ticks a cron expression has."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+import pgq
+from pgq.schedule import Schedule
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def ticks(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
+    found, moment = [], start
+    for _ in range(count):
+        tick = schedule.next_tick(moment)
+        assert tick is not None
+        found.append(tick)
+        moment = tick
+    return found
+
+
+def test_periodic_registers_the_task_and_its_schedule() -> None:
+    app = pgq.App()
+
+    @app.periodic("0 3 * * *", tz="Europe/Berlin", args={"kind": "full"}, queue="reports",
+                  max_attempts=2)  # fmt: skip
+    def nightly_report(kind: str) -> None: ...
+
+    assert app.tasks["nightly_report"].queue == "reports"
+    assert app.tasks["nightly_report"].max_attempts == 2
+    [schedule] = app.schedules
+    assert (schedule.task, schedule.cron, schedule.tz) == ("nightly_report", "0 3 * * *",
+                                                           "Europe/Berlin")  # fmt: skip
+    assert schedule.decoded_args == {"kind": "full"}
+    assert schedule.misfire == "skip"
+    assert nightly_report("x") is None  # still callable as a plain function
+
+
+def test_a_task_may_have_several_schedules() -> None:
+    app = pgq.App()
+
+    @app.task()
+    def sync_account(account: int) -> None: ...
+
+    app.schedule(sync_account, cron="*/15 * * * *", args={"account": 1})
+    app.schedule("sync_account", cron="*/15 * * * *", args={"account": 2}, misfire="run_latest")
+    assert [s.decoded_args for s in app.schedules] == [{"account": 1}, {"account": 2}]
+    assert app.schedules[1].misfire == "run_latest"
+
+
+def test_six_fields_put_seconds_first() -> None:
+    schedule = Schedule.create("t", "*/15 * * * * *")
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert ticks(schedule, start, 3) == [start + timedelta(seconds=s) for s in (15, 30, 45)]
+
+
+def test_five_fields_tick_on_the_minute() -> None:
+    schedule = Schedule.create("t", "*/20  *  * * *")  # extra spaces are one
+    assert schedule.cron == "*/20 * * * *"
+    start = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
+    assert ticks(schedule, start, 2) == [
+        datetime(2026, 1, 1, 12, 20, tzinfo=UTC),
+        datetime(2026, 1, 1, 12, 40, tzinfo=UTC),
+    ]
+
+
+def test_a_fixed_local_time_in_the_skipped_hour_ticks_once_when_the_clock_jumps() -> None:
+    schedule = Schedule.create("t", "30 2 * * *", tz="Europe/Berlin")
+    found = ticks(schedule, datetime(2026, 3, 28, 12, 0, tzinfo=BERLIN), 2)
+    assert [t.astimezone(BERLIN).isoformat() for t in found] == [
+        "2026-03-29T03:00:00+02:00",  # 02:30 does not exist that night
+        "2026-03-30T02:30:00+02:00",
+    ]
+
+
+def test_a_fixed_local_time_in_the_repeated_hour_ticks_once() -> None:
+    schedule = Schedule.create("t", "30 2 * * *", tz="Europe/Berlin")
+    found = ticks(schedule, datetime(2026, 10, 24, 12, 0, tzinfo=BERLIN), 2)
+    assert [t.astimezone(BERLIN).isoformat() for t in found] == [
+        "2026-10-25T02:30:00+02:00",  # the first 02:30 only
+        "2026-10-26T02:30:00+01:00",
+    ]
+
+
+def test_an_hourly_schedule_stays_an_hour_apart_across_the_fall_back() -> None:
+    schedule = Schedule.create("t", "30 * * * *", tz="Europe/Berlin")
+    found = ticks(schedule, datetime(2026, 10, 25, 1, 0, tzinfo=BERLIN), 4)
+    assert [t.astimezone(BERLIN).isoformat() for t in found] == [
+        "2026-10-25T01:30:00+02:00",
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:30:00+01:00",
+        "2026-10-25T03:30:00+01:00",
+    ]
+    assert {b - a for a, b in zip(found, found[1:], strict=False)} == {timedelta(hours=1)}
+
+
+@pytest.mark.parametrize(
+    ("cron", "tz", "misfire", "message"),
+    [
+        ("61 * * * *", "UTC", "skip", "invalid cron expression '61 * * * *' (Bad minute)"),
+        ("* * *", "UTC", "skip", "invalid cron expression '* * *' (Wrong number of fields)"),
+        ("0 0 31 2 *", "UTC", "skip", "invalid cron expression '0 0 31 2 *'"),
+        (None, "UTC", "skip", "cron must be a string, got None"),
+        ("0 * * * *", "Europe/Berln", "skip", "unknown time zone 'Europe/Berln'"),
+        ("0 * * * *", "Europe", "skip", "unknown time zone 'Europe'"),
+        ("0 * * * *", "", "skip", "tz must be a time zone name"),
+        ("0 * * * *", "UTC", "catch_up", "misfire must be one of 'skip', 'run_latest'"),
+    ],
+)
+def test_a_bad_schedule_is_refused_at_decoration_naming_the_problem(
+    cron: object, tz: str, misfire: str, message: str
+) -> None:
+    app = pgq.App()
+    with pytest.raises(pgq.ConfigError, match="schedule of task 'report'") as error:
+
+        @app.periodic(cron, tz=tz, misfire=misfire)  # type: ignore[arg-type]
+        def report() -> None: ...
+
+    assert message in str(error.value)
+    assert "report" not in app.tasks  # no task left behind without its schedule
+
+
+def test_schedule_args_are_checked_against_the_handler() -> None:
+    app = pgq.App()
+
+    @app.task()
+    def sync_account(account: int) -> None: ...
+
+    with pytest.raises(pgq.ConfigError, match="unexpected arg 'acount'"):
+        app.schedule(sync_account, cron="* * * * *", args={"acount": 1})
+    with pytest.raises(pgq.ConfigError, match="missing the required arg 'account'"):
+        app.schedule(sync_account, cron="* * * * *")
+    with pytest.raises(pgq.ConfigError, match="JSON-serialisable"):
+        app.schedule(sync_account, cron="* * * * *", args={"account": object()})
+
+
+def test_scheduling_an_unknown_task_or_the_same_schedule_twice_is_refused() -> None:
+    app = pgq.App()
+
+    @app.task()
+    def report() -> None: ...
+
+    with pytest.raises(pgq.ConfigError, match="cannot schedule 'reprot': no such task"):
+        app.schedule("reprot", cron="0 * * * *")
+    app.schedule(report, cron="0 * * * *")
+    with pytest.raises(pgq.ConfigError, match="declared twice"):
+        app.schedule(report, cron="0  *  * * *")
