@@ -780,7 +780,8 @@ def test_a_downgrade_that_keeps_the_jobs_says_so_and_what_this_pgq_needs(dsn: st
 
     assert text == (
         f"dry run: would downgrade pgq's schema 'pgq' from {HEAD} to 0003, reverting "
-        f"{', '.join(reversed(pgq.migrate.REVISIONS[3:]))}. Jobs are kept. This pgq needs {pgq.migrate.required_revision()}: it "
+        f"{', '.join(reversed(pgq.migrate.REVISIONS[3:]))}. Jobs are kept. "
+        f"This pgq needs {pgq.migrate.required_revision()}: it "
         "refuses to run until migrated again. Nothing changed."
     )
     assert pgq.migrate.current_revision(dsn) == HEAD

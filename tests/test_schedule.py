@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -95,7 +96,7 @@ def test_an_hourly_schedule_stays_an_hour_apart_across_the_fall_back() -> None:
         "2026-10-25T02:30:00+01:00",
         "2026-10-25T03:30:00+01:00",
     ]
-    assert {b - a for a, b in zip(found, found[1:], strict=False)} == {timedelta(hours=1)}
+    assert {b - a for a, b in itertools.pairwise(found)} == {timedelta(hours=1)}
 
 
 @pytest.mark.parametrize(

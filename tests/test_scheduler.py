@@ -7,6 +7,7 @@ The fleet test runs real `pgq work` processes racing on an every-second schedule
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -250,7 +251,7 @@ def test_four_workers_racing_on_an_every_second_schedule_make_one_job_per_tick(
     run_ats = [run_at for (run_at,) in rows]
     assert len(run_ats) >= 10
     assert len(set(run_ats)) == len(run_ats), "a tick made more than one job"
-    gaps = {b - a for a, b in zip(run_ats, run_ats[1:], strict=False)}
+    gaps = {b - a for a, b in itertools.pairwise(run_ats)}
     assert gaps == {timedelta(seconds=1)}, f"ticks missed between the first and the last: {gaps}"
     assert all(run_at.microsecond == 0 for run_at in run_ats)
     logs = "".join(worker.log() for worker in fleet)

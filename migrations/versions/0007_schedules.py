@@ -6,7 +6,7 @@ Revises: 0005 (0006 once the task registry lands)
 One row per schedule, identified by (task, cron, tz, args). Every worker that
 declares a schedule may make its ticks; ``ticked_through`` makes each tick one
 job across the fleet: a worker inserts a tick's job only in the statement that
-moves ``ticked_through`` forward past that tick (queries.sql ``make_tick``), and
+moves ``ticked_through`` forward past that tick (queries.sql ``advance_schedule``), and
 the row lock serialises the workers racing for it. The jobs themselves carry no
 mark, so pruning them can never let a tick run again.
 """

@@ -286,7 +286,7 @@ DO UPDATE SET misfire = EXCLUDED.misfire,
               declared_at = greatest(s.declared_at, EXCLUDED.declared_at)
 RETURNING s.id, s.ticked_through;
 
--- forget_undeclared_schedules: delete schedules that no worker declared for %(forget_after_seconds)s (removed from the code)
+-- prune_undeclared_schedules: delete schedules that no worker declared for %(forget_after_seconds)s (removed from the code)
 DELETE FROM {schema}.schedules
 WHERE declared_at < %(now)s::timestamptz - %(forget_after_seconds)s * interval '1 second';
 
@@ -295,7 +295,7 @@ SELECT ticked_through
 FROM {schema}.schedules
 WHERE id = %(schedule_id)s;
 
--- make_tick: move a schedule's ticked_through forward to %(tick)s and, if %(run)s, insert that tick's job, in one statement; no row if another worker got there first (edge: new -> queued)
+-- advance_schedule: move a schedule's ticked_through forward to %(tick)s and, if %(run)s, insert that tick's job, in one statement; no row if another worker got there first (edge: new -> queued)
 -- The row lock serialises the workers racing for one tick: the first moves
 -- ticked_through; the others wait for its commit, then find ticked_through no longer
 -- before the tick (READ COMMITTED re-checks a locked row's WHERE) and make nothing.
@@ -499,7 +499,7 @@ GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {worker};
 GRANT SELECT ON {schema}.queue_stats TO {worker};
 GRANT SELECT, INSERT, DELETE ON {schema}.queue_stats_snapshot TO {worker};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {worker};
--- Periodic tasks: declare schedules, make their ticks' jobs (the columns make_tick sets).
+-- Periodic tasks: declare schedules, make their ticks' jobs (the columns advance_schedule sets).
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.schedules TO {worker};
 GRANT INSERT (task, args, queue, run_at, max_attempts) ON {schema}.jobs TO {worker};
 GRANT EXECUTE ON FUNCTION {schema}.refresh_queue_stats(interval) TO {worker};

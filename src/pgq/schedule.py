@@ -16,7 +16,7 @@ croniter 7.0 runs the daily 02:30 twice on the fall-back day.
 
 Ticks are whole seconds. A schedule's ticks are never made twice: each worker moves
 the schedule's ``ticked_through`` forward in the same statement that inserts the
-tick's job (queries.sql ``make_tick``), so the database, not the workers, decides.
+tick's job (queries.sql ``advance_schedule``), so the database, not the workers, decides.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The thread that makes periodic tasks' jobs: each schedule's ticks, once across the fleet.
 
 Every worker whose app declares schedules runs one; there is no leader. At a tick
-each of them tries ``make_tick``, and the schedule's row in the database lets
+each of them tries ``advance_schedule``, and the schedule's row in the database lets
 exactly one of them make the job (pgq.schedule says how). The thread sleeps until
 the next tick of any of its schedules, so an idle fleet sends no queries between
 ticks but a re-declaration every ten minutes.
@@ -122,7 +122,7 @@ class Scheduler(DatabaseThread):
                 assert row is not None
                 progress.schedule_id, progress.ticked_through = row
             forgotten = conn.execute(
-                query("forget_undeclared_schedules", self.schema),
+                query("prune_undeclared_schedules", self.schema),
                 {"now": now, "forget_after_seconds": FORGET_AFTER_SECONDS},
             ).rowcount
         if forgotten:
@@ -160,7 +160,7 @@ class Scheduler(DatabaseThread):
         """Move the schedule to ``tick`` (making its job if ``run``); False: another worker did."""
         schedule, task = progress.schedule, progress.task
         row = conn.execute(
-            query("make_tick", self.schema),
+            query("advance_schedule", self.schema),
             {"schedule_id": progress.schedule_id, "tick": tick, "run": run,
              "queue": task.queue, "max_attempts": task.max_attempts,
              "channel": wakeup_channel(self.schema)},
