@@ -288,7 +288,7 @@ def test_pgq_schedules_lists_next_run_and_last_jobs_status(
     table = runner.invoke(cli_app, ["schedules", "--dsn", dsn], env={"COLUMNS": "200"}).output
     nightly_line = next(line for line in table.splitlines() if "nightly" in line)
     assert "*/5 * * * *" in nightly_line and "Europe/Berlin" in nightly_line
-    assert "queued" in nightly_line and "(in " in nightly_line
+    assert "queued" in nightly_line and ", in " in nightly_line
     sync_line = next(line for line in table.splitlines() if "sync_account" in line)
     assert '{"account": 42}' in sync_line
 

@@ -184,7 +184,7 @@ def schedules(
     for s in found:
         args = "" if s.args == {} else json.dumps(s.args, ensure_ascii=False)
         if s.declared and s.next_run is not None:
-            next_run = f"{_local(s.next_run, s.tz)} (in {_seconds(_until(s.next_run))})"
+            next_run = f"{_local(s.next_run, s.tz)}, in {_seconds(_until(s.next_run))}"
         else:
             next_run = "none: no worker declares it" if not s.declared else "never"
         table.add_row(
@@ -206,14 +206,15 @@ def _schedule_row(s: admin.ScheduleStatus) -> dict[str, Any]:
 
 
 def _local(moment: datetime | None, tz: str) -> str:
-    """``2026-12-02 03:00:00 CET`` in the schedule's zone (UTC if this machine lacks it)."""
+    """``2026-12-02 03:00 CET`` in the schedule's zone (UTC if this machine lacks it)."""
     if moment is None:
         return ""
     try:
         moment = moment.astimezone(ZoneInfo(tz))
     except (ValueError, OSError, LookupError):
         moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+    # Seconds only for the schedules that have them (6 fields).
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z" if moment.second else "%Y-%m-%d %H:%M %Z")
 
 
 def _until(moment: datetime) -> float:
