@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -261,6 +264,15 @@ def test_four_workers_racing_on_an_every_second_schedule_make_one_job_per_tick(
 # -- pgq schedules --------------------------------------------------------------------
 
 
+def pgq_schedules_table(dsn: str) -> str:
+    """`pgq schedules` as printed, wide enough that no cell wraps."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pgq", "schedules", "--dsn", dsn], capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "200"}, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
 def test_pgq_schedules_lists_next_run_and_last_jobs_status(
     dsn: str, autocommit: psycopg.Connection[Any]
 ) -> None:
@@ -285,7 +297,7 @@ def test_pgq_schedules_lists_next_run_and_last_jobs_status(
     assert shown["sync_account"]["args"] == {"account": 42}
     assert shown["sync_account"]["last_job_id"] is None
 
-    table = runner.invoke(cli_app, ["schedules", "--dsn", dsn], env={"COLUMNS": "200"}).output
+    table = pgq_schedules_table(dsn)
     nightly_line = next(line for line in table.splitlines() if "nightly" in line)
     assert "*/5 * * * *" in nightly_line and "Europe/Berlin" in nightly_line
     assert "queued" in nightly_line and ", in " in nightly_line
@@ -298,5 +310,4 @@ def test_pgq_schedules_says_when_no_worker_declares_a_schedule(
 ) -> None:
     clock = Clock(datetime.now(UTC) - timedelta(hours=1))
     worker_scheduler(dsn, nightly_app(), clock).tick(autocommit)
-    table = CliRunner().invoke(cli_app, ["schedules", "--dsn", dsn], env={"COLUMNS": "200"})
-    assert "no worker declares it" in table.output
+    assert "no worker declares it" in pgq_schedules_table(dsn)
