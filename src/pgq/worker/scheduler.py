@@ -127,6 +127,8 @@ class Scheduler(DatabaseThread):
             ).rowcount
         if forgotten:
             log.info("deleted %s schedule(s) that no worker declared for 7 days", forgotten)
+        if self._declared_at is None:
+            log.info("scheduling %s", "; ".join(p.schedule.describe() for p in self._progress))
         self._declared_at = now
 
     def _make_due_tick(
