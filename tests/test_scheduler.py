@@ -145,22 +145,30 @@ def hourly_after_an_outage(dsn: str, conn: psycopg.Connection[Any], misfire: str
 
 
 def test_skip_makes_no_job_for_ticks_missed_while_no_worker_ran(
-    dsn: str, autocommit: psycopg.Connection[Any]
+    dsn: str, autocommit: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     back_at = datetime(2026, 6, 1, 15, 20, tzinfo=BERLIN)
     assert hourly_after_an_outage(dsn, autocommit, "skip", back_at) == []
+    assert (
+        "schedule nightly '0 * * * *' Europe/Berlin: skipped tick 2026-06-01T15:00:00+02:00, "
+        "over a minute late (misfire='skip'); the ticks from 2026-06-01T11:00:00+02:00 until then "
+        "were missed (no worker ran) and skipped"
+    ) in caplog.messages
     [schedule] = admin.schedules(autocommit, now=back_at)
     assert schedule.ticked_through == datetime(2026, 6, 1, 15, 0, tzinfo=BERLIN)
     assert schedule.next_run == datetime(2026, 6, 1, 16, 0, tzinfo=BERLIN)
 
 
 def test_run_latest_makes_one_job_for_the_latest_missed_tick(
-    dsn: str, autocommit: psycopg.Connection[Any]
+    dsn: str, autocommit: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     back_at = datetime(2026, 6, 1, 15, 20, tzinfo=BERLIN)
     assert hourly_after_an_outage(dsn, autocommit, "run_latest", back_at) == [
         "2026-06-01T15:00:00+02:00"
     ]
+    [made] = [m for m in caplog.messages if "made job" in m]
+    assert made.endswith("the ticks from 2026-06-01T11:00:00+02:00 until then were missed (no "
+                          "worker ran) and skipped")  # fmt: skip
 
 
 def test_a_tick_under_a_minute_late_still_runs_under_skip(

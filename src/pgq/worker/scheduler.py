@@ -31,8 +31,9 @@ from pgq.worker.settings import WorkerSettings
 
 log = logging.getLogger("pgq.scheduler")
 
-# After a failed try (another worker's transaction holding the tick rolled back),
-# look again this soon rather than at the next tick.
+# A tick neither made here nor by another worker should not happen (a worker racing
+# for it waits on the row lock for the other's commit or rollback); if it does, look
+# again this soon rather than at the next tick.
 _RETRY_SECONDS = 1.0
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -110,7 +111,7 @@ class Scheduler(DatabaseThread):
         return max(0.0, (min(wake_at) - self.clock()).total_seconds()) + 0.001
 
     def _declare(self, conn: psycopg.Connection[tuple[Any, ...]], now: datetime) -> None:
-        """Create or mark declared every schedule of this worker; forget the undeclared ones."""
+        """Create or mark declared every schedule of this worker; delete long-undeclared ones."""
         with conn.transaction():
             for progress in self._progress:
                 schedule = progress.schedule
@@ -148,11 +149,11 @@ class Scheduler(DatabaseThread):
                 self._declared_at = None
                 return now
             progress.ticked_through = row[0]
-            if progress.ticked_through < plan.tick:  # that worker's transaction failed
+            if progress.ticked_through < plan.tick:
                 return now + timedelta(seconds=_RETRY_SECONDS)
             break  # plan again from where the row is
         next_tick = progress.next_tick()
-        # A schedule that never ticks again ("0 0 1 1 * 2020"-like) is looked at daily.
+        # None: cronsim found no later tick (a bug, or a far future); look again daily.
         return next_tick if next_tick is not None else now + timedelta(seconds=DAY_SECONDS)
 
     def _try(
@@ -172,12 +173,16 @@ class Scheduler(DatabaseThread):
         previous, job_id = row
         first_missed = schedule.next_tick(previous)
         missed = (
-            f"; the ticks from {_local(first_missed, schedule)} on were missed (no worker ran) "
-            "and skipped" if first_missed is not None and first_missed < tick else ""
+            f"; the ticks from {_local(first_missed, schedule)} until then were missed "
+            "(no worker ran) and skipped" if first_missed is not None and first_missed < tick
+            else ""
         )  # fmt: skip
         if run:
-            log.debug("schedule %s: tick %s made job %s%s",
-                     schedule.describe(), _local(tick, schedule), job_id, missed)  # fmt: skip
+            # Every tick of an every-second schedule would otherwise be a line: the job's
+            # own lines say it ran. Missed ticks are news.
+            level = logging.WARNING if missed else logging.DEBUG
+            log.log(level, "schedule %s: tick %s made job %s%s",
+                    schedule.describe(), _local(tick, schedule), job_id, missed)  # fmt: skip
         else:
             log.warning("schedule %s: skipped tick %s, over a minute late (misfire='skip')%s",
                         schedule.describe(), _local(tick, schedule), missed)  # fmt: skip
