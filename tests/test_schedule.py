@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pgq
-from pgq.schedule import Schedule
+from pgq.schedule import MISFIRE_GRACE_SECONDS, Schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -150,3 +152,62 @@ def test_scheduling_an_unknown_task_or_the_same_schedule_twice_is_refused() -> N
     app.schedule(report, cron="0 * * * *")
     with pytest.raises(pgq.ConfigError, match="declared twice"):
         app.schedule(report, cron="0  *  * * *")
+
+
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago"]
+CRONS = ["30 2 * * *", "30 * * * *", "*/20 * * * *", "*/15 2 * * *", "15 1-3 * * *",
+         "*/7 * * * * *", "0 0 L * *"]  # fmt: skip
+
+
+# Around each zone's clock changes in 2026 (a window of hours either side), and anywhere.
+CHANGES = [datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2026, 10, 25, 1, tzinfo=UTC),
+           datetime(2026, 3, 8, 7, tzinfo=UTC), datetime(2026, 11, 1, 6, tzinfo=UTC),
+           datetime(2026, 4, 4, 15, tzinfo=UTC), datetime(2026, 10, 3, 15, tzinfo=UTC),
+           datetime(2026, 4, 5, 3, tzinfo=UTC), datetime(2026, 9, 6, 4, tzinfo=UTC)]  # fmt: skip
+MOMENTS = st.one_of(
+    st.builds(lambda change, seconds: change + timedelta(seconds=seconds),
+              st.sampled_from(CHANGES), st.floats(-6 * 3600, 6 * 3600)),
+    st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31),
+                 timezones=st.just(UTC)),
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(zone=st.sampled_from(ZONES), cron=st.sampled_from(CRONS), moment=MOMENTS)
+def test_the_latest_and_next_ticks_bracket_any_moment_in_any_zone(
+    zone: str, cron: str, moment: datetime
+) -> None:
+    schedule = Schedule.create("t", cron, tz=zone)
+    latest, following = schedule.latest_tick(moment), schedule.next_tick(moment)
+    assert latest is not None and following is not None
+    assert latest <= moment < following
+    # No tick between them: counting forward from the latest tick reaches the next one.
+    assert schedule.next_tick(latest) == following
+    assert latest.microsecond == 0 and following.microsecond == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    zone=st.sampled_from(ZONES),
+    cron=st.sampled_from(CRONS),
+    now=MOMENTS,
+    idle_seconds=st.floats(0, 3 * 86400),
+    misfire=st.sampled_from(["skip", "run_latest"]),
+)
+def test_a_plan_is_the_due_ticks_in_order_ending_with_the_latest(
+    zone: str, cron: str, now: datetime, idle_seconds: float, misfire: str
+) -> None:
+    schedule = Schedule.create("t", cron, tz=zone, misfire=misfire)
+    ticked_through = now - timedelta(seconds=idle_seconds)
+    plan = schedule.plan(ticked_through, now)
+    ticks = [step.tick for step in plan]
+    assert ticks == sorted(set(ticks))
+    assert all(ticked_through < tick <= now for tick in ticks)
+    latest = schedule.latest_tick(now)
+    assert latest is not None
+    assert ticks == [] if latest <= ticked_through else ticks[-1] == latest
+    late = [step for step in plan if (now - step.tick).total_seconds() > MISFIRE_GRACE_SECONDS]
+    if late:  # a late tick is planned alone, and made only under run_latest
+        assert plan == late and len(plan) == 1 and plan[0].run == (misfire == "run_latest")
+    else:
+        assert all(step.run for step in plan)

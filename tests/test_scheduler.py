@@ -96,6 +96,20 @@ def test_a_daily_tick_in_the_repeated_hour_runs_once(
     assert jobs_made(autocommit) == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
 
 
+def test_a_worker_back_in_the_repeated_hour_makes_the_days_missed_tick_once(
+    dsn: str, autocommit: psycopg.Connection[Any]
+) -> None:
+    app = nightly_app(misfire="run_latest")
+    clock = Clock(datetime(2026, 10, 24, 12, 0, tzinfo=BERLIN))
+    worker_scheduler(dsn, app, clock).tick(autocommit)
+    # No worker from then until 02:10 winter time, in the hour that happens twice: the
+    # night's 02:30 (summer time) was missed, the second 02:30 is not a tick of its own.
+    clock.now = datetime(2026, 10, 25, 1, 10, tzinfo=UTC)
+    run_until(worker_scheduler(dsn, app, clock), autocommit, clock,
+              datetime(2026, 10, 26, 12, 0, tzinfo=BERLIN))  # fmt: skip
+    assert jobs_made(autocommit) == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+
+
 def test_an_hourly_schedule_runs_by_real_hours_across_both_changes(
     dsn: str, autocommit: psycopg.Connection[Any]
 ) -> None:

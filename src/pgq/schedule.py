@@ -49,6 +49,11 @@ DECLARE_INTERVAL_SECONDS = 600.0
 FORGET_AFTER_SECONDS = 7 * DAY_SECONDS
 
 _ONE_SECOND = timedelta(seconds=1)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+# How far pgq steps past cronsim's answers near a clock change (one or two suffice),
+# and how many ticks latest_tick walks at most (an hour of a 1-second schedule).
+_CRONSIM_STEPS = 5
+_WALK_LIMIT = 3600
 _GRACE = timedelta(seconds=MISFIRE_GRACE_SECONDS)
 _CRON_FIELDS = "5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first"
 
@@ -133,19 +138,39 @@ class Schedule:
         Ticks are in UTC: Python compares two times of one zone by their wall clocks,
         which would put 02:30 summer time after 02:30 winter time on the fall-back night.
         """
+        after = after.astimezone(UTC)
         try:
-            return next(CronSim(self.cron, self._local(after))).astimezone(UTC)
+            ticks = CronSim(self.cron, self._local(after))
+            # cronsim 2.8, counting from the repeated hour of a fall-back night, can
+            # answer the first 02:30, which is before ``after``: take the next one.
+            for _ in range(_CRONSIM_STEPS):
+                tick = next(ticks).astimezone(UTC)
+                if tick > after:
+                    return tick
         except (StopIteration, CronSimError):
-            return None
+            pass
+        return None
 
     def latest_tick(self, at: datetime) -> datetime | None:
-        """The last tick at or before ``at``, in UTC."""
+        """The last tick at or before ``at``, in UTC: the last one ``next_tick`` reaches."""
+        at = at.astimezone(UTC)
         # cronsim counts back from a whole second, strictly before it.
         start = self._local(at.replace(microsecond=0) + _ONE_SECOND)
         try:
-            return next(CronSim(self.cron, start, reverse=True)).astimezone(UTC)
+            back = CronSim(self.cron, start, reverse=True)
+            next(back)
+            earlier = next(back).astimezone(UTC)
         except (StopIteration, CronSimError):
             return None
+        # Counting back near a clock change, cronsim 2.8 can land on a time that counting
+        # forward skips, or pass over one it reaches (the two 02:30s of a fall-back
+        # night). Forward is what the scheduler makes, so walk forward from two ticks back.
+        latest, tick = None, self.next_tick(earlier - _ONE_MICROSECOND)
+        for _ in range(_WALK_LIMIT):
+            if tick is None or tick > at:
+                break
+            latest, tick = tick, self.next_tick(tick)
+        return latest
 
     def _local(self, moment: datetime) -> datetime:
         # Through UTC: a time of this zone made by adding to a wall clock may not
@@ -164,7 +189,8 @@ class Schedule:
         if latest is None or latest <= ticked_through:
             return []
         on_time: list[TickPlan] = []
-        tick = self.next_tick(max(ticked_through, now - _GRACE))
+        # A microsecond before: a tick exactly MISFIRE_GRACE_SECONDS late is on time.
+        tick = self.next_tick(max(ticked_through, now - _GRACE - _ONE_MICROSECOND))
         while tick is not None and tick <= now:
             on_time.append(TickPlan(tick=tick, run=True))
             tick = self.next_tick(tick)
