@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     (
         "operations on jobs",
-        {"pgq.enqueue", "pgq.rescue", "pgq.retention", "pgq.roles", "pgq.admin"},
+        {"pgq.enqueue", "pgq.rescue", "pgq.retention", "pgq.roles", "pgq.schedule", "pgq.admin"},
     ),
     ("tasks", {"pgq.tasks"}),
     ("the worker's parts", {"pgq.worker"}),  # and every pgq.worker.* module

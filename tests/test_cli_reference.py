@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "cli.md"
-COMMANDS = ["migrate", "roles", "bench", "demo", "work", "stats", "jobs", "job", "requeue",
-            "cancel", "prune"]  # fmt: skip
-ADMIN_COMMANDS = {"stats", "jobs", "job", "requeue", "cancel", "prune"}
+COMMANDS = ["migrate", "roles", "bench", "demo", "work", "stats", "schedules", "jobs", "job",
+            "requeue", "cancel", "prune"]  # fmt: skip
+ADMIN_COMMANDS = {"stats", "schedules", "jobs", "job", "requeue", "cancel", "prune"}
 ADMIN_COMMON = {"--dsn", "--schema"}
 HELP_BLOCK = re.compile(r"^```\n(?P<body>pgq .*?)^```\n", re.MULTILINE | re.DOTALL)
 SECTION = re.compile(r"^#+ `pgq (?P<command>\w[\w-]*)`\n(?P<body>.*?)(?=^#+ |\Z)", re.M | re.S)

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +41,7 @@ from pgq.cli import app as cli_app
 from pgq.queries import query
 from pgq.retention import Retention
 from pgq.roles import RoleNames, grant_roles
+from pgq.worker.scheduler import Scheduler
 from worker_helpers import child_pids
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -340,6 +342,24 @@ def _claim(conn: Conn, schema: str) -> object:
     return conn.execute(query("claim_jobs", schema), params).fetchall()
 
 
+SCHEDULES_APP = pgq.App()
+
+
+@SCHEDULES_APP.periodic("* * * * *", name="sec_every_minute")
+def sec_every_minute() -> None:
+    """Nothing."""
+
+
+def _tick_schedules(conn: Conn, schema: str) -> object:
+    """What a worker's scheduler does: declare its schedule, and make a tick's job."""
+    clock = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
+    scheduler = Scheduler(dsn="", schema=schema, schedules=SCHEDULES_APP.schedules,
+                          tasks=SCHEDULES_APP.tasks, clock=lambda: clock)  # fmt: skip
+    scheduler.tick(conn)
+    clock += timedelta(minutes=1)
+    return scheduler.tick(conn)
+
+
 # What each action does, as the role's login runs it (in a transaction rolled back after).
 ACTIONS: dict[str, Callable[[Conn, RoleLab, dict[str, int]], object]] = {
     "check_schema": lambda c, lab, j: pgq.migrate.check_schema(c, schema=lab.schema),
@@ -361,6 +381,8 @@ ACTIONS: dict[str, Callable[[Conn, RoleLab, dict[str, int]], object]] = {
     "delete": lambda c, lab, j: c.execute(lab.q("DELETE FROM {s}.jobs WHERE id = %s"), [j["dead"]]),
     "claim": lambda c, lab, j: _claim(c, lab.schema),
     "stats": lambda c, lab, j: admin.queue_stats(c, schema=lab.schema),
+    "tick_schedules": lambda c, lab, j: _tick_schedules(c, lab.schema),
+    "list_schedules": lambda c, lab, j: admin.schedules(c, schema=lab.schema),
     "requeue": lambda c, lab, j: admin.requeue(c, j["dead"], schema=lab.schema),
     "requeue_dead": lambda c, lab, j: admin.requeue_dead(
         c, admin.DeadJobFilter(task="sec_ok"), schema=lab.schema
@@ -379,8 +401,18 @@ ALLOWED = {
         "enqueue_many_count",
         "enqueue_sql",
     },
-    "worker": {"check_schema", "read_args", "update", "delete", "claim", "stats", "prune"},
-    "operator": set(ACTIONS),
+    "worker": {
+        "check_schema",
+        "read_args",
+        "update",
+        "delete",
+        "claim",
+        "stats",
+        "prune",
+        "tick_schedules",
+    },
+    # Operators read the schedules; only workers make ticks.
+    "operator": set(ACTIONS) - {"tick_schedules"},
 }
 
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -22,6 +22,7 @@ from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError, shown
 from pgq.job import FINISHED_STATUSES, MAX_JOB_ID, JobStatus
 from pgq.queries import query
 from pgq.retention import PRUNE_BATCH
+from pgq.schedule import DECLARE_INTERVAL_SECONDS, Schedule
 
 REQUEUE_BATCH = 500
 
@@ -59,6 +60,32 @@ class PrunePlan:
     @property
     def total(self) -> int:
         return sum(self.jobs.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """A periodic schedule as ``pgq schedules`` shows it (the view pgq.schedule_status, and more).
+
+    ``next_run`` is its next tick after now, and after ``ticked_through``; None if
+    the cron expression never matches again or its time zone is unknown here.
+    ``declared`` is False when no running worker declared it lately (removed from
+    the code, or no worker is up): its ticks are not being made.
+    """
+
+    id: int
+    task: str
+    cron: str
+    tz: str
+    args: dict[str, Any] | str
+    misfire: str
+    ticked_through: datetime
+    last_tick: datetime | None
+    last_job_id: int | None
+    #: None when there is no last job, or it was pruned.
+    last_job_status: str | None
+    declared_at: datetime
+    next_run: datetime | None
+    declared: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +185,38 @@ def job_counts(
     """(queue, status, jobs) over the whole table, finished jobs included."""
     rows = _fetch(conn, "count_jobs", schema)
     return [(str(q), str(s), int(n)) for q, s, n in rows]
+
+
+def schedules(
+    conn: psycopg.Connection[Any], *, schema: str | None = None, now: datetime | None = None
+) -> list[ScheduleStatus]:
+    """Every periodic schedule: next run, last tick and its job's status.
+
+    Example::
+
+        for s in pgq.admin.schedules(conn):
+            print(s.task, s.cron, s.next_run, s.last_job_status)
+    """
+    now = now or datetime.now(UTC)
+    found = []
+    for row in _fetch(conn, "read_schedule_status", schema):
+        id_, task, cron, tz, args_text, misfire, ticked_through, *rest = row
+        last_tick, last_job_id, last_job_status, declared_at = rest
+        declared = (now - declared_at).total_seconds() <= 2 * DECLARE_INTERVAL_SECONDS
+        found.append(ScheduleStatus(
+            id=id_, task=task, cron=cron, tz=tz, args=_decoded(args_text), misfire=misfire,
+            ticked_through=ticked_through, last_tick=last_tick, last_job_id=last_job_id,
+            last_job_status=last_job_status, declared_at=declared_at,
+            next_run=_next_run(task, cron, tz, max(ticked_through, now)), declared=declared,
+        ))  # fmt: skip
+    return found
+
+
+def _next_run(task: str, cron: str, tz: str, after: datetime) -> datetime | None:
+    try:
+        return Schedule(task, cron, tz).next_tick(after)
+    except (ValueError, OSError, LookupError):  # a zone this machine's tzdata lacks
+        return None
 
 
 def list_jobs(

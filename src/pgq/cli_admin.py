@@ -1,4 +1,4 @@
-"""Operators' commands: `pgq stats`, `jobs`, `job`, `requeue`, `cancel`, `prune`.
+"""Operators' commands: `pgq stats`, `schedules`, `jobs`, `job`, `requeue`, `cancel`, `prune`.
 
 Each calls a function of pgq.admin, which wraps a documented view or SQL function.
 """
@@ -9,6 +9,7 @@ import json
 import shlex
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.markup import escape
@@ -161,6 +162,69 @@ def stats(
         for queue, row in sorted(grid.items()):
             by_status.add_row(escape(queue), *(str(row.get(s.value, 0)) for s in JobStatus))
         out.print(by_status)
+
+
+@admin_commands.command()
+def schedules(
+    dsn: DsnOption = None, schema: SchemaOption = None, as_json: JsonOption = False
+) -> None:
+    """Periodic schedules: next run, last tick and its job's status.
+
+    Times are in each schedule's time zone. A schedule that no running worker
+    declared in the last 20 minutes is not ticking: it shows no next run.
+    """
+    with database(dsn, schema) as (conn, schema_name):
+        found = admin.schedules(conn, schema=schema_name)
+    if as_json:
+        _print_json({"schedules": [_schedule_row(s) for s in found]})
+        return
+    table = Table(title="pgq schedules")
+    for column in ("task", "cron", "tz", "args", "misfire", "next run", "last tick", "last job"):
+        table.add_column(column)
+    for s in found:
+        args = "" if s.args == {} else json.dumps(s.args, ensure_ascii=False)
+        if s.declared and s.next_run is not None:
+            next_run = f"{_local(s.next_run, s.tz)}, in {_seconds(_until(s.next_run))}"
+        else:
+            next_run = "none: no worker declares it" if not s.declared else "never"
+        table.add_row(
+            escape(s.task), escape(s.cron), escape(s.tz), _one_line(args), s.misfire, next_run,
+            _local(s.last_tick, s.tz), _last_job(s),
+        )  # fmt: skip
+    if not found:
+        table.caption = "no schedules: declare them with @app.periodic or app.schedule"
+    out.print(table)
+
+
+def _schedule_row(s: admin.ScheduleStatus) -> dict[str, Any]:
+    return {
+        "id": s.id, "task": s.task, "cron": s.cron, "tz": s.tz, "args": s.args,
+        "misfire": s.misfire, "declared": s.declared, "next_run": s.next_run,
+        "last_tick": s.last_tick, "last_job_id": s.last_job_id,
+        "last_job_status": s.last_job_status, "declared_at": s.declared_at,
+    }  # fmt: skip
+
+
+def _local(moment: datetime | None, tz: str) -> str:
+    """``2026-12-02 03:00 CET`` in the schedule's zone (UTC if this machine lacks it)."""
+    if moment is None:
+        return ""
+    try:
+        moment = moment.astimezone(ZoneInfo(tz))
+    except (ValueError, OSError, LookupError):
+        moment = moment.astimezone(UTC)
+    # Seconds only for the schedules that have them (6 fields).
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z" if moment.second else "%Y-%m-%d %H:%M %Z")
+
+
+def _until(moment: datetime) -> float:
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _last_job(s: admin.ScheduleStatus) -> str:
+    if s.last_job_id is None:
+        return ""
+    return f"{s.last_job_id} {s.last_job_status or '(pruned)'}"
 
 
 @admin_commands.command()

@@ -290,6 +290,54 @@ FROM stale
 WHERE j.id = stale.id
 RETURNING j.id, j.task, j.queue, j.attempts, j.status::text AS status;
 
+-- declare_schedule: a worker's schedule: created at its first declaration (its ticks start then), else marked declared again; returns its id and progress
+-- The last declaration sets misfire. greatest(): a worker whose clock lags does not
+-- move declared_at back.
+INSERT INTO {schema}.schedules AS s (task, cron, tz, args, misfire, ticked_through, declared_at)
+VALUES (%(task)s, %(cron)s, %(tz)s, %(args)s::jsonb, %(misfire)s, %(now)s, %(now)s)
+ON CONFLICT (task, cron, tz, md5(args::text))
+DO UPDATE SET misfire = EXCLUDED.misfire,
+              declared_at = greatest(s.declared_at, EXCLUDED.declared_at)
+RETURNING s.id, s.ticked_through;
+
+-- prune_undeclared_schedules: delete schedules that no worker declared for %(forget_after_seconds)s (removed from the code)
+DELETE FROM {schema}.schedules
+WHERE declared_at < %(now)s::timestamptz - %(forget_after_seconds)s * interval '1 second';
+
+-- read_schedule_progress: the tick a schedule is done through (another worker may have moved it)
+SELECT ticked_through
+FROM {schema}.schedules
+WHERE id = %(schedule_id)s;
+
+-- advance_schedule: move a schedule's ticked_through forward to %(tick)s and, if %(run)s, insert that tick's job, in one statement; no row if another worker got there first (edge: new -> queued)
+-- The row lock serialises the workers racing for one tick: the first moves
+-- ticked_through; the others wait for its commit, then find ticked_through no longer
+-- before the tick (READ COMMITTED re-checks a locked row's WHERE) and make nothing.
+-- Returns the tick before this one (for the log line) and the new job's id.
+WITH claimed AS (
+    SELECT id, task, args, ticked_through AS previous
+    FROM {schema}.schedules
+    WHERE id = %(schedule_id)s
+      AND ticked_through < %(tick)s
+    FOR UPDATE
+), job AS (
+    INSERT INTO {schema}.jobs (task, args, queue, run_at, max_attempts)
+    SELECT task, args, %(queue)s, %(tick)s, %(max_attempts)s
+    FROM claimed
+    WHERE %(run)s
+    RETURNING id, queue
+), advanced AS (
+    UPDATE {schema}.schedules AS s
+    SET ticked_through = %(tick)s,
+        last_tick = CASE WHEN %(run)s THEN %(tick)s ELSE s.last_tick END,
+        last_job_id = CASE WHEN %(run)s THEN (SELECT id FROM job) ELSE s.last_job_id END
+    FROM claimed
+    WHERE s.id = claimed.id
+)
+SELECT claimed.previous, made.id
+FROM claimed
+LEFT JOIN (SELECT job.id FROM job, pg_notify(%(channel)s, job.queue)) AS made ON true;
+
 -- try_migration_lock: serialise concurrent `pgq migrate` runs (session-level, polled)
 SELECT pg_try_advisory_lock(hashtext('pgq.migrate:' || %(schema_name)s));
 
@@ -333,6 +381,12 @@ SELECT status::text AS status_name, count(*) AS jobs
 FROM {schema}.jobs
 GROUP BY status
 ORDER BY status;
+
+-- read_schedule_status: every schedule, its last tick and that job's status (operators' view pgq.schedule_status)
+SELECT id, task, cron, tz, args::text, misfire, ticked_through, last_tick, last_job_id,
+       last_job_status, declared_at
+FROM {schema}.schedule_status
+ORDER BY task, id;
 
 -- list_jobs: newest jobs first, each filter ignored when NULL
 SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
@@ -459,10 +513,14 @@ GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {worker};
 GRANT SELECT ON {schema}.queue_stats TO {worker};
 GRANT SELECT, INSERT, DELETE ON {schema}.queue_stats_snapshot TO {worker};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {worker};
+-- Periodic tasks: declare schedules, make their ticks' jobs (the columns advance_schedule sets).
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.schedules TO {worker};
+GRANT INSERT (task, args, queue, run_at, max_attempts) ON {schema}.jobs TO {worker};
 GRANT EXECUTE ON FUNCTION {schema}.refresh_queue_stats(interval) TO {worker};
 -- Operator: inspect everything, requeue, cancel, retry and prune; enqueue by hand.
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {operator};
 GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs TO {operator};
+GRANT SELECT ON {schema}.schedule_status TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.dead_job_matches({schema}.jobs, text, text, text, timestamptz, timestamptz) TO {operator};

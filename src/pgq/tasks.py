@@ -28,6 +28,7 @@ from pgq.job import (
     TASK_NAME,
 )
 from pgq.retry import DEFAULT_RETRY, Retry
+from pgq.schedule import Misfire, Schedule
 from pgq.signature import HandlerSignature
 
 Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
@@ -129,6 +130,8 @@ class App:
     def __init__(self, *, schema: str | None = None) -> None:
         self.schema = None if schema is None else resolve_schema(schema)
         self.tasks: dict[str, Task] = {}
+        #: Every schedule declared with ``@app.periodic`` or ``app.schedule``.
+        self.schedules: list[Schedule] = []
 
     @overload
     def task(self, handler: Handler) -> Task: ...
@@ -178,6 +181,77 @@ class App:
             return task
 
         return register(handler) if handler is not None else register
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        args: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        misfire: Misfire = "skip",
+        queue: str = DEFAULT_QUEUE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+    ) -> Callable[[Handler], Task]:
+        """Register a task and run it at every tick of ``cron`` in time zone ``tz``.
+
+        ``cron`` has 5 fields (minute hour day-of-month month day-of-week), or 6
+        with seconds first. ``args`` are the args of every job it makes.
+        ``misfire`` says what a worker does with a tick it is more than a minute
+        late for (no worker ran): "skip" it, or "run_latest" (one job, however
+        late). The other options are @app.task's. docs/howto/periodic.md has the rules.
+
+        Example::
+
+            @app.periodic("0 3 * * *", tz="Europe/Berlin")
+            def nightly_report() -> None: ...
+        """
+
+        def register(function: Handler) -> Task:
+            task = self.task(
+                name=name, queue=queue, max_attempts=max_attempts, timeout=timeout, retry=retry
+            )(function)
+            try:
+                self.schedule(task, cron=cron, tz=tz, args=args, misfire=misfire)
+            except ConfigError:
+                del self.tasks[task.name]  # a task half declared would run unscheduled
+                raise
+            return task
+
+        return register
+
+    def schedule(
+        self,
+        task_or_name: Task | str,
+        *,
+        cron: str,
+        tz: str = "UTC",
+        args: Mapping[str, Any] | None = None,
+        misfire: Misfire = "skip",
+    ) -> Schedule:
+        """Add a schedule to a task registered on this app; a task may have several.
+
+        Example::
+
+            app.schedule(sync_account, cron="*/15 * * * *", args={"account": 42})
+        """
+        name = task_or_name.name if isinstance(task_or_name, Task) else task_or_name
+        task = self.tasks.get(name) if isinstance(name, str) else None
+        if task is None:
+            raise ConfigError(
+                f"cannot schedule {shown(name)}: no such task on this app; register it with "
+                "@app.task first, or declare both at once with @app.periodic"
+            )
+        schedule = Schedule.create(task.name, cron, tz=tz, args=args, misfire=misfire)
+        problem = task.signature.problem_with(schedule.decoded_args)
+        if problem is not None:
+            raise ConfigError(f"schedule of task {task.name!r}: {problem}")
+        if any(s.identity == schedule.identity for s in self.schedules):
+            raise ConfigError(f"schedule {schedule.describe()} is declared twice")
+        self.schedules.append(schedule)
+        return schedule
 
     def _check(self, task: Task) -> None:
         if not isinstance(task.name, str) or not TASK_NAME.match(task.name):

@@ -11,13 +11,15 @@ The layers, from the top:
 - ``lease.py``: the leases held, and the heartbeat thread that extends them.
 - ``listen.py``: LISTEN for enqueues, so that idle workers claim at once.
 - ``maintenance.py``: the thread that runs rescue and pruning.
+- ``scheduler.py``: the thread that makes periodic tasks' jobs, one per tick.
 - ``shutdown.py``: signals, the grace period, handing jobs back.
 - ``stats.py``: counts, metrics and log lines of what the worker did.
 - ``database.py``: waiting for the database, the pool and its session settings.
 - ``supervisor.py``: ``pgq work --processes N`` (its children run ``pgq work-child``).
 
 Below them, in pgq/: ``queries.sql`` (every statement), ``connection.py``
-(reconnects and back-off), ``retry.py``, ``rescue.py``, ``retention.py``.
+(reconnects and back-off), ``retry.py``, ``rescue.py``, ``retention.py``,
+``schedule.py``.
 Nothing below imports from here.
 """
 

@@ -28,6 +28,7 @@ from pgq.worker.maintenance import Maintenance
 from pgq.worker.outcome import Outcome
 from pgq.worker.outcome_writer import OutcomeWriter
 from pgq.worker.producer import Producer
+from pgq.worker.scheduler import Scheduler
 from pgq.worker.settings import PRUNE_INTERVAL_SECONDS, WorkerSettings
 from pgq.worker.shutdown import SignalHandler, stop_running
 from pgq.worker.stats import WorkerStats
@@ -123,6 +124,9 @@ class Worker:
             settings, self.leases, self.executor.lease_lost, self.stats.heartbeat_failed
         )
         maintenance = Maintenance.for_worker(settings, self.stats.rescued)
+        threads = [heartbeat, maintenance]
+        if self.app.schedules:
+            threads.append(Scheduler.for_worker(settings, self.app.schedules, self.app.tasks))
         # Bind the metrics port before anything starts: a port in use is a
         # configuration error to report, not a reason to leave threads behind.
         self.stats.serve_metrics(settings, heartbeat, self.executor.executing)
@@ -133,8 +137,8 @@ class Worker:
         )  # fmt: skip
         try:
             await pool.open(wait=False)
-            heartbeat.start()
-            maintenance.start()
+            for thread in threads:
+                thread.start()
             background = [
                 asyncio.create_task(writer.run(), name="pgq-flush"),
                 asyncio.create_task(self.stats.log_summaries(), name="pgq-summary"),
@@ -155,7 +159,7 @@ class Worker:
                 await stop_running(self.executor, writer, grace, *background)
         finally:
             # Last: leases must be extended until every outcome is written.
-            for thread in (heartbeat, maintenance):
+            for thread in threads:
                 if thread.is_alive():
                     thread.stop()
             await pool.close()
