@@ -285,3 +285,17 @@ def workers(tmp_path: Path) -> Iterator[WorkerProcesses]:
     finally:
         procs.kill_all()
         print(procs.logs())  # shown by pytest when the test failed
+
+
+# pgq.testing's pytest plugin, dogfooded: its pgq_conn on a database of this run's own
+# (the plugin's pgq_dsn reads $PGQ_TEST_DSN as a database; here it names the server).
+@pytest.fixture(scope="session")
+def pgq_test_schema() -> str:
+    return "pgq"
+
+
+@pytest.fixture(scope="session")
+def pgq_dsn(databases: Databases) -> Iterator[str]:
+    name = databases.create(template=databases.template)
+    yield databases.dsn(name)
+    databases.drop_later(name)

@@ -36,6 +36,10 @@ LAYERS: list[tuple[str, set[str]]] = [
             "pgq.cli_admin",
             "pgq.cli_shared",
             "pgq.cli_work",
+            "pgq.testing",
+            "pgq.testing.assertions",
+            "pgq.testing.drain",
+            "pgq.testing.plugin",
         },
     ),
 ]

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 import pgq
+import pgq.testing
 from pgq.errors import ConfigError, GiveUp, InvalidJobError, SchemaError, Snooze
 from pgq.retry import DEFAULT_RETRY
 from pgq.tasks import load_app
@@ -220,8 +221,7 @@ def by_position(url: str, /) -> None:
 
 
 def jobs_of(conn: Conn, task: str) -> list[Any]:
-    rows = conn.execute("SELECT args FROM pgq.jobs WHERE task = %s ORDER BY id", [task])
-    return [row[0] for row in rows]
+    return [job.args for job in pgq.testing.enqueued_jobs(conn, task)]
 
 
 MISMATCHES = {

@@ -534,3 +534,12 @@ GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
 -- Functions that later migrations add are not executable by everyone either.
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
+
+-- find_enqueued_jobs: queued jobs matching every filter given (NULL: any), oldest first; args by JSON containment (pgq.testing)
+SELECT id
+FROM {schema}.jobs
+WHERE status = 'queued'
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
+ORDER BY id;

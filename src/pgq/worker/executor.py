@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pgq.errors import GiveUp, Snooze
 from pgq.job import ClaimedJob
 from pgq.logs import plural
 from pgq.retry import DEFAULT_RETRY
@@ -47,6 +46,21 @@ log = logging.getLogger("pgq.worker")
 SHED_AFTER_SECONDS = 1.0
 #: How often the longest running handler is looked for (it shrinks the prefetch).
 REVIEW_SECONDS = 0.05
+
+
+def handler_kwargs(job: ClaimedJob, task: Task, worker: str) -> dict[str, Any] | Outcome:
+    """The keyword arguments ``task``'s handler gets for ``job``, or the job's outcome if
+    its args cannot bind (dead now: retrying cannot help)."""
+    # The same rule refused such args at enqueue, unless the job came by name or by SQL.
+    if (problem := task.signature.problem_with(job.args)) is not None:
+        return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
+    if not task.signature.takes_context:
+        return job.args
+    context = JobContext(
+        job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+        max_attempts=job.max_attempts, worker=worker, enqueued_at=job.created_at,
+    )  # fmt: skip
+    return {**job.args, CONTEXT_PARAMETER: context}
 
 
 class HandlerTimeout(TimeoutError):
@@ -135,17 +149,10 @@ class Executor:
         """Run ``job``'s handler when a slot is free; its lease is held until its outcome."""
         task = self.tasks[job.task]
         self.leases.hold(job)
-        # Args that cannot bind will never work: dead now, no retry. The same rule
-        # refused them at enqueue, unless the job came by name or by SQL.
-        if (problem := task.signature.problem_with(job.args)) is not None:
-            run = RunningJob(job, task, job.args, time.monotonic(), decided=True)
-            self._record(
-                run, outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
-            )
+        kwargs = handler_kwargs(job, task, self.worker_name)
+        if isinstance(kwargs, Outcome):
+            self._record(RunningJob(job, task, job.args, time.monotonic(), decided=True), kwargs)
             return
-        kwargs: dict[str, Any] = job.args
-        if task.signature.takes_context:
-            kwargs = {**job.args, CONTEXT_PARAMETER: self._context(job)}
         run = RunningJob(job, task, kwargs, time.monotonic())
         self.running[job.lease_token] = run
         self._idle.clear()
@@ -196,29 +203,9 @@ class Executor:
             log.exception("job %s: could not queue its outcome; rescue will return it", run.job.id)
             self.leases.release([run.job.lease_token])
 
-    def _context(self, job: ClaimedJob) -> JobContext:
-        return JobContext(
-            job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
-            max_attempts=job.max_attempts, worker=self.worker_name, enqueued_at=job.created_at,
-        )  # fmt: skip
-
     def _decide(self, run: RunningJob, error: BaseException | None) -> Outcome:
         """The outcome of a handler that returned (``error`` None) or raised ``error``."""
-        job, task = run.job, run.task
-        try:
-            if error is None:
-                return outcomes.succeeded(job)
-            if isinstance(error, Snooze):
-                return outcomes.snoozed(job, error.seconds)
-            if isinstance(error, GiveUp):
-                return outcomes.gave_up(job, error.reason)
-            return outcomes.failed(job, error, task.retry)
-        except Exception as problem:  # deciding the outcome itself failed: never strand the job
-            log.exception("job %s (%s): could not decide its outcome", job.id, job.task)
-            why = outcomes.describe_error(problem)
-            return outcomes.failed(
-                job, RuntimeError(f"pgq could not decide this job's outcome: {why}"), DEFAULT_RETRY
-            )
+        return outcomes.decided(run.job, error, run.task.retry)
 
     # -- async handlers --------------------------------------------------------
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 
+from pgq.errors import GiveUp, Snooze
 from pgq.job import ClaimedJob, JobStatus
-from pgq.retry import Retry, retry_delay
+from pgq.retry import DEFAULT_RETRY, Retry, retry_delay
 
 MAX_ERROR_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 20_000
@@ -110,3 +111,24 @@ def snoozed(job: ClaimedJob, seconds: float) -> Outcome:
 def handed_back(job: ClaimedJob) -> Outcome:
     """The worker is shutting down: queued again at once, the attempt given back."""
     return Outcome(job, JobStatus.QUEUED, "handed_back", delay_seconds=0.0, refund_attempt=True)
+
+
+def decided(job: ClaimedJob, error: BaseException | None, policy: Retry) -> Outcome:
+    """The outcome of a handler that returned (``error`` None) or raised ``error``.
+
+    Never raises: if deciding fails (an exception that breaks formatting), the
+    job still gets a plain failure rather than stay running.
+    """
+    try:
+        if error is None:
+            return succeeded(job)
+        if isinstance(error, Snooze):
+            return snoozed(job, error.seconds)
+        if isinstance(error, GiveUp):
+            return gave_up(job, error.reason)
+        return failed(job, error, policy)
+    except Exception as problem:
+        why = describe_error(problem)
+        return failed(
+            job, RuntimeError(f"pgq could not decide this job's outcome: {why}"), DEFAULT_RETRY
+        )

@@ -142,19 +142,9 @@ class OutcomeWriter:
 
     async def _write(self, batch: list[Outcome]) -> None:
         """Write outcomes in fenced batch statements; log those the fence refused."""
-        # Successes, nearly every outcome under load, take a statement with two
-        # parameters; the rest (retries, dead, snoozes, hand-backs) the full one.
-        successes = [o for o in batch if o.status is JobStatus.SUCCEEDED]
-        others = [o for o in batch if o.status is not JobStatus.SUCCEEDED]
-        statements: list[tuple[sql.SQL, dict[str, Any]]] = []
-        if successes:
-            statements.append((query("finish_succeeded_jobs", self.schema), _fence(successes)))
-        if others:
-            params = {**_fence(others), **_details(others)}
-            statements.append((query("finish_jobs", self.schema), params))
         applied: set[int] = set()
         async with self.pool.connection() as conn:
-            for statement, params in statements:
+            for statement, params in finish_statements(batch, self.schema):
                 cursor = await conn.execute(statement, params)
                 applied.update(row[0] for row in await cursor.fetchall())
         self.release([o.job.lease_token for o in batch])
@@ -167,6 +157,20 @@ class OutcomeWriter:
                     "job %s: result discarded, this worker no longer holds its lease "
                     "(it was rescued or finished elsewhere)", o.job.id,
                 )  # fmt: skip
+
+
+def finish_statements(batch: list[Outcome], schema: str) -> list[tuple[sql.SQL, dict[str, Any]]]:
+    """The fenced statements that store ``batch``; each returns the ids it changed."""
+    # Successes, nearly every outcome under load, take a statement with two
+    # parameters; the rest (retries, dead, snoozes, hand-backs) the full one.
+    successes = [o for o in batch if o.status is JobStatus.SUCCEEDED]
+    others = [o for o in batch if o.status is not JobStatus.SUCCEEDED]
+    statements: list[tuple[sql.SQL, dict[str, Any]]] = []
+    if successes:
+        statements.append((query("finish_succeeded_jobs", schema), _fence(successes)))
+    if others:
+        statements.append((query("finish_jobs", schema), {**_fence(others), **_details(others)}))
+    return statements
 
 
 def _fence(batch: list[Outcome]) -> dict[str, str]:

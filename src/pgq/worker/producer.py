@@ -37,7 +37,7 @@ from pgq.worker.stats import WorkerStats
 log = logging.getLogger("pgq.worker")
 
 
-def _claimed(row: tuple[Any, ...]) -> tuple[ClaimedJob, str | None]:
+def claimed_job(row: tuple[Any, ...]) -> tuple[ClaimedJob, str | None]:
     """A claim_jobs row as a ClaimedJob, and why it cannot run (None: it can).
 
     Args arrive as JSON text (see claim_jobs). Text that Python cannot decode (a
@@ -263,7 +263,7 @@ class Producer:
     ) -> int:
         """Run one claim statement and start its jobs; how many it claimed."""
         cursor = await conn.execute(claim, params)
-        claimed = [_claimed(row) for row in await cursor.fetchall()]
+        claimed = [claimed_job(row) for row in await cursor.fetchall()]
         self.stats.claimed([job for job, _ in claimed])
         for job, problem in claimed:
             if problem is None:
