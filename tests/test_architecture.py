@@ -17,7 +17,14 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("settings and policy", {"pgq.config", "pgq.retry", "pgq.signature", "pgq.logs"}),
     (
         "SQL and connections",
-        {"pgq.queries", "pgq.connection", "pgq.metrics", "pgq.migrate"},
+        {
+            "pgq.queries",
+            "pgq.connection",
+            "pgq.metrics",
+            "pgq.migrate",
+            "pgq.contrib",
+            "pgq.contrib.sqlalchemy",
+        },
     ),
     (
         "operations on jobs",

@@ -56,6 +56,9 @@ SKIPPED = {
     ("README.md", "python3 -m venv .venv"): "serves until stopped: test_docs_site builds the site",
     ("docs/quickstart.md", "cd pgq"): "the install: the suite itself runs inside it",
     ("docs/howto/deployment.md", "docker compose up"): "no Docker engine: tests/test_compose.py",
+    ("docs/howto/sqlalchemy.md", 'pip install "pgq-jobs[sqlalchemy]"'): (
+        "installs from PyPI: the suite's venv has the extra (dev includes it)"
+    ),
     ("docs/howto/pgbouncer.md", "PGQ_DSN='postgresql://app@pgbouncer:6432/app' pgq work"): (
         "needs a PgBouncer: tests/test_pgbouncer.py runs the same worker"
     ),

@@ -27,6 +27,12 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema, wakeup_channel
+from pgq.contrib.sqlalchemy import (
+    AsyncConnection,
+    SyncConnection,
+    psycopg_async_connection,
+    psycopg_connection,
+)
 from pgq.errors import InvalidJobError, SchemaError, shown
 from pgq.job import (
     DEFAULT_MAX_ATTEMPTS,
@@ -424,7 +430,7 @@ def _result(row: tuple[Any, ...] | None) -> EnqueueResult:
 
 
 def enqueue(
-    conn: psycopg.Connection[Any],
+    conn: SyncConnection,
     task: str | TaskDefaults,
     args: Mapping[str, Any] | None = None,
     *,
@@ -446,12 +452,12 @@ def enqueue(
     """
     statement, params = _plan_enqueue(task, args, options, schema, "enqueue")
     # A cursor of our own: the caller's connection may use dict_row or another factory.
-    with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
+    with _schema_errors(schema), psycopg_connection(conn).cursor(row_factory=tuple_row) as cursor:
         return _result(cursor.execute(statement, params).fetchone())
 
 
 async def enqueue_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: AsyncConnection,
     task: str | TaskDefaults,
     args: Mapping[str, Any] | None = None,
     *,
@@ -460,8 +466,9 @@ async def enqueue_async(
 ) -> EnqueueResult:
     """``enqueue`` for an ``AsyncConnection``: same arguments, same contract."""
     statement, params = _plan_enqueue(task, args, options, schema, "enqueue_async")
+    aconn = await psycopg_async_connection(conn)
     with _schema_errors(schema):
-        async with conn.cursor(row_factory=tuple_row) as cursor:
+        async with aconn.cursor(row_factory=tuple_row) as cursor:
             await cursor.execute(statement, params)
             return _result(await cursor.fetchone())
 
@@ -559,7 +566,7 @@ def _straight_row(job: PlannedJob) -> tuple[str, str, str, int, int]:
 
 @overload
 def enqueue_many(
-    conn: psycopg.Connection[Any],
+    conn: SyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
@@ -567,7 +574,7 @@ def enqueue_many(
 ) -> list[int]: ...
 @overload
 def enqueue_many(
-    conn: psycopg.Connection[Any],
+    conn: SyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
@@ -575,14 +582,14 @@ def enqueue_many(
 ) -> int: ...
 @overload
 def enqueue_many(
-    conn: psycopg.Connection[Any],
+    conn: SyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
     return_ids: bool,
 ) -> list[int] | int: ...
 def enqueue_many(
-    conn: psycopg.Connection[Any],
+    conn: SyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
@@ -611,11 +618,12 @@ def enqueue_many(
             pgq.enqueue_many(conn, (pgq.JobSpec("resize", {"id": i}) for i in ids))
     """
     bulk = _BulkEnqueue(jobs, schema, return_ids)
-    before, inside = bulk.staging(conn.autocommit)
-    with _schema_errors(schema), conn.cursor(row_factory=tuple_row) as cursor:
+    pconn = psycopg_connection(conn)
+    before, inside = bulk.staging(pconn.autocommit)
+    with _schema_errors(schema), pconn.cursor(row_factory=tuple_row) as cursor:
         if before is not None:
             cursor.execute(before)
-        with conn.transaction():
+        with pconn.transaction():
             if inside is not None:
                 cursor.execute(inside)
             for chunk in bulk.chunks():
@@ -632,7 +640,7 @@ def enqueue_many(
 
 @overload
 async def enqueue_many_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: AsyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
@@ -640,7 +648,7 @@ async def enqueue_many_async(
 ) -> list[int]: ...
 @overload
 async def enqueue_many_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: AsyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
@@ -648,14 +656,14 @@ async def enqueue_many_async(
 ) -> int: ...
 @overload
 async def enqueue_many_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: AsyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
     return_ids: bool,
 ) -> list[int] | int: ...
 async def enqueue_many_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: AsyncConnection,
     jobs: Iterable[JobSpec],
     *,
     schema: str | None = None,
@@ -663,12 +671,13 @@ async def enqueue_many_async(
 ) -> list[int] | int:
     """``enqueue_many`` for an ``AsyncConnection``: the same steps, awaited."""
     bulk = _BulkEnqueue(jobs, schema, return_ids)
-    before, inside = bulk.staging(conn.autocommit)
+    aconn = await psycopg_async_connection(conn)
+    before, inside = bulk.staging(aconn.autocommit)
     with _schema_errors(schema):
-        async with conn.cursor(row_factory=tuple_row) as cursor:
+        async with aconn.cursor(row_factory=tuple_row) as cursor:
             if before is not None:
                 await cursor.execute(before)
-            async with conn.transaction():
+            async with aconn.transaction():
                 if inside is not None:
                     await cursor.execute(inside)
                 for chunk in bulk.chunks():

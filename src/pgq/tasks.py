@@ -14,9 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn, Unpack, overload
 
-import psycopg
-
 from pgq.config import resolve_schema
+from pgq.contrib.sqlalchemy import AsyncConnection, SyncConnection
 from pgq.enqueue import EnqueueOptions, EnqueueResult, enqueue, enqueue_async
 from pgq.errors import ConfigError, GiveUp, Snooze, shown
 from pgq.job import (
@@ -92,7 +91,7 @@ class Task:
 
     def enqueue(
         self,
-        conn: psycopg.Connection[Any],
+        conn: SyncConnection,
         args: Mapping[str, Any] | None = None,
         *,
         schema: str | None = None,
@@ -103,7 +102,7 @@ class Task:
 
     async def enqueue_async(
         self,
-        conn: psycopg.AsyncConnection[Any],
+        conn: AsyncConnection,
         args: Mapping[str, Any] | None = None,
         *,
         schema: str | None = None,

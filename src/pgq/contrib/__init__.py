@@ -1,0 +1,1 @@
+"""pgq in other libraries' idioms: SQLAlchemy sessions (``sqlalchemy``)."""
