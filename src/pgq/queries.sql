@@ -459,9 +459,9 @@ FROM {schema}.jobs
 GROUP BY status
 ORDER BY status;
 
--- list_jobs: newest jobs first, each filter ignored when NULL; a max_attempts left to the task shows the task's
+-- list_jobs: newest jobs first, each filter ignored when NULL; a max_attempts left to the task shows the task's registered one (NULL: none yet)
 SELECT id, queue, task, status::text, priority, attempts,
-       coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task), 5),
+       coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task)),
        run_at, created_at,
        started_at, finished_at, locked_by, last_error
 FROM {schema}.jobs
@@ -474,7 +474,7 @@ LIMIT %(limit)s;
 
 -- get_job: one job with everything pgq keeps about it; args as text (pgq.admin decodes them, and copes with args Python cannot decode)
 SELECT id, queue, task, status::text, priority, attempts,
-       coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task), 5),
+       coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task)),
        run_at, created_at,
        started_at, finished_at, locked_by, last_error, args::text, errors, locked_until, dedupe_key
 FROM {schema}.jobs
