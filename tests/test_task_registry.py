@@ -16,9 +16,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from tests.apps.registry_app import always_fails
 
 import pgq
+from apps.registry_app import always_fails
 from pgq.metrics import QueueStatsCollector
 from pgq.tasks import App
 from pgq.worker.registration import Registration

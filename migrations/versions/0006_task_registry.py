@@ -58,6 +58,11 @@ CREATE TABLE {schema}.tasks (
 COMMENT ON TABLE {schema}.tasks IS
     'pgq task registry. Private: read the view task_defaults; columns may change.';
 
+-- Every enqueue that leaves queue or priority out reads them, whatever role runs it
+-- (an application's role may hold table grants on jobs only): the defaults, not
+-- who registered them, are readable by anyone with USAGE on the schema.
+GRANT SELECT (name, queue, priority) ON {schema}.tasks TO PUBLIC;
+
 CREATE VIEW {schema}.task_defaults AS
 SELECT name AS task, queue, priority, max_attempts, timeout_seconds,
        retry_base_seconds, retry_cap_seconds, registered_by, registered_at
@@ -189,12 +194,11 @@ END
 $$;
 
 -- Roles set up by `pgq roles` before this revision keep working: whoever may
--- enqueue may read the defaults and mark what it left to them; workers keep
--- the registry; operators read it. A later `pgq roles` grants the same.
+-- enqueue may mark what it left to the task; workers keep the registry;
+-- operators read it. A later `pgq roles` grants the same.
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{schema}_producer') THEN
-        GRANT SELECT ON {schema}.tasks TO {schema}_producer;
         GRANT INSERT (queue_from_task, priority_from_task) ON {schema}.jobs TO {schema}_producer;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{schema}_worker') THEN

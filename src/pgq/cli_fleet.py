@@ -20,10 +20,11 @@ fleet_commands = Commands()
 
 @fleet_commands.command()
 def tasks(dsn: DsnOption = None, schema: SchemaOption = None, as_json: JsonOption = False) -> None:
-    """List the task registry: each task's defaults, as its latest started worker declared them.
+    """List each task's registered defaults: queue, priority, attempts.
 
-    A job enqueued without a queue, priority or max_attempts of its own gets
-    these, whether it came from Task.enqueue, pgq.enqueue by name, or SQL.
+    Each task's latest started worker registered them. A job enqueued without
+    a queue, priority or max_attempts of its own gets these, whether it came
+    from Task.enqueue, pgq.enqueue by name, or SQL.
     """
     with database(dsn, schema) as (conn, schema_name):
         found = admin.registered_tasks(conn, schema=schema_name)
@@ -50,9 +51,10 @@ def tasks(dsn: DsnOption = None, schema: SchemaOption = None, as_json: JsonOptio
 def workers(
     dsn: DsnOption = None, schema: SchemaOption = None, as_json: JsonOption = False
 ) -> None:
-    """List the live workers: host, pid, version, queues, tasks, jobs running, last seen.
+    """List the live workers and what each one serves and runs.
 
-    A worker that stops cleanly leaves the list at once; one that vanished
+    Host, pid, pgq version, queues, tasks, jobs running, started, last seen. A
+    worker that stops cleanly leaves the list at once; one that vanished
     (killed, cut off) leaves it when its lease runs out.
     """
     with database(dsn, schema) as (conn, schema_name):

@@ -13,10 +13,10 @@ SELECT id, created
 FROM {schema}.enqueue(
     task => %(task)s,
     args => %(args)s::jsonb,
-    queue => coalesce(%(queue)s, CASE WHEN NOT EXISTS (
-        SELECT FROM {schema}.tasks WHERE name = %(task)s) THEN %(declared_queue)s END),
-    priority => coalesce(%(priority)s, CASE WHEN NOT EXISTS (
-        SELECT FROM {schema}.tasks WHERE name = %(task)s) THEN %(declared_priority)s END),
+    queue => coalesce(%(queue)s::text, CASE WHEN NOT EXISTS (
+        SELECT FROM {schema}.tasks WHERE name = %(task)s) THEN %(declared_queue)s::text END),
+    priority => coalesce(%(priority)s::integer, CASE WHEN NOT EXISTS (
+        SELECT FROM {schema}.tasks WHERE name = %(task)s) THEN %(declared_priority)s::integer END),
     run_at => {schema}.resolve_run_at(%(run_at)s, %(delay_seconds)s),
     max_attempts => %(max_attempts)s,
     dedupe_key => %(dedupe_key)s
@@ -261,7 +261,9 @@ RETURNING j.id;
 -- find_stale_jobs: up to %(limit)s running jobs whose lease expired, oldest expiry first, with their task's registered retry policy; read without a lock (rescue_jobs checks each one again under its lock)
 -- pgq.rescue decides each one's fate (retry after a backoff, or dead) with the
 -- same policy as a handler's failure (pgq.retry), then writes it with rescue_jobs.
-SELECT j.id, j.attempts, j.max_attempts, t.retry_base_seconds, t.retry_cap_seconds
+-- A claim always resolves max_attempts; a row set running by hand may not have: the task's, else 5.
+SELECT j.id, j.attempts, coalesce(j.max_attempts, t.max_attempts, 5),
+       t.retry_base_seconds, t.retry_cap_seconds
 FROM {schema}.jobs AS j
 LEFT JOIN {schema}.tasks AS t ON t.name = j.task
 WHERE j.status = 'running'
@@ -285,12 +287,12 @@ WITH decided AS (
     ) AS decided(id, attempts, max_attempts, delay_seconds)
 ),
 stale AS MATERIALIZED (
-    SELECT j.id, decided.delay_seconds
+    SELECT j.id, decided.delay_seconds, decided.max_attempts
     FROM {schema}.jobs AS j
     JOIN decided
       ON decided.id = j.id
      AND decided.attempts = j.attempts
-     AND decided.max_attempts = j.max_attempts
+     AND decided.max_attempts = coalesce(j.max_attempts, decided.max_attempts)
     WHERE j.status = 'running'
       AND j.locked_until < now()
     ORDER BY j.id
@@ -300,6 +302,7 @@ UPDATE {schema}.jobs AS j
 SET status = CASE WHEN stale.delay_seconds IS NULL THEN 'dead' ELSE 'queued' END::{schema}.job_status,
     run_at = coalesce(now() + stale.delay_seconds * interval '1 second', j.run_at),
     finished_at = CASE WHEN stale.delay_seconds IS NULL THEN now() END,
+    max_attempts = stale.max_attempts,
     locked_until = NULL,
     locked_by = NULL,
     last_error = 'worker lost: ' || coalesce(j.locked_by, 'unknown worker')
@@ -582,8 +585,7 @@ GRANT EXECUTE ON FUNCTION {schema}.run_at_in_range(timestamptz) TO {producer}, {
 -- Only the columns enqueue sets: no chosen id, status, lease or history.
 GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task)
     ON {schema}.jobs TO {producer};
--- The task defaults an enqueue that leaves an option out reads.
-GRANT SELECT ON {schema}.tasks TO {producer};
+-- The task defaults an enqueue reads are readable by PUBLIC (migrations/0006).
 GRANT SELECT (id, queue, status, dedupe_key) ON {schema}.jobs TO {producer};
 -- Worker: claim, heartbeat, finish, rescue and prune jobs; refresh the metrics snapshot.
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {worker};

@@ -25,8 +25,7 @@ from typing import Any
 
 import psycopg
 
-import pgq
-from pgq.config import wakeup_channel
+from pgq.config import installed_version, wakeup_channel
 from pgq.queries import query
 from pgq.tasks import Task
 from pgq.worker.settings import WorkerSettings
@@ -127,7 +126,7 @@ class Registration:
     def _row(self, *, running: int) -> dict[str, Any]:
         return {
             "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-            "version": pgq.__version__, "queues": self.queues,
+            "version": installed_version(), "queues": self.queues,
             "tasks": [task.name for task in self.tasks], "concurrency": self.concurrency,
             "running": running, "lease_seconds": self.lease_seconds,
         }  # fmt: skip
