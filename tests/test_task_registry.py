@@ -87,7 +87,7 @@ def test_task_defaults_apply_to_every_enqueue_route_with_or_without_a_worker_run
     if not worker_first:
         workers.start(dsn, "--queues", "fragile", *LEASE, app=APP)
 
-    wait_until(lambda: finished(dsn, ids), 60, "all three jobs dead")
+    wait_until(lambda: bool(finished(dsn, ids)), 60, "all three jobs dead")
     # The task's queue and priority, and 3 attempts, not 5, for every route.
     assert finished(dsn, ids) == [("fragile", 7, 3, 3)] * 3
 
@@ -100,7 +100,7 @@ def test_values_chosen_at_enqueue_win_over_the_tasks_defaults(
 
     ids = enqueue_three_ways(dsn, queue="other", priority=0, max_attempts=1)
 
-    wait_until(lambda: finished(dsn, ids), 60, "all three jobs dead")
+    wait_until(lambda: bool(finished(dsn, ids)), 60, "all three jobs dead")
     assert finished(dsn, ids) == [("other", 0, 1, 1)] * 3
 
 

@@ -137,6 +137,7 @@ def stats(
         dead = {d.queue: d for d in admin.dead_job_counts(conn, schema=schema_name)}
         counts = admin.job_counts(conn, schema=schema_name) if all_statuses else []
         unserved = admin.unserved_jobs(conn, schema=schema_name)
+        workers_alive = bool(admin.live_workers(conn, schema=schema_name))
     rows = [_queue_row(name, live.get(name), dead.get(name)) for name in sorted(live | dead)]
     if as_json:
         _print_json({
@@ -159,8 +160,10 @@ def stats(
     if not rows:
         table.caption = "no queued, running or dead jobs"
     out.print(table)
-    if unserved:
+    if unserved and workers_alive:
         out.print(_unserved_table(unserved))
+    elif unserved:
+        out.print("no live worker: every queued job waits for one (pgq work APP)", highlight=False)
     if all_statuses:
         by_status = Table(title="all jobs by queue and status")
         for column in ("queue", *(s.value for s in JobStatus)):

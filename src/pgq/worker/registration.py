@@ -44,10 +44,11 @@ _DECLARED = (
 
 
 def declared_defaults(task: Task) -> tuple[Any, ...]:
-    """A task's defaults in the order of _DECLARED."""
+    """A task's defaults in the order of _DECLARED (seconds as floats: one array type each)."""
+    timeout = None if task.timeout_seconds is None else float(task.timeout_seconds)
     return (
-        task.queue, task.priority, task.max_attempts, task.timeout_seconds,
-        task.retry.base_seconds, task.retry.cap_seconds,
+        task.queue, task.priority, task.max_attempts, timeout,
+        float(task.retry.base_seconds), float(task.retry.cap_seconds),
     )  # fmt: skip
 
 
