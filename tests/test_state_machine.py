@@ -644,7 +644,7 @@ class JobStateMachine(RuleBasedStateMachine):
             (job_id, attempts, most, retry_delay(attempts, most, policy))
             for job_id, attempts, most, *_registered_policy in stale
         ]
-        assert {job_id for job_id, _, _ in stale} == self.expired_running()
+        assert {row[0] for row in stale} == self.expired_running()
 
     def slow_rescuer_writes(self, worker: str) -> None:
         """rescue_jobs with the decisions made at the read: a job whose lease was extended,

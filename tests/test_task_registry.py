@@ -20,8 +20,10 @@ import pytest
 import pgq
 from apps.registry_app import always_fails
 from pgq.metrics import QueueStatsCollector
+from pgq.rescue import rescue_stale_jobs
 from pgq.tasks import App
 from pgq.worker.registration import Registration
+from seeding import seed_job
 from worker_helpers import REPO_ROOT, WorkerProcesses, scalar, stop, wait_until
 
 APP = "tests.apps.registry_app:app"
@@ -243,3 +245,27 @@ def test_pgq_tasks_lists_the_registry(dsn: str, workers: WorkerProcesses) -> Non
     assert found["always_fails"]["max_attempts"] == 3
     assert found["noop"]["registered_by"].split(":")[1] == str(worker.pid)
     worker.signal(signal.SIGTERM)
+
+
+def test_rescue_waits_as_the_tasks_registered_retry_policy_says_though_its_worker_is_gone(
+    dsn: str,
+) -> None:
+    slow_app = App()
+
+    @slow_app.task(name="slow_backoff", retry=pgq.Retry(base_seconds=1000, cap_seconds=2000))
+    def slow_backoff() -> None: ...
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register(conn, slow_app, "worker-that-knows-it")
+        registered = seed_job(conn, "running", task="slow_backoff", lease_in=-60, attempts=1)
+        unknown = seed_job(conn, "running", task="nobody_registered", lease_in=-60, attempts=1)
+
+        rescued = rescue_stale_jobs(conn, "pgq")  # by a worker without either task
+
+        waits: dict[int, Any] = dict(
+            conn.execute("SELECT id, extract(epoch FROM run_at - now()) FROM pgq.jobs").fetchall()
+        )
+    assert {job.id for job in rescued} == {registered, unknown}
+    # Attempt 1 failed: half to all of the base. 500-1000 s registered; 0.5-1 s by default.
+    assert 490 <= float(waits[registered]) <= 1000
+    assert float(waits[unknown]) <= 1
