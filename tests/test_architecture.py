@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "pgq.demo",
             "pgq.cli",
             "pgq.cli_admin",
+            "pgq.cli_fleet",
             "pgq.cli_shared",
             "pgq.cli_work",
             "pgq.testing",

@@ -163,7 +163,7 @@ def test_stats_json_has_queues_and_with_all_counts(dsn: str, db: Conn) -> None:
     plain = json.loads(ok(pgq_cli("stats", "--json", "--dsn", dsn)))
     everything = json.loads(ok(pgq_cli("stats", "--json", "--all", "--dsn", dsn)))
 
-    assert set(plain) == {"queues", "counts"} and plain["counts"] == []
+    assert set(plain) == {"queues", "counts", "unserved"} and plain["counts"] == []
     (queue,) = plain["queues"]
     assert set(queue) == {
         "queue", "due", "scheduled", "running", "lease_expired", "lag_seconds", "dead",
@@ -723,7 +723,11 @@ def test_stats_json_from_a_real_process(dsn: str, db: Conn) -> None:
     result = run_pgq("stats", "--json", "--dsn", dsn)
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    shown = json.loads(result.stdout)
+    # No worker runs: the job is unserved too.
+    unserved = [(u["queue"], u["due"], u["scheduled"]) for u in shown.pop("unserved")]
+    assert unserved == [("emails", 0, 1)]
+    assert shown == {
         "queues": [{"queue": "emails", "due": 0, "scheduled": 1, "running": 0,
                     "lease_expired": 0, "lag_seconds": 0.0, "dead": 0, "last_died_at": None}],
         "counts": [],

@@ -14,8 +14,18 @@ import pytest
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "cli.md"
 COMMANDS = ["migrate", "roles", "bench", "demo", "work", "stats", "schedules", "jobs", "job",
-            "requeue", "cancel", "prune"]  # fmt: skip
-ADMIN_COMMANDS = {"stats", "schedules", "jobs", "job", "requeue", "cancel", "prune"}
+            "requeue", "cancel", "prune", "tasks", "workers"]  # fmt: skip
+ADMIN_COMMANDS = {
+    "stats",
+    "schedules",
+    "jobs",
+    "job",
+    "requeue",
+    "cancel",
+    "prune",
+    "tasks",
+    "workers",
+}
 ADMIN_COMMON = {"--dsn", "--schema"}
 HELP_BLOCK = re.compile(r"^```\n(?P<body>pgq .*?)^```\n", re.MULTILINE | re.DOTALL)
 SECTION = re.compile(r"^#+ `pgq (?P<command>\w[\w-]*)`\n(?P<body>.*?)(?=^#+ |\Z)", re.M | re.S)

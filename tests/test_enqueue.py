@@ -116,7 +116,7 @@ def test_enqueue_defaults_to_the_default_queue_and_runs_now(conn: Conn) -> None:
     assert job["queue"] == "default"
     assert job["args"] == {}
     assert job["priority"] == 0
-    assert job["max_attempts"] == 5
+    assert job["max_attempts"] is None  # the task's, resolved by the first claim
     assert job["run_at"] == job["created_at"]
 
 
@@ -319,7 +319,8 @@ def test_enqueue_many_without_ids_counts_what_it_created_across_straight_and_sta
         "FROM pgq.jobs WHERE task = 'resize'"
     ).fetchall()
     assert sorted(int(row[0]) for row in stored) == list(range(len(plain)))
-    assert {row[1:] for row in stored} == {("images", 0, 5, "queued", True)}
+    # max_attempts left to the task: the first claim reads the registered one.
+    assert {row[1:] for row in stored} == {("images", 0, None, "queued", True)}
     later = conn.execute("SELECT run_at - created_at FROM pgq.jobs WHERE task = 'later'").fetchone()
     assert later == (timedelta(seconds=60),)
     assert sorted(wakeups(listener, expected=2)) == ["default", "images"]
@@ -649,23 +650,24 @@ app = pgq.App()
 def build_report(n: int = 0) -> None: ...
 
 
-def test_plan_job_validates_and_resolves_defaults_without_a_database() -> None:
+def test_plan_job_validates_and_leaves_unchosen_options_to_the_task_without_a_database() -> None:
     planned = plan_job("resize", {"id": 7}, {"delay": timedelta(minutes=2), "priority": 4})
 
     assert planned == PlannedJob(
-        task="resize", args_json='{"id":7}', queue="default", priority=4, run_at=None,
-        delay_seconds=120.0, max_attempts=5, dedupe_key=None,
+        task="resize", args_json='{"id":7}', queue=None, priority=4, run_at=None,
+        delay_seconds=120.0, max_attempts=None, dedupe_key=None, declared_queue="default",
+        declared_priority=0,
     )  # fmt: skip
 
 
-def test_plan_job_takes_a_tasks_queue_and_max_attempts_unless_the_options_say_otherwise() -> None:
+def test_plan_job_falls_back_on_a_tasks_own_queue_unless_the_options_say_otherwise() -> None:
     from_task = plan_job(build_report, None, {})
     overridden = plan_job(build_report, None, {"queue": "urgent", "max_attempts": 1})
 
-    assert (from_task.task, from_task.queue, from_task.max_attempts) == (
+    assert (from_task.task, from_task.queue, from_task.declared_queue) == (
         "build_report",
+        None,
         "reports",
-        7,
     )
     assert (overridden.queue, overridden.max_attempts) == ("urgent", 1)
     with pytest.raises(InvalidJobError, match="max_attempts must be between 1"):
@@ -834,30 +836,36 @@ def test_task_enqueue_uses_the_tasks_defaults_unless_told_otherwise(dsn: str) ->
             [ids],
         ).fetchall()
 
+    # The task's own queue while no worker registered it; its max_attempts is
+    # read from the registry by the first claim (test_task_registry.py).
     assert rows == [
-        ("build_report", "1", "reports", 7, 0),
+        ("build_report", "1", "reports", None, 0),
         ("build_report", "2", "reports", 1, 5),
-        ("build_report", "3", "reports", 7, 0),
-        ("build_report", "4", "urgent", 7, 0),
+        ("build_report", "3", "reports", None, 0),
+        ("build_report", "4", "urgent", None, 0),
     ]
 
 
 WHEN = datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)
 # (job, the row it must become: args, queue, priority, max_attempts, dedupe_key, run_at)
-# run_at: a datetime, or the seconds after created_at.
+# run_at: a datetime, or the seconds after created_at. max_attempts None: the task's,
+# read by the first claim.
 SPEC_ROWS: dict[str, tuple[JobSpec, tuple[Any, ...]]] = {
     "queue, priority, max_attempts": (
         JobSpec("a", {"x": 1}, queue="q1", priority=3, max_attempts=2),
         ({"x": 1}, "q1", 3, 2, None, 0),
     ),
-    "the task's defaults": (JobSpec(build_report, {"n": 1}), ({"n": 1}, "reports", 0, 7, None, 0)),
+    "the task's defaults": (
+        JobSpec(build_report, {"n": 1}),
+        ({"n": 1}, "reports", 0, None, None, 0),
+    ),
     "the task's defaults overridden": (
         JobSpec(build_report, {"n": 2}, queue="urgent", max_attempts=1),
         ({"n": 2}, "urgent", 0, 1, None, 0),
     ),
-    "run_at": (JobSpec("b", run_at=WHEN), ({}, "default", 0, 5, None, WHEN)),
-    "delay": (JobSpec("c", delay=timedelta(seconds=90)), ({}, "default", 0, 5, None, 90)),
-    "dedupe_key": (JobSpec("d", dedupe_key="k1", priority=9), ({}, "default", 9, 5, "k1", 0)),
+    "run_at": (JobSpec("b", run_at=WHEN), ({}, "default", 0, None, None, WHEN)),
+    "delay": (JobSpec("c", delay=timedelta(seconds=90)), ({}, "default", 0, None, None, 90)),
+    "dedupe_key": (JobSpec("d", dedupe_key="k1", priority=9), ({}, "default", 9, None, "k1", 0)),
 }
 # Plain jobs (no run_at, delay or dedupe key) take the straight COPY path without ids.
 PLAIN = ["queue, priority, max_attempts", "the task's defaults", "the task's defaults overridden"]
@@ -902,7 +910,9 @@ def test_job_spec_options_reach_the_row_through_either_enqueue_many(
 
 
 def test_job_specs_that_enqueue_the_same_job_are_equal() -> None:
-    assert JobSpec("t") == JobSpec("t", {}) == JobSpec("t", None, priority=0, queue=None)
+    assert JobSpec("t") == JobSpec("t", {}) == JobSpec("t", None, priority=None, queue=None)
+    # A chosen priority 0 is kept: it wins over the task's default priority.
+    assert JobSpec("t", priority=0) != JobSpec("t")
     assert JobSpec("t", queue="q") == JobSpec("t", options={"queue": "q"})
     assert JobSpec("t", queue="q") != JobSpec("t")
     assert JobSpec("t").args == {}

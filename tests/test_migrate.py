@@ -493,7 +493,12 @@ def functions(dsn: str, schema: str = "pgq") -> dict[str, str]:
 
 def all_jobs(dsn: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT * FROM pgq.jobs ORDER BY id").fetchall()
+        # The columns revision 0002 knows: later revisions may add some.
+        return conn.execute(
+            "SELECT id, queue, task, args, status, priority, attempts, max_attempts, run_at,"
+            " locked_until, locked_by, lease_token, last_error, errors, dedupe_key, created_at,"
+            " started_at, finished_at FROM pgq.jobs ORDER BY id"
+        ).fetchall()
 
 
 def seed_0002_jobs(dsn: str) -> dict[str, int]:
@@ -627,6 +632,12 @@ def drop_roles(dsn: str, roles: list[str]) -> None:
 def roles_script_of_0002(conn: Conn, schema: str) -> str:
     """What `pgq roles` applied before revision 0003: today's script without later functions."""
     script = roles_sql(schema).as_string(conn)
+    # Revision 0006's tables and columns: its own grants, on lines of their own, or appended.
+    script = "\n".join(
+        line.replace(", queue_from_task, priority_from_task", "")
+        for line in script.splitlines()
+        if not any(f".{name}" in line for name in ("tasks", "workers", "live_workers"))
+    )
     later = (*NEW_IN_0003, *NEW_IN_0004)
     # Revision 0007's table and view: their grants, and the comment above them.
     lines = [line for line in script.splitlines() if "schedule" not in line]
@@ -858,7 +869,8 @@ def test_upgrade_to_0005_builds_its_index_without_blocking_enqueues(empty_dsn: s
     pgq.migrate.migrate(empty_dsn, revision="0004")
     writer = psycopg.connect(empty_dsn)  # an enqueue still in its transaction
     try:
-        pgq.enqueue(writer, "slow_transaction")
+        # Through the SQL function: this pgq's own enqueue needs a newer revision.
+        writer.execute("SELECT * FROM pgq.enqueue('slow_transaction')")
         migration = subprocess.Popen(
             [sys.executable, "-m", "pgq", "migrate", "--dsn", empty_dsn],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -873,7 +885,8 @@ def test_upgrade_to_0005_builds_its_index_without_blocking_enqueues(empty_dsn: s
             # A plain CREATE INDEX would now wait for the open enqueue, and every
             # other enqueue would queue behind it: this one would time out.
             with psycopg.connect(empty_dsn, options="-c lock_timeout=2s") as other:
-                assert pgq.enqueue(other, "meanwhile").created
+                created = other.execute("SELECT created FROM pgq.enqueue('meanwhile')")
+                assert created.fetchone() == (True,)
         writer.commit()
         stdout, _ = migration.communicate(timeout=60)
     finally:
@@ -954,3 +967,50 @@ def test_schedules_go_down_and_up_again_and_the_jobs_stay(dsn: str) -> None:
     migrate_ok(dsn)
 
     assert schema_dump(dsn) == at_head and all_jobs(dsn) == jobs
+
+
+# --- 0006: the task registry ------------------------------------------------------------------
+
+
+def test_0006_goes_down_and_up_again_keeping_jobs_and_fixing_attempts_left_to_the_task(
+    dsn: str,
+) -> None:
+    with psycopg.connect(dsn) as conn:  # commits at exit
+        conn.execute(
+            "INSERT INTO pgq.tasks (name, queue, priority, max_attempts, retry_base_seconds,"
+            " retry_cap_seconds, registered_by) VALUES ('known', 'mail', 4, 3, 1, 60, 'w1')"
+        )
+        ids = [
+            pgq.enqueue(conn, "known").id,  # the registry's queue, priority and attempts
+            pgq.enqueue(conn, "unregistered").id,  # the defaults
+            pgq.enqueue(conn, "known", queue="chosen", max_attempts=9).id,
+        ]
+
+    def jobs() -> list[tuple[Any, ...]]:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute(
+                "SELECT task, queue, priority, max_attempts FROM pgq.jobs WHERE id = ANY(%s)"
+                " ORDER BY id",
+                [ids],
+            ).fetchall()
+
+    assert jobs() == [
+        ("known", "mail", 4, None), ("unregistered", "default", 0, None),
+        ("known", "chosen", 4, 9),
+    ]  # fmt: skip
+
+    migrate_ok(dsn, "--downgrade", "0005", "--yes")
+
+    # Revision 0005 knows no "the task's": each job gets its task's value for good, else 5.
+    assert jobs() == [
+        ("known", "mail", 4, 3), ("unregistered", "default", 0, 5), ("known", "chosen", 4, 9),
+    ]  # fmt: skip
+    assert not relation_exists(dsn, "pgq.task_defaults")
+
+    migrate_ok(dsn)
+
+    assert jobs() == [
+        ("known", "mail", 4, 3), ("unregistered", "default", 0, 5), ("known", "chosen", 4, 9),
+    ]  # fmt: skip
+    with psycopg.connect(dsn) as conn:
+        assert pgq.enqueue(conn, "after", {"n": 1}).created

@@ -642,9 +642,9 @@ class JobStateMachine(RuleBasedStateMachine):
         stale = conn.execute(query("find_stale_jobs", SCHEMA), {"limit": RESCUE_BATCH}).fetchall()
         self.stale_reads[worker] = [
             (job_id, attempts, most, retry_delay(attempts, most, policy))
-            for job_id, attempts, most in stale
+            for job_id, attempts, most, *_registered_policy in stale
         ]
-        assert {job_id for job_id, _, _ in stale} == self.expired_running()
+        assert {row[0] for row in stale} == self.expired_running()
 
     def slow_rescuer_writes(self, worker: str) -> None:
         """rescue_jobs with the decisions made at the read: a job whose lease was extended,

@@ -94,14 +94,18 @@ def revision_0001_enqueue() -> str:
     return text.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 
-def upgrade() -> None:
-    schema = revision_schema()
+def enqueue_function() -> str:
+    """This revision's enqueue() as CREATE OR REPLACE (revision 0006's downgrade restores it)."""
     enqueue = revision_0001_enqueue()
     loop = "\n    LOOP\n"
     assert enqueue.count(loop) == 1, "revision 0001's enqueue() has one insert loop"
-    enqueue = enqueue.replace(loop, "\n" + ENQUEUE_CHECKS + "    LOOP\n")
+    return enqueue.replace(loop, "\n" + ENQUEUE_CHECKS + "    LOOP\n")
+
+
+def upgrade() -> None:
+    schema = revision_schema()
     # Alembic adds the final ';' itself in --sql output.
-    sql = (UPGRADE + enqueue).format(schema=schema, earliest=EARLIEST, end=END)
+    sql = (UPGRADE + enqueue_function()).format(schema=schema, earliest=EARLIEST, end=END)
     op.execute(sql.strip().removesuffix(";"))
 
 

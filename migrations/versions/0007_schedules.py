@@ -1,7 +1,7 @@
 """Periodic tasks: the schedules table and the schedule_status view.
 
 Revision ID: 0007
-Revises: 0005 (0006 once the task registry lands)
+Revises: 0006 (0006 once the task registry lands)
 
 One row per schedule, identified by (task, cron, tz, args). Every worker that
 declares a schedule may make its ticks; ``ticked_through`` makes each tick one
@@ -18,7 +18,7 @@ from alembic import op
 from pgq.migrate import revision_schema
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,6 @@
 """pgq: a PostgreSQL-native background job queue."""
 
-from importlib import metadata as _metadata
-
+from pgq.config import installed_version
 from pgq.enqueue import (
     EnqueueOptions,
     EnqueueResult,
@@ -28,11 +27,8 @@ from pgq.retry import Retry
 from pgq.tasks import App, JobContext, Task
 from pgq.worker import Worker
 
-try:
-    # The installed distribution's, as pyproject.toml states it: `pgq --version` prints it.
-    __version__ = _metadata.version("pgq-jobs")
-except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
-    __version__ = "unknown"
+# The installed distribution's, as pyproject.toml states it: `pgq --version` prints it.
+__version__ = installed_version()
 
 __all__ = [
     "App",

@@ -96,7 +96,8 @@ class JobSummary:
     status: str
     priority: int
     attempts: int
-    max_attempts: int
+    #: None: left to the task, and no worker registered it yet (the first claim decides).
+    max_attempts: int | None
     run_at: datetime
     created_at: datetime
     started_at: datetime | None
@@ -116,6 +117,48 @@ class JobDetail(JobSummary):
     errors: list[dict[str, Any]]
     locked_until: datetime | None
     dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredTask:
+    """A task's defaults as its most recently started worker registered them (task_defaults)."""
+
+    task: str
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout_seconds: float | None
+    retry_base_seconds: float
+    retry_cap_seconds: float
+    registered_by: str
+    registered_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LiveWorker:
+    """A worker seen within its lease (live_workers). ``queues`` None: every queue."""
+
+    name: str
+    host: str
+    pid: int
+    version: str
+    queues: list[str] | None
+    tasks: list[str]
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UnservedJobs:
+    """Queued jobs of one task and queue that no live worker serves (unserved_jobs)."""
+
+    task: str
+    queue: str
+    due: int
+    scheduled: int
+    oldest_run_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +260,28 @@ def _next_run(task: str, cron: str, tz: str, after: datetime) -> datetime | None
         return Schedule(task, cron, tz).next_tick(after)
     except (ValueError, OSError, LookupError):  # a zone this machine's tzdata lacks
         return None
+
+
+def registered_tasks(
+    conn: psycopg.Connection[Any], *, schema: str | None = None
+) -> list[RegisteredTask]:
+    """Every task a worker registered, with the defaults its jobs get (`pgq tasks`)."""
+    return [RegisteredTask(*row) for row in _fetch(conn, "list_tasks", schema)]
+
+
+def live_workers(conn: psycopg.Connection[Any], *, schema: str | None = None) -> list[LiveWorker]:
+    """The workers alive now, oldest first (`pgq workers`)."""
+    return [LiveWorker(*row) for row in _fetch(conn, "list_live_workers", schema)]
+
+
+def unserved_jobs(
+    conn: psycopg.Connection[Any], *, schema: str | None = None
+) -> list[UnservedJobs]:
+    """Queued jobs per task and queue that no live worker serves: a typo'd task, a missing worker.
+
+    Reads every queued job (as queue_stats does), not the finished ones.
+    """
+    return [UnservedJobs(*row) for row in _fetch(conn, "read_unserved_jobs", schema)]
 
 
 def list_jobs(

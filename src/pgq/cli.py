@@ -10,6 +10,7 @@ import psycopg
 import typer
 
 from pgq.cli_admin import admin_commands
+from pgq.cli_fleet import fleet_commands
 from pgq.cli_shared import (
     Commands,
     DryRunOption,
@@ -41,6 +42,7 @@ app = Commands(
 )
 app.add_typer(work_commands)
 app.add_typer(admin_commands)
+app.add_typer(fleet_commands)
 
 
 def _print_version(wanted: bool) -> None:

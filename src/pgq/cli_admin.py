@@ -1,10 +1,13 @@
 """Operators' commands: `pgq stats`, `schedules`, `jobs`, `job`, `requeue`, `cancel`, `prune`.
 
+The fleet's own commands, `pgq tasks` and `pgq workers`, are in cli_fleet.py.
+
 Each calls a function of pgq.admin, which wraps a documented view or SQL function.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from datetime import UTC, datetime, timedelta
@@ -126,17 +129,23 @@ def stats(
     """Per queue: due, scheduled, running and dead jobs, and lag.
 
     Lag is the age of the oldest due job. These are read from indexes, cheap
-    however long the history; --all reads the whole table.
+    however long the history; --all reads the whole table. Then the queued
+    jobs that no live worker serves (no worker has their task, or none that
+    has it serves their queue): a misspelt task name shows up there.
     """
     with database(dsn, schema) as (conn, schema_name):
         live = {q.queue: q for q in admin.queue_stats(conn, schema=schema_name)}
         dead = {d.queue: d for d in admin.dead_job_counts(conn, schema=schema_name)}
         counts = admin.job_counts(conn, schema=schema_name) if all_statuses else []
+        unserved = admin.unserved_jobs(conn, schema=schema_name)
+        workers_alive = bool(admin.live_workers(conn, schema=schema_name))
     rows = [_queue_row(name, live.get(name), dead.get(name)) for name in sorted(live | dead)]
     if as_json:
-        _print_json(
-            {"queues": rows, "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in counts]}
-        )
+        _print_json({
+            "queues": rows,
+            "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in counts],
+            "unserved": [dataclasses.asdict(u) for u in unserved],
+        })  # fmt: skip
         return
     table = Table(title="pgq queues")
     for column in _QUEUE_COLUMNS:
@@ -152,6 +161,10 @@ def stats(
     if not rows:
         table.caption = "no queued, running or dead jobs"
     out.print(table)
+    if unserved and workers_alive:
+        out.print(_unserved_table(unserved))
+    elif unserved:
+        out.print("no live worker: every queued job waits for one (pgq work APP)", highlight=False)
     if all_statuses:
         by_status = Table(title="all jobs by queue and status")
         for column in ("queue", *(s.value for s in JobStatus)):
@@ -162,6 +175,18 @@ def stats(
         for queue, row in sorted(grid.items()):
             by_status.add_row(escape(queue), *(str(row.get(s.value, 0)) for s in JobStatus))
         out.print(by_status)
+
+
+def _unserved_table(unserved: list[admin.UnservedJobs]) -> Table:
+    table = Table(title="queued jobs no live worker serves (a misspelt task? a worker missing?)")
+    for column in ("task", "queue", "due", "scheduled", "oldest run_at"):
+        table.add_column(column, justify="left" if column in ("task", "queue") else "right")
+    for row in unserved:
+        table.add_row(
+            escape(row.task), escape(row.queue), str(row.due), str(row.scheduled),
+            _age(row.oldest_run_at) if row.due else row.oldest_run_at.isoformat(timespec="seconds"),
+        )  # fmt: skip
+    return table
 
 
 @admin_commands.command()
@@ -278,7 +303,7 @@ def jobs(
             _one_line(job.queue),
             _one_line(job.task),
             job.status,
-            f"{job.attempts}/{job.max_attempts}",
+            f"{job.attempts}/{'-' if job.max_attempts is None else job.max_attempts}",
             _age(job.created_at),
             _one_line(job.last_error or ""),
         )

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import metadata
 
 import psycopg.conninfo
 
 from pgq.errors import ConfigError, shown
 from pgq.job import DAY_SECONDS
+
+
+def installed_version() -> str:
+    """pgq's installed version (pyproject.toml's); "unknown" in a source tree never installed."""
+    try:
+        return metadata.version("pgq-jobs")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
 
 DEFAULT_SCHEMA = "pgq"
 DSN_ENV_VARS = ("PGQ_DSN", "DATABASE_URL")

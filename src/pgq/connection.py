@@ -128,6 +128,9 @@ class DatabaseThread(threading.Thread):
     def on_failure(self, error: Exception) -> None:
         """Called after each failed tick, before the back-off."""
 
+    def at_stop(self, connection: ThreadConnection) -> None:
+        """Called once after ``stop()``, before the connection closes (errors are logged)."""
+
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=self._stop_timeout_seconds)
@@ -148,4 +151,8 @@ class DatabaseThread(threading.Thread):
                     exc_info=not isinstance(error, psycopg.Error),
                 )  # fmt: skip
                 self._connection.close()
+        try:
+            self.at_stop(self._connection)
+        except Exception as error:
+            self.log.warning("%s could not finish cleanly (%s)", self.duty, error)
         self._connection.close()

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any, Literal, NamedTuple, Protocol, TypedDict, Unpack, overload
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypedDict, Unpack, overload
 
 import psycopg
 import psycopg.errors
@@ -35,7 +35,6 @@ from pgq.contrib.sqlalchemy import (
 )
 from pgq.errors import InvalidJobError, SchemaError, shown
 from pgq.job import (
-    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
     MAX_ARGS_BYTES,
     MAX_ARGS_DEPTH,
@@ -59,15 +58,17 @@ ENQUEUE_MANY_CHUNK = 10_000
 class EnqueueOptions(TypedDict, total=False):
     """How to enqueue a job: the keyword arguments of every enqueue function and of ``JobSpec``.
 
-    ``queue`` and ``max_attempts`` default to the task's (a registered ``pgq.Task``),
-    else ``default`` and 5. ``priority``: higher runs first (0 to 2**31-1, default 0).
+    ``queue``, ``priority`` and ``max_attempts`` left out (or None) are the task's:
+    the defaults its workers registered (``pgq.task_defaults``), else a registered
+    ``pgq.Task``'s own, else ``default``, 0 and 5. ``priority``: higher runs first
+    (0 to 2**31-1).
     ``run_at`` (timezone-aware) or ``delay`` (seconds or a timedelta) schedule it
     later. ``dedupe_key``: while a job with this key is queued or running,
     enqueueing another returns that job instead.
     """
 
     queue: str | None
-    priority: int
+    priority: int | None
     run_at: datetime | None
     delay: timedelta | float | None
     max_attempts: int | None
@@ -99,7 +100,7 @@ class TaskDefaults(Protocol):
     def queue(self) -> str: ...
 
     @property
-    def max_attempts(self) -> int: ...
+    def priority(self) -> int: ...
 
     @property
     def signature(self) -> HandlerSignature: ...
@@ -110,8 +111,9 @@ class JobSpec:
     """One job for ``enqueue_many``: a task, its args, and ``enqueue``'s options.
 
     Options may be given as keywords, or as one ``options`` mapping (an
-    ``EnqueueOptions``), or both. Options left at their default are not kept, so
-    ``JobSpec("t") == JobSpec("t", {}, priority=0)``.
+    ``EnqueueOptions``), or both. Options given as None are not kept, so
+    ``JobSpec("t") == JobSpec("t", {}, queue=None)``; ``priority=0`` is kept, since a
+    chosen value wins over the task's default.
 
     Example: ``pgq.JobSpec("resize", {"id": 7}, queue="images", delay=60)``.
     """
@@ -130,34 +132,36 @@ class JobSpec:
     ) -> None:
         given = {**(options or {}), **more_options}
         _check_option_names(given, "JobSpec")
-        chosen = {key: value for key, value in given.items() if not _is_default(key, value)}
+        chosen = {key: value for key, value in given.items() if value is not None}
         object.__setattr__(self, "task", task)
         object.__setattr__(self, "args", {} if args is None else args)
         object.__setattr__(self, "options", chosen)
 
 
-def _is_default(option: str, value: object) -> bool:
-    """Is this the value an option has when it is not given (None, or priority 0)?"""
-    return value is None or (option == "priority" and type(value) is int and value == 0)
-
-
 class PlannedJob(NamedTuple):
     """A validated job, ready to be bound as parameters (a tuple: cheap in bulk).
 
-    The fields are the staging table's columns, in order (create_enqueue_staging).
+    ``queue``, ``priority`` and ``max_attempts`` are None when the caller left them
+    to the task; ``declared_queue`` and ``declared_priority`` are then used if no
+    worker registered the task yet (a registered Task's own, else the defaults).
     """
 
     task: str
     args_json: str
-    queue: str
-    priority: int
+    queue: str | None
+    priority: int | None
     run_at: datetime | None
     delay_seconds: float
-    max_attempts: int
+    max_attempts: int | None
     dedupe_key: str | None
+    declared_queue: str
+    declared_priority: int
 
     def statement(self, schema: str) -> tuple[sql.SQL, dict[str, Any]]:
-        """The single-job enqueue statement for this job, and its parameters."""
+        """The single-job enqueue statement for this job, and its parameters.
+
+        One statement either way: the task's registered defaults are read by it.
+        """
         params = {
             "task": self.task,
             "args": self.args_json,
@@ -167,6 +171,8 @@ class PlannedJob(NamedTuple):
             "delay_seconds": self.delay_seconds,
             "max_attempts": self.max_attempts,
             "dedupe_key": self.dedupe_key,
+            "declared_queue": self.declared_queue,
+            "declared_priority": self.declared_priority,
         }
         if self.dedupe_key is None:
             return query("insert_job", schema), {**params, "channel": wakeup_channel(schema)}
@@ -362,15 +368,16 @@ def plan_job(
     Pure: no database, no I/O. Every enqueue function goes through here.
     """
     queue = options.get("queue")
+    priority = options.get("priority")
     max_attempts = options.get("max_attempts")
     signature = None  # a name alone says nothing about the handler's parameters
+    declared_queue, declared_priority = DEFAULT_QUEUE, 0
     if isinstance(task, str):
         task_name = task
     elif isinstance(getattr(task, "name", None), str):
-        # a registered Task: its queue and max_attempts are the defaults
+        # A registered Task: its own declaration counts until a worker registers it.
         task_name, signature = task.name, task.signature
-        queue = task.queue if queue is None else queue
-        max_attempts = task.max_attempts if max_attempts is None else max_attempts
+        declared_queue, declared_priority = task.queue, task.priority
     else:
         raise InvalidJobError(
             f"task must be a task name or a registered pgq.Task, got {shown(task)}"
@@ -395,17 +402,16 @@ def plan_job(
     planned = PlannedJob(
         _check_name("task", task_name, TASK_NAME, 200),
         encode_args(args),
-        _check_name("queue", DEFAULT_QUEUE if queue is None else queue, QUEUE_NAME, 128),
-        _check_int("priority", options.get("priority", 0), 0, MAX_PRIORITY),
+        None if queue is None else _check_name("queue", queue, QUEUE_NAME, 128),
+        None if priority is None else _check_int("priority", priority, 0, MAX_PRIORITY),
         run_at,
         _delay_seconds(delay),
-        _check_int(
-            "max_attempts",
-            DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts,
-            1,
-            MAX_ATTEMPTS_LIMIT,
-        ),
+        None
+        if max_attempts is None
+        else _check_int("max_attempts", max_attempts, 1, MAX_ATTEMPTS_LIMIT),
         dedupe_key,
+        declared_queue,
+        declared_priority,
     )
     # After encode_args: args are now known to be a mapping with str keys.
     if signature is not None and (problem := signature.problem_with(args or {})) is not None:
@@ -439,8 +445,9 @@ def enqueue(
 ) -> EnqueueResult:
     """Enqueue one job in ``conn``'s current transaction; never commits.
 
-    ``task`` is a task name, or a registered ``pgq.Task`` whose queue and
-    max_attempts then are the defaults. The options (``queue``, ``priority``,
+    ``task`` is a task name, or a registered ``pgq.Task`` (whose handler then
+    checks the args). Options left out are the task's defaults, as its workers
+    registered them (see ``EnqueueOptions``). The options (``queue``, ``priority``,
     ``run_at`` or ``delay``, ``max_attempts``, ``dedupe_key``) are described
     under ``EnqueueOptions``.
 
@@ -487,8 +494,9 @@ class _BulkEnqueue:
     """Everything enqueue_many does but talk to the database, for both drivers.
 
     Validates jobs a chunk at a time (all of them or none are written: the
-    drivers run the chunks in one savepoint), chooses each chunk's path, and
-    counts what was created.
+    drivers run the chunks in one savepoint), resolves the options they leave to
+    their task from the registry read once per call (``registered``), chooses
+    each chunk's path, and counts what was created.
     """
 
     def __init__(self, jobs: Iterable[JobSpec], schema: str | None, return_ids: bool) -> None:
@@ -498,6 +506,16 @@ class _BulkEnqueue:
         self.created = 0
         self.queues: set[str] = set()
         self._jobs = jobs
+        #: task name -> (queue, priority), as registered in task_defaults.
+        self._registered: dict[str, tuple[str, int]] = {}
+
+    def read_registered(self) -> sql.SQL:
+        """The statement that reads the registered queue and priority of every task."""
+        return query("read_task_queues", self.schema)
+
+    def registered(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Keep what read_registered read, for the chunks to come."""
+        self._registered = {name: (queue, priority) for name, queue, priority in rows}
 
     def staging(self, autocommit: bool) -> tuple[sql.SQL | None, sql.SQL | None]:
         """Where the staging table is created: (before the savepoint, inside it).
@@ -513,15 +531,28 @@ class _BulkEnqueue:
         return (create, None) if not autocommit else (None, create)
 
     def chunks(self) -> Iterator[_Chunk]:
-        planned = map(_plan_spec, self._jobs)
+        planned = map(self._resolve, map(_plan_spec, self._jobs))
         while chunk := list(islice(planned, ENQUEUE_MANY_CHUNK)):
-            self.queues.update(job.queue for job in chunk)
+            self.queues.update(job[_QUEUE] for job in chunk)
             if not self.return_ids and _copies_straight(chunk):
                 self.created += len(chunk)
                 yield _Chunk(query("copy_to_jobs", self.schema), map(_straight_row, chunk), None)
             else:
                 staging = query("copy_to_enqueue_staging", self.schema)
                 yield _Chunk(staging, chunk, query("enqueue_staged_jobs", self.schema))
+
+    def _resolve(self, job: PlannedJob) -> _StagedRow:
+        """The job as the staging table's row: options it left out resolved, and marked."""
+        queue, priority = job.queue, job.priority
+        if queue is None or priority is None:
+            declared = (job.declared_queue, job.declared_priority)
+            default_queue, default_priority = self._registered.get(job.task, declared)
+            queue = default_queue if queue is None else queue
+            priority = default_priority if priority is None else priority
+        return (
+            job.task, job.args_json, queue, priority, job.run_at, job.delay_seconds,
+            job.max_attempts, job.dedupe_key, job.queue is None, job.priority is None,
+        )  # fmt: skip
 
     def moved(self, created: list[tuple[Any, ...]] | int) -> None:
         """Record what a chunk's move created: its rows (ids wanted) or their count."""
@@ -547,7 +578,15 @@ def _plan_spec(spec: JobSpec) -> PlannedJob:
     return plan_job(spec.task, spec.args, spec.options)
 
 
-def _copies_straight(chunk: list[PlannedJob]) -> bool:
+#: A job as the staging table's columns, in order (create_enqueue_staging).
+_StagedRow = tuple[str, str, str, int, datetime | None, float, int | None, str | None, bool, bool]
+_QUEUE: Final = 2
+_RUN_AT: Final = 4
+_DELAY: Final = 5
+_DEDUPE_KEY: Final = 7
+
+
+def _copies_straight(chunk: list[_StagedRow]) -> bool:
     """Can this chunk be COPYed into jobs as it is (no ids wanted)?
 
     A dedupe key needs ON CONFLICT, and a delay needs the server's clock: both
@@ -555,13 +594,14 @@ def _copies_straight(chunk: list[PlannedJob]) -> bool:
     column list (PostgreSQL 15's COPY has no per-row DEFAULT).
     """
     return all(
-        job.dedupe_key is None and job.run_at is None and job.delay_seconds == 0 for job in chunk
+        job[_DEDUPE_KEY] is None and job[_RUN_AT] is None and job[_DELAY] == 0 for job in chunk
     )
 
 
-def _straight_row(job: PlannedJob) -> tuple[str, str, str, int, int]:
+def _straight_row(job: _StagedRow) -> tuple[Any, ...]:
     """The columns copy_to_jobs writes."""
-    return (job.task, job.args_json, job.queue, job.priority, job.max_attempts)
+    task, args_json, queue, priority, _, _, max_attempts, _, queue_from, priority_from = job
+    return (task, args_json, queue, priority, max_attempts, queue_from, priority_from)
 
 
 @overload
@@ -626,6 +666,7 @@ def enqueue_many(
         with pconn.transaction():
             if inside is not None:
                 cursor.execute(inside)
+            bulk.registered(cursor.execute(bulk.read_registered()).fetchall())
             for chunk in bulk.chunks():
                 with cursor.copy(chunk.copy) as copy:
                     for row in chunk.rows:
@@ -680,6 +721,8 @@ async def enqueue_many_async(
             async with aconn.transaction():
                 if inside is not None:
                     await cursor.execute(inside)
+                await cursor.execute(bulk.read_registered())
+                bulk.registered(await cursor.fetchall())
                 for chunk in bulk.chunks():
                     async with cursor.copy(chunk.copy) as copy:
                         for row in chunk.rows:

@@ -3,7 +3,10 @@
 Job counters are updated by the worker as outcomes happen. Queue depth and lag
 come from the fleet's shared snapshot (``refresh_queue_stats``): every worker
 serves them, but one query per interval pays for the whole fleet, so dashboards
-should aggregate them with max(), not sum().
+should aggregate them with max(), not sum(). So should they the unserved jobs
+(``pgq_unserved_jobs``: queued jobs no live worker serves, by task and queue),
+which each worker reads from the view ``unserved_jobs`` when scraped, at most
+once per interval.
 """
 
 from __future__ import annotations
@@ -119,14 +122,16 @@ class QueueStatsCollector(Collector):
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
         self._rows: list[tuple[Any, ...]] = []
+        self._unserved: list[tuple[Any, ...]] = []
         self._read_at = 0.0
         # Used under self._lock only. prepare_statements=False behind PgBouncer.
         self._connection = ThreadConnection(dsn, prepare_statements=prepare_statements)
 
-    def _read(self) -> list[tuple[Any, ...]]:
+    def _read(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The queue snapshot's rows and the unserved jobs' rows."""
         with self._lock:
             if time.monotonic() - self._read_at < self.max_age_seconds / 2:
-                return self._rows
+                return self._rows, self._unserved
             # No retry loop: a failed read keeps the last figures, and the next
             # scrape reconnects.
             try:
@@ -136,14 +141,15 @@ class QueueStatsCollector(Collector):
                 self._rows = conn.execute(
                     query("read_queue_stats_snapshot", self.schema)
                 ).fetchall()
+                self._unserved = conn.execute(query("read_unserved_jobs", self.schema)).fetchall()
                 self._read_at = time.monotonic()
             except psycopg.Error as error:
                 log.warning("queue metrics unavailable: %s", error)
                 self._connection.close()
-            return self._rows
+            return self._rows, self._unserved
 
     def collect(self) -> Iterable[Metric]:
-        rows = self._read()
+        rows, unserved_rows = self._read()
         families = {
             name: GaugeMetricFamily(metric, help_text, labels=["queue"])
             for name, metric, help_text in QUEUE_GAUGES
@@ -154,6 +160,14 @@ class QueueStatsCollector(Collector):
             families["running"].add_metric([queue], running)
             families["lag"].add_metric([queue], lag)
         yield from families.values()
+        unserved = GaugeMetricFamily(
+            "pgq_unserved_jobs",
+            "Queued jobs that no live worker serves (a misspelt task, a missing worker).",
+            labels=["task", "queue"],
+        )
+        for task, queue, due, scheduled, _oldest in unserved_rows:
+            unserved.add_metric([task, queue], due + scheduled)
+        yield unserved
 
     def check_database(self) -> bool:
         try:

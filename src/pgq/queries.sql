@@ -6,12 +6,17 @@
 -- "edge:" names the state-machine edge a statement performs (docs/concepts/lifecycle.md).
 
 -- enqueue_job: insert one job through the SQL function (edge: new -> queued)
+-- A NULL queue, priority or max_attempts is the task's (the function reads task_defaults).
+-- %(declared_queue)s and %(declared_priority)s are a registered Task's own, for a task
+-- no worker registered yet; the function then sees them as chosen (PlannedJob.statement).
 SELECT id, created
 FROM {schema}.enqueue(
     task => %(task)s,
     args => %(args)s::jsonb,
-    queue => %(queue)s,
-    priority => %(priority)s,
+    queue => coalesce(%(queue)s::text, CASE WHEN NOT EXISTS (
+        SELECT FROM {schema}.tasks WHERE name = %(task)s) THEN %(declared_queue)s::text END),
+    priority => coalesce(%(priority)s::integer, CASE WHEN NOT EXISTS (
+        SELECT FROM {schema}.tasks WHERE name = %(task)s) THEN %(declared_priority)s::integer END),
     run_at => {schema}.resolve_run_at(%(run_at)s, %(delay_seconds)s),
     max_attempts => %(max_attempts)s,
     dedupe_key => %(dedupe_key)s
@@ -22,11 +27,26 @@ FROM {schema}.enqueue(
 -- without a key there is nothing to deduplicate. Its ON CONFLICT alone makes every
 -- insert a speculative one. pg_notify runs once per inserted row, and PostgreSQL
 -- delivers identical notifications of one transaction once, at commit.
-WITH job AS (
-    INSERT INTO {schema}.jobs (task, args, queue, priority, run_at, max_attempts)
-    VALUES (%(task)s, %(args)s::jsonb, %(queue)s, %(priority)s,
-            {schema}.resolve_run_at(%(run_at)s, %(delay_seconds)s),
-            %(max_attempts)s)
+-- An option left out is the task's registered default (task_defaults), else the
+-- declared one (a registered Task's own, or 'default' and 0), marked *_from_task so
+-- that a worker registering another default moves the job along. One lookup of the
+-- task's row serves both options (measured: 4 us a statement, where a subquery per
+-- option cost 9 us). A NULL max_attempts is resolved by the first claim.
+WITH registered AS (
+    SELECT t.queue, t.priority
+    FROM {schema}.tasks AS t
+    WHERE t.name = %(task)s
+),
+job AS (
+    INSERT INTO {schema}.jobs
+        (task, args, queue, priority, run_at, max_attempts, queue_from_task, priority_from_task)
+    SELECT %(task)s, %(args)s::jsonb,
+           coalesce(%(queue)s, registered.queue, %(declared_queue)s),
+           coalesce(%(priority)s, registered.priority, %(declared_priority)s),
+           {schema}.resolve_run_at(%(run_at)s, %(delay_seconds)s),
+           %(max_attempts)s, %(queue)s IS NULL, %(priority)s IS NULL
+    FROM (SELECT) AS one
+    LEFT JOIN registered ON true
     RETURNING id, queue
 )
 SELECT job.id, true AS created
@@ -41,15 +61,17 @@ CREATE TEMPORARY TABLE IF NOT EXISTS pgq_enqueue_staging (
     run_at timestamptz,
     delay_seconds float8,
     max_attempts integer,
-    dedupe_key text
+    dedupe_key text,
+    queue_from_task boolean,
+    priority_from_task boolean
 ) ON COMMIT DELETE ROWS;
 
 -- copy_to_enqueue_staging: stream validated jobs into the staging table (COPY is the fastest way in)
-COPY pgq_enqueue_staging (task, args, queue, priority, run_at, delay_seconds, max_attempts, dedupe_key)
+COPY pgq_enqueue_staging (task, args, queue, priority, run_at, delay_seconds, max_attempts, dedupe_key, queue_from_task, priority_from_task)
 FROM STDIN;
 
 -- copy_to_jobs: stream validated jobs straight into jobs: enqueue_many(return_ids=False), for chunks without dedupe keys, run_at or delay (edge: new -> queued)
-COPY {schema}.jobs (task, args, queue, priority, max_attempts)
+COPY {schema}.jobs (task, args, queue, priority, max_attempts, queue_from_task, priority_from_task)
 FROM STDIN;
 
 -- enqueue_staged_jobs: move staged jobs into jobs; a taken dedupe key skips its row (edge: new -> queued)
@@ -57,18 +79,25 @@ WITH staged AS (
     DELETE FROM pgq_enqueue_staging
     RETURNING *
 )
-INSERT INTO {schema}.jobs AS j (task, args, queue, priority, run_at, max_attempts, dedupe_key)
+INSERT INTO {schema}.jobs AS j
+    (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task)
 SELECT staged.task,
        staged.args::jsonb,
        staged.queue,
        staged.priority,
        {schema}.resolve_run_at(staged.run_at, staged.delay_seconds),
        staged.max_attempts,
-       staged.dedupe_key
+       staged.dedupe_key,
+       staged.queue_from_task,
+       staged.priority_from_task
 FROM staged
 ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
 DO NOTHING
 RETURNING j.id;
+
+-- read_task_queues: every registered task's queue and priority (enqueue_many resolves the options its jobs leave out once per call)
+SELECT name, queue, priority
+FROM {schema}.tasks;
 
 -- notify_queues: wake idle workers serving these queues, once per queue, at commit
 SELECT pg_notify(%(channel)s, queue_name)
@@ -104,7 +133,12 @@ WITH claimed AS (
         locked_until = now() + %(lease_seconds)s * interval '1 second',
         locked_by = %(worker)s,
         lease_token = gen_random_uuid(),
-        started_at = now()
+        started_at = now(),
+        -- Left to the task at enqueue: its registered value, kept from now on (retries too).
+        max_attempts = coalesce(
+            j.max_attempts,
+            (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = j.task),
+            5)
     WHERE j.id = ANY(ARRAY(
             SELECT id
             FROM {schema}.jobs
@@ -130,7 +164,12 @@ WITH claimed AS (
         locked_until = now() + %(lease_seconds)s * interval '1 second',
         locked_by = %(worker)s,
         lease_token = gen_random_uuid(),
-        started_at = now()
+        started_at = now(),
+        -- Left to the task at enqueue: its registered value, kept from now on (retries too).
+        max_attempts = coalesce(
+            j.max_attempts,
+            (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = j.task),
+            5)
     WHERE j.id = ANY(ARRAY(
             SELECT id
             FROM {schema}.jobs
@@ -236,14 +275,17 @@ FROM locked
 WHERE j.id = locked.id
 RETURNING j.id;
 
--- find_stale_jobs: up to %(limit)s running jobs whose lease expired, oldest expiry first; read without a lock (rescue_jobs checks each one again under its lock)
+-- find_stale_jobs: up to %(limit)s running jobs whose lease expired, oldest expiry first, with their task's registered retry policy; read without a lock (rescue_jobs checks each one again under its lock)
 -- pgq.rescue decides each one's fate (retry after a backoff, or dead) with the
 -- same policy as a handler's failure (pgq.retry), then writes it with rescue_jobs.
-SELECT id, attempts, max_attempts
-FROM {schema}.jobs
-WHERE status = 'running'
-  AND locked_until < now()
-ORDER BY locked_until
+-- A claim always resolves max_attempts; a row set running by hand may not have: the task's, else 5.
+SELECT j.id, j.attempts, coalesce(j.max_attempts, t.max_attempts, 5),
+       t.retry_base_seconds, t.retry_cap_seconds
+FROM {schema}.jobs AS j
+LEFT JOIN {schema}.tasks AS t ON t.name = j.task
+WHERE j.status = 'running'
+  AND j.locked_until < now()
+ORDER BY j.locked_until
 LIMIT %(limit)s;
 
 -- rescue_jobs: requeue after its delay, or kill (no delay), each job find_stale_jobs read that is still as it was read; SKIP LOCKED keeps two rescuers apart (edges: running -> queued | dead)
@@ -262,12 +304,12 @@ WITH decided AS (
     ) AS decided(id, attempts, max_attempts, delay_seconds)
 ),
 stale AS MATERIALIZED (
-    SELECT j.id, decided.delay_seconds
+    SELECT j.id, decided.delay_seconds, decided.max_attempts
     FROM {schema}.jobs AS j
     JOIN decided
       ON decided.id = j.id
      AND decided.attempts = j.attempts
-     AND decided.max_attempts = j.max_attempts
+     AND decided.max_attempts = coalesce(j.max_attempts, decided.max_attempts)
     WHERE j.status = 'running'
       AND j.locked_until < now()
     ORDER BY j.id
@@ -277,6 +319,7 @@ UPDATE {schema}.jobs AS j
 SET status = CASE WHEN stale.delay_seconds IS NULL THEN 'dead' ELSE 'queued' END::{schema}.job_status,
     run_at = coalesce(now() + stale.delay_seconds * interval '1 second', j.run_at),
     finished_at = CASE WHEN stale.delay_seconds IS NULL THEN now() END,
+    max_attempts = stale.max_attempts,
     locked_until = NULL,
     locked_by = NULL,
     last_error = 'worker lost: ' || coalesce(j.locked_by, 'unknown worker')
@@ -337,6 +380,107 @@ WITH claimed AS (
 SELECT claimed.previous, made.id
 FROM claimed
 LEFT JOIN (SELECT job.id FROM job, pg_notify(%(channel)s, job.queue)) AS made ON true;
+-- lock_registered_tasks: the stored defaults of a starting worker's tasks, locked until it has registered its own (register_tasks), so that it can say what it changed
+-- In name order, as register_tasks writes: two workers starting together wait, never deadlock.
+SELECT name, queue, priority, max_attempts, timeout_seconds, retry_base_seconds,
+       retry_cap_seconds, registered_by
+FROM {schema}.tasks
+WHERE name = ANY(%(names)s::text[])
+ORDER BY name
+FOR UPDATE;
+
+-- register_tasks: a starting worker stores its tasks' declared defaults: the latest started worker wins
+INSERT INTO {schema}.tasks AS t
+    (name, queue, priority, max_attempts, timeout_seconds, retry_base_seconds,
+     retry_cap_seconds, registered_by, registered_at)
+SELECT declared.*, %(worker)s, now()
+FROM unnest(
+    %(names)s::text[],
+    %(queues)s::text[],
+    %(priorities)s::integer[],
+    %(max_attempts)s::integer[],
+    %(timeouts_seconds)s::float8[],
+    %(retry_base_seconds)s::float8[],
+    %(retry_cap_seconds)s::float8[]
+) AS declared(name, queue, priority, max_attempts, timeout_seconds,
+              retry_base_seconds, retry_cap_seconds)
+ORDER BY declared.name
+ON CONFLICT (name) DO UPDATE
+SET queue = excluded.queue,
+    priority = excluded.priority,
+    max_attempts = excluded.max_attempts,
+    timeout_seconds = excluded.timeout_seconds,
+    retry_base_seconds = excluded.retry_base_seconds,
+    retry_cap_seconds = excluded.retry_cap_seconds,
+    registered_by = excluded.registered_by,
+    registered_at = excluded.registered_at;
+
+-- reroute_jobs: queued jobs that left queue or priority to their task take the task's registered ones (after register_tasks changed them), waking the workers of each new queue
+-- Reads every queued job of these tasks: run only when a declaration changed.
+WITH moved AS (
+    UPDATE {schema}.jobs AS j
+    SET queue = CASE WHEN j.queue_from_task THEN t.queue ELSE j.queue END,
+        priority = CASE WHEN j.priority_from_task THEN t.priority ELSE j.priority END
+    FROM {schema}.tasks AS t
+    WHERE t.name = ANY(%(names)s::text[])
+      AND j.task = t.name
+      AND j.status = 'queued'
+      AND ((j.queue_from_task AND j.queue <> t.queue)
+           OR (j.priority_from_task AND j.priority <> t.priority))
+    RETURNING j.queue
+),
+woken AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM moved) AS queues
+)
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM woken);
+
+-- register_worker: a starting worker's row in the fleet's list (live_workers); a name used before is taken over
+INSERT INTO {schema}.workers AS w
+    (name, host, pid, version, queues, tasks, concurrency, running, lease_seconds,
+     started_at, last_seen_at)
+VALUES (%(name)s, %(host)s, %(pid)s, %(version)s, %(queues)s::text[], %(tasks)s::text[],
+        %(concurrency)s, %(running)s, %(lease_seconds)s, now(), now())
+ON CONFLICT (name) DO UPDATE
+SET host = excluded.host,
+    pid = excluded.pid,
+    version = excluded.version,
+    queues = excluded.queues,
+    tasks = excluded.tasks,
+    concurrency = excluded.concurrency,
+    running = excluded.running,
+    lease_seconds = excluded.lease_seconds,
+    started_at = excluded.started_at,
+    last_seen_at = excluded.last_seen_at;
+
+-- touch_worker: the heartbeat: this worker is alive, running this many jobs (no row: it was pruned, register again)
+UPDATE {schema}.workers
+SET last_seen_at = now(),
+    running = %(running)s
+WHERE name = %(name)s;
+
+-- remove_worker: a worker that stopped cleanly leaves the list at once
+DELETE FROM {schema}.workers
+WHERE name = %(name)s;
+
+-- prune_workers: forget workers not seen for their lease plus %(keep_seconds)s (maintenance; live_workers already hides them)
+DELETE FROM {schema}.workers
+WHERE last_seen_at < now() - (lease_seconds + %(keep_seconds)s) * interval '1 second';
+
+-- list_tasks: the task registry (`pgq tasks`)
+SELECT task, queue, priority, max_attempts, timeout_seconds, retry_base_seconds,
+       retry_cap_seconds, registered_by, registered_at
+FROM {schema}.task_defaults
+ORDER BY task;
+
+-- list_live_workers: the workers alive now (`pgq workers`)
+SELECT name, host, pid, version, queues, tasks, concurrency, running, started_at, last_seen_at
+FROM {schema}.live_workers
+ORDER BY started_at, name;
+
+-- read_unserved_jobs: queued jobs per task and queue that no live worker serves (`pgq stats`, the metric)
+SELECT task, queue, due, scheduled, oldest_run_at
+FROM {schema}.unserved_jobs
+ORDER BY task, queue;
 
 -- try_migration_lock: serialise concurrent `pgq migrate` runs (session-level, polled)
 SELECT pg_try_advisory_lock(hashtext('pgq.migrate:' || %(schema_name)s));
@@ -388,8 +532,10 @@ SELECT id, task, cron, tz, args::text, misfire, ticked_through, last_tick, last_
 FROM {schema}.schedule_status
 ORDER BY task, id;
 
--- list_jobs: newest jobs first, each filter ignored when NULL
-SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
+-- list_jobs: newest jobs first, each filter ignored when NULL; a max_attempts left to the task shows the task's registered one (NULL: none yet)
+SELECT id, queue, task, status::text, priority, attempts,
+       coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task)),
+       run_at, created_at,
        started_at, finished_at, locked_by, last_error
 FROM {schema}.jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
@@ -400,7 +546,9 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- get_job: one job with everything pgq keeps about it; args as text (pgq.admin decodes them, and copes with args Python cannot decode)
-SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
+SELECT id, queue, task, status::text, priority, attempts,
+       coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task)),
+       run_at, created_at,
        started_at, finished_at, locked_by, last_error, args::text, errors, locked_until, dedupe_key
 FROM {schema}.jobs
 WHERE id = %(id)s::bigint;
@@ -505,8 +653,9 @@ GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamp
 GRANT EXECUTE ON FUNCTION {schema}.resolve_run_at(timestamptz, float8) TO {producer}, {operator};
 GRANT EXECUTE ON FUNCTION {schema}.run_at_in_range(timestamptz) TO {producer}, {operator};
 -- Only the columns enqueue sets: no chosen id, status, lease or history.
-GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
+GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task)
     ON {schema}.jobs TO {producer};
+-- The task defaults an enqueue reads are readable by PUBLIC (migrations/0006).
 GRANT SELECT (id, queue, status, dedupe_key) ON {schema}.jobs TO {producer};
 -- Worker: claim, heartbeat, finish, rescue and prune jobs; refresh the metrics snapshot.
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {worker};
@@ -517,10 +666,15 @@ GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {worker};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.schedules TO {worker};
 GRANT INSERT (task, args, queue, run_at, max_attempts) ON {schema}.jobs TO {worker};
 GRANT EXECUTE ON FUNCTION {schema}.refresh_queue_stats(interval) TO {worker};
+-- Register its tasks and itself, heartbeat, leave.
+GRANT SELECT, INSERT, UPDATE ON {schema}.tasks TO {worker};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.workers TO {worker};
+GRANT SELECT ON {schema}.live_workers, {schema}.unserved_jobs TO {worker};
 -- Operator: inspect everything, requeue, cancel, retry and prune; enqueue by hand.
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {operator};
 GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs TO {operator};
 GRANT SELECT ON {schema}.schedule_status TO {operator};
+GRANT SELECT ON {schema}.tasks, {schema}.task_defaults, {schema}.live_workers, {schema}.unserved_jobs TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.dead_job_matches({schema}.jobs, text, text, text, timestamptz, timestamptz) TO {operator};
@@ -529,7 +683,7 @@ GRANT EXECUTE ON FUNCTION {schema}.cancel(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.retry_now(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {operator};
-GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key)
+GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task)
     ON {schema}.jobs TO {operator};
 -- Functions that later migrations add are not executable by everyone either.
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;

@@ -34,16 +34,23 @@ class RescuedJob:
     status: str
 
 
+def _registered_policy(base: float | None, cap: float | None, fallback: Retry) -> Retry:
+    """The task's registered retry policy; ``fallback`` for a task no worker registered."""
+    if base is None or cap is None:
+        return fallback
+    return Retry(base_seconds=base, cap_seconds=cap)
+
+
 def rescue_stale_jobs(
     conn: psycopg.Connection[Any], schema: str, policy: Retry = DEFAULT_RETRY
 ) -> list[RescuedJob]:
     """Move every running job whose lease expired to queued (after a backoff) or dead.
 
     The crashed attempt stays counted: a job that keeps killing its worker ends
-    dead after ``max_attempts`` instead of taking the fleet down forever. Rescue
-    does not know the task's own retry policy (no worker may have it), so
-    ``policy`` is the default one. ``conn`` must be in autocommit mode: each
-    statement commits on its own, and no lock is held between them.
+    dead after ``max_attempts`` instead of taking the fleet down forever. The
+    delay follows the task's retry policy as its workers registered it
+    (``pgq.task_defaults``), else ``policy``. ``conn`` must be in autocommit mode:
+    each statement commits on its own, and no lock is held between them.
     """
     rescued: list[RescuedJob] = []
     while True:
@@ -51,10 +58,13 @@ def rescue_stale_jobs(
         if not stale:
             return rescued
         params = {
-            "ids": [job_id for job_id, _, _ in stale],
-            "attempts": [attempts for _, attempts, _ in stale],
-            "max_attempts": [most for _, _, most in stale],
-            "delays_seconds": [retry_delay(attempts, most, policy) for _, attempts, most in stale],
+            "ids": [row[0] for row in stale],
+            "attempts": [row[1] for row in stale],
+            "max_attempts": [row[2] for row in stale],
+            "delays_seconds": [
+                retry_delay(attempts, most, _registered_policy(base, cap, policy))
+                for _, attempts, most, base, cap in stale
+            ],
         }
         batch = [RescuedJob(*row) for row in conn.execute(query("rescue_jobs", schema), params)]
         rescued.extend(batch)

@@ -23,6 +23,7 @@ from pgq.job import (
     DEFAULT_QUEUE,
     MAX_ATTEMPTS_LIMIT,
     MAX_DELAY_SECONDS,
+    MAX_PRIORITY,
     QUEUE_NAME,
     TASK_NAME,
 )
@@ -64,11 +65,16 @@ class JobContext:
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """A registered handler and its defaults. Calling it calls the handler directly."""
+    """A registered handler and its defaults. Calling it calls the handler directly.
+
+    Its workers store the defaults in the database at start (``pgq.task_defaults``),
+    so that every way of enqueueing it, by name and from SQL too, uses them.
+    """
 
     name: str
     handler: Handler
     queue: str = DEFAULT_QUEUE
+    priority: int = 0
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout_seconds: float | None = None
     retry: Retry = DEFAULT_RETRY
@@ -97,7 +103,7 @@ class Task:
         schema: str | None = None,
         **options: Unpack[EnqueueOptions],
     ) -> EnqueueResult:
-        """``pgq.enqueue`` with this task's name, queue and max_attempts as defaults."""
+        """``pgq.enqueue`` for this task: its args are checked against the handler's."""
         return enqueue(conn, self, args, schema=schema or self.schema, **options)
 
     async def enqueue_async(
@@ -141,6 +147,7 @@ class App:
         *,
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: Retry | None = None,
@@ -152,6 +159,7 @@ class App:
         *,
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: Retry | None = None,
@@ -160,6 +168,9 @@ class App:
 
         ``name`` defaults to the function's name (stable when you move the code
         between modules). ``timeout`` is in seconds. ``retry`` sets the backoff.
+        ``queue``, ``priority`` and ``max_attempts`` are the defaults of every job
+        of this task that does not choose its own, however it is enqueued (by
+        ``Task.enqueue``, by name, or from SQL): its workers register them.
         """
 
         def register(function: Handler) -> Task:
@@ -169,6 +180,7 @@ class App:
                 name=function.__name__ if name is None else name,
                 handler=function,
                 queue=queue,
+                priority=priority,
                 max_attempts=max_attempts,
                 timeout_seconds=timeout,
                 retry=retry or DEFAULT_RETRY,
@@ -261,6 +273,13 @@ class App:
             raise ConfigError(f"two handlers are registered as task {task.name!r}: pass name=")
         if not isinstance(task.queue, str) or not QUEUE_NAME.match(task.queue):
             raise ConfigError(f"task {task.name!r}: invalid queue name {shown(task.queue)}")
+        if isinstance(task.priority, bool) or not (
+            isinstance(task.priority, int) and 0 <= task.priority <= MAX_PRIORITY
+        ):
+            raise ConfigError(
+                f"task {task.name!r}: priority must be an int from 0 to {MAX_PRIORITY}, "
+                f"got {shown(task.priority)}"
+            )
         if isinstance(task.max_attempts, bool) or not (
             isinstance(task.max_attempts, int) and 1 <= task.max_attempts <= MAX_ATTEMPTS_LIMIT
         ):

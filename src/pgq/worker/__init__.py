@@ -9,6 +9,7 @@ The layers, from the top:
 - ``outcome.py``: what an attempt's end means for its job (pure functions).
 - ``outcome_writer.py``: writes outcomes in fenced batches.
 - ``lease.py``: the leases held, and the heartbeat thread that extends them.
+- ``registration.py``: the worker's tasks and its row in the fleet's shared tables.
 - ``listen.py``: LISTEN for enqueues, so that idle workers claim at once.
 - ``maintenance.py``: the thread that runs rescue and pruning.
 - ``scheduler.py``: the thread that makes periodic tasks' jobs, one per tick.

@@ -22,6 +22,7 @@ from pgq.connection import DATABASE_DOWN, MAX_BACKOFF_SECONDS, Backoff, is_outag
 from pgq.errors import ConfigError
 from pgq.migrate import check_schema
 from pgq.queries import query
+from pgq.worker.registration import Registration
 from pgq.worker.settings import WorkerSettings
 
 log = logging.getLogger("pgq.worker")
@@ -46,18 +47,25 @@ def _target(settings: WorkerSettings) -> str:
     return describe_dsn(make_conninfo("", **params))
 
 
-def _check_schema(settings: WorkerSettings) -> None:
+def _check_schema(settings: WorkerSettings, registration: Registration | None = None) -> None:
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         check_schema(conn, schema=settings.schema)
+        if registration is not None:
+            registration.register(conn)
 
 
-async def wait_for_database(settings: WorkerSettings, stopping: Callable[[], bool]) -> None:
-    """Return once the schema checks out; ConfigError if that cannot happen (or a stop came)."""
+async def wait_for_database(
+    settings: WorkerSettings, stopping: Callable[[], bool], registration: Registration
+) -> None:
+    """Return once the schema checks out and the worker is registered (before any claim).
+
+    ConfigError if that cannot happen (or a stop came).
+    """
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     backoff = Backoff()
     while True:
         try:
-            await asyncio.to_thread(_check_schema, settings)
+            await asyncio.to_thread(_check_schema, settings, registration)
             return
         except DATABASE_DOWN as error:
             if not is_outage(error):

@@ -5,6 +5,10 @@ lease is found lost). The heartbeat runs in its own thread with its own
 connection, so neither a CPU-bound async handler hogging the event loop, nor a
 full connection pool, nor a slow maintenance sweep can starve it. One
 statement extends all of the worker's leases at once.
+
+The same beat keeps the worker's row in ``pgq.live_workers`` fresh, and removes
+it when the worker stops cleanly: alive in that list and holding leases are
+then one fact, decided by one thread.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import Any
 
 import psycopg
 
-from pgq.connection import MAX_BACKOFF_SECONDS, Backoff, DatabaseThread
+from pgq.connection import MAX_BACKOFF_SECONDS, Backoff, DatabaseThread, ThreadConnection
 from pgq.job import ClaimedJob
 from pgq.queries import array_literal, query
+from pgq.worker.registration import Registration
 from pgq.worker.settings import WorkerSettings
 
 log = logging.getLogger("pgq.lease")
@@ -60,10 +65,11 @@ class LeaseTable:
 
 
 class Heartbeat(DatabaseThread):
-    """Extends every held lease each ``lease_seconds / 3``.
+    """Extends every held lease each ``lease_seconds / 3``, and says the worker is alive.
 
     ``on_lost`` is called with the leases that are gone (rescued, or changed by
     an operator): from this thread, or on ``loop`` if one is given.
+    ``registration`` (a worker's) is touched at each beat and removed at stop.
     """
 
     duty = "heartbeat"
@@ -80,6 +86,7 @@ class Heartbeat(DatabaseThread):
         on_failure: Callable[[], None] | None = None,
         prepare_statements: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
+        registration: Registration | None = None,
     ) -> None:
         self.heartbeat_seconds = max(0.05, lease_seconds / 3)
         super().__init__(
@@ -98,6 +105,7 @@ class Heartbeat(DatabaseThread):
         self.on_lost = on_lost
         self._on_failure = on_failure
         self._loop = loop
+        self.registration = registration
         self.last_heartbeat = time.monotonic()
         self.failures = 0
 
@@ -114,6 +122,8 @@ class Heartbeat(DatabaseThread):
             lost = [lease for lease in held if lease not in extended]
             if lost:
                 self._tell_lost(lost)
+        if self.registration is not None:
+            self.registration.touch(conn, running=len(self.leases))
         self.last_heartbeat = time.monotonic()
         return self.heartbeat_seconds
 
@@ -124,12 +134,14 @@ class Heartbeat(DatabaseThread):
         leases: LeaseTable,
         on_lost: Callable[[list[Lease]], None],
         on_failure: Callable[[], None],
+        registration: Registration,
     ) -> Heartbeat:
         """The heartbeat of a worker running on the current event loop."""
         return cls(
             dsn=settings.dsn, schema=settings.schema, lease_seconds=settings.lease_seconds,
             leases=leases, on_lost=on_lost, on_failure=on_failure,
             prepare_statements=not settings.poll_only, loop=asyncio.get_running_loop(),
+            registration=registration,
         )  # fmt: skip
 
     def _tell_lost(self, lost: list[Lease]) -> None:
@@ -138,6 +150,10 @@ class Heartbeat(DatabaseThread):
             return
         with contextlib.suppress(RuntimeError):  # loop closed: nothing left to tell
             self._loop.call_soon_threadsafe(self.on_lost, lost)
+
+    def at_stop(self, connection: ThreadConnection) -> None:
+        if self.registration is not None:
+            self.registration.remove(connection.get())
 
     def on_failure(self, error: Exception) -> None:
         self.failures += 1

@@ -1,5 +1,8 @@
 """The worker's periodic duties on a connection of their own: rescue and pruning.
 
+Rescue also forgets workers that vanished long ago (``pgq.live_workers`` hides
+them from the moment their lease lapses).
+
 Every worker runs them; the SQL (SKIP LOCKED) keeps workers from doing the same
 rows twice, so no leader is needed. They run apart from the heartbeat thread,
 so a slow sweep can never delay a lease extension.
@@ -18,6 +21,7 @@ import psycopg
 from pgq.connection import Backoff, DatabaseThread
 from pgq.rescue import RescuedJob, rescue_stale_jobs
 from pgq.retention import Retention, prune_finished_jobs
+from pgq.worker.registration import prune_vanished_workers
 from pgq.worker.settings import WorkerSettings
 
 log = logging.getLogger("pgq.maintenance")
@@ -73,6 +77,7 @@ class Maintenance(DatabaseThread):
             rescued = rescue_stale_jobs(conn, self.schema)
             if rescued and self.on_rescued is not None:
                 self.on_rescued(rescued)
+            prune_vanished_workers(conn, self.schema)
             self._next_rescue = now + self.rescue_interval_seconds
         if now >= self._next_prune:
             prune_finished_jobs(conn, self.schema, self.retention)

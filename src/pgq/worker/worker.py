@@ -28,6 +28,7 @@ from pgq.worker.maintenance import Maintenance
 from pgq.worker.outcome import Outcome
 from pgq.worker.outcome_writer import OutcomeWriter
 from pgq.worker.producer import Producer
+from pgq.worker.registration import Registration
 from pgq.worker.scheduler import Scheduler
 from pgq.worker.settings import PRUNE_INTERVAL_SECONDS, WorkerSettings
 from pgq.worker.shutdown import SignalHandler, stop_running
@@ -119,10 +120,12 @@ class Worker:
         settings = self.settings
         if handle_signals:
             self._signals.install(asyncio.get_running_loop())
-        await wait_for_database(settings, lambda: self.producer.stopping)
+        registration = Registration.for_worker(settings, self.app.tasks)
+        await wait_for_database(settings, lambda: self.producer.stopping, registration)
         heartbeat = Heartbeat.for_worker(
-            settings, self.leases, self.executor.lease_lost, self.stats.heartbeat_failed
-        )
+            settings, self.leases, self.executor.lease_lost, self.stats.heartbeat_failed,
+            registration,
+        )  # fmt: skip
         maintenance = Maintenance.for_worker(settings, self.stats.rescued)
         threads = [heartbeat, maintenance]
         if self.app.schedules:
