@@ -2,6 +2,7 @@
 
 from importlib import metadata as _metadata
 
+from pgq.admin import JobDetail, cancel, get_job, get_job_async, wait, wait_async
 from pgq.enqueue import (
     EnqueueOptions,
     EnqueueResult,
@@ -21,6 +22,7 @@ from pgq.errors import (
     PgqError,
     SchemaError,
     Snooze,
+    WaitTimeout,
 )
 from pgq.job import JobStatus
 from pgq.retention import Retention
@@ -42,6 +44,7 @@ __all__ = [
     "GiveUp",
     "InvalidJobError",
     "JobContext",
+    "JobDetail",
     "JobNotFoundError",
     "JobSignal",
     "JobSpec",
@@ -53,9 +56,15 @@ __all__ = [
     "SchemaError",
     "Snooze",
     "Task",
+    "WaitTimeout",
     "Worker",
+    "cancel",
     "enqueue",
     "enqueue_async",
     "enqueue_many",
     "enqueue_many_async",
+    "get_job",
+    "get_job_async",
+    "wait",
+    "wait_async",
 ]

@@ -35,11 +35,10 @@ VERSION_TABLE = "alembic_version"
 #: The revisions in migrations/versions, oldest first (a test checks them against
 #: Alembic's own walk). Listed here so that a worker checking the schema at start-up
 #: does not import Alembic and SQLAlchemy: that took 0.4 s of a 1.3 s start.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0008")
 #: The oldest revision this pgq runs on. Raise it only when the code needs what a
-#: revision adds: 0005 adds an index and a faster plan for a view, which this pgq
-#: uses without needing, so workers deployed before `pgq migrate` keep running.
-REQUIRED_REVISION = "0004"
+#: revision adds: 0008 adds the result column that every success now writes.
+REQUIRED_REVISION = "0008"
 MIGRATION_LOCK_POLL_SECONDS = 0.2
 
 

@@ -11,15 +11,21 @@ sync handler's job is failed at its deadline while the thread runs on; its slot
 stays in use until it really ends, and whatever it returns later is refused by
 the fence.
 
+A job cancelled while it runs (``cancel``: ``pgq cancel``'s NOTIFY, or the
+heartbeat finding its lease gone) is the operator's now: an async handler is
+cancelled, a sync one sees ``ctx.cancel_requested``, a job not started yet is
+dropped, and nothing is written for it (the row is ``cancelled`` already).
+
 The executor never writes to the database: it hands each outcome to
-``record`` (the outcome writer's queue), and each result the fence will refuse
-(its lease was lost) to ``discard``.
+``record`` (the outcome writer's queue), each result the fence will refuse
+(its lease was lost) to ``discard``, and progress reports to ``progress``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -29,16 +35,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pgq.errors import GiveUp, Snooze
-from pgq.job import ClaimedJob
+from pgq.enqueue import encode_value
+from pgq.errors import GiveUp, InvalidJobError, Snooze
+from pgq.job import MAX_RESULT_BYTES, ClaimedJob
 from pgq.logs import plural
 from pgq.retry import DEFAULT_RETRY
 from pgq.signature import CONTEXT_PARAMETER
-from pgq.tasks import JobContext, Task
+from pgq.tasks import JobContext, JobControl, Task
 from pgq.worker import outcome as outcomes
 from pgq.worker.lease import Lease, LeaseTable
 from pgq.worker.outcome import Outcome
 from pgq.worker.prefetch import Prefetch
+from pgq.worker.progress import ProgressBuffer
 from pgq.worker.slots import Slots
 
 log = logging.getLogger("pgq.worker")
@@ -51,6 +59,21 @@ REVIEW_SECONDS = 0.05
 
 class HandlerTimeout(TimeoutError):
     """A handler ran past its task's timeout."""
+
+
+#: What a handler returned: its JSON text (None for None), or why it cannot be stored.
+Returned = tuple[str | None, str | None]
+RETURNED_NONE: Returned = (None, None)
+
+
+def encode_result(value: Any) -> Returned:
+    """A handler's return value as the job's result; on the handler's own thread when sync."""
+    if value is None:
+        return RETURNED_NONE
+    try:
+        return encode_value(value, "the handler's return value", MAX_RESULT_BYTES), None
+    except InvalidJobError as problem:
+        return None, str(problem)
 
 
 @dataclass(eq=False, slots=True)
@@ -68,6 +91,8 @@ class RunningJob:
     deadline: asyncio.TimerHandle | None = None  # a sync handler's timeout
     handing_back: bool = False
     lease_lost: bool = False
+    cancelled: bool = False  # by an operator: the row is cancelled already
+    control: JobControl | None = None  # the handler's ctx, if it takes one
 
 
 class Executor:
@@ -80,6 +105,7 @@ class Executor:
         concurrency: int,
         worker_name: str,
         leases: LeaseTable,
+        progress: ProgressBuffer,
         record: Callable[[Outcome], None],
         discard: Callable[[ClaimedJob], None],
         on_job_done: Callable[[], None],
@@ -89,6 +115,7 @@ class Executor:
         self.concurrency = concurrency
         self.worker_name = worker_name
         self.leases = leases
+        self.progress = progress
         self.record = record
         self.discard = discard
         self.on_job_done = on_job_done
@@ -99,7 +126,7 @@ class Executor:
         self.prefetch = Prefetch(concurrency)
         self._slots: Slots[RunningJob] = Slots(concurrency, self._run_in_thread)
         self._async_waiting: deque[RunningJob] = deque()
-        self._thread_ends: list[tuple[RunningJob, BaseException | None]] = []
+        self._thread_ends: list[tuple[RunningJob, BaseException | None, Returned]] = []
         self._thread_ends_lock = threading.Lock()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -144,9 +171,11 @@ class Executor:
             )
             return
         kwargs: dict[str, Any] = job.args
+        control = None
         if task.signature.takes_context:
-            kwargs = {**job.args, CONTEXT_PARAMETER: self._context(job)}
-        run = RunningJob(job, task, kwargs, time.monotonic())
+            control = JobControl(report=functools.partial(self.progress.record, job))
+            kwargs = {**job.args, CONTEXT_PARAMETER: self._context(job, control)}
+        run = RunningJob(job, task, kwargs, time.monotonic(), control=control)
         self.running[job.lease_token] = run
         self._idle.clear()
         if task.is_async:
@@ -181,7 +210,10 @@ class Executor:
         if result is None or run.lease_lost:
             self.leases.release([job.lease_token])
             self.discard(job)
-            log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
+            if run.cancelled:  # said when the cancel came; the row is cancelled already
+                log.debug("job %s (%s): cancelled, nothing recorded", job.id, job.task)
+            else:
+                log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
             return
         self._record(run, result)
 
@@ -196,18 +228,25 @@ class Executor:
             log.exception("job %s: could not queue its outcome; rescue will return it", run.job.id)
             self.leases.release([run.job.lease_token])
 
-    def _context(self, job: ClaimedJob) -> JobContext:
+    def _context(self, job: ClaimedJob, control: JobControl) -> JobContext:
         return JobContext(
             job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
             max_attempts=job.max_attempts, worker=self.worker_name, enqueued_at=job.created_at,
+            control=control,
         )  # fmt: skip
 
-    def _decide(self, run: RunningJob, error: BaseException | None) -> Outcome:
+    def _decide(
+        self, run: RunningJob, error: BaseException | None, returned: Returned = RETURNED_NONE
+    ) -> Outcome:
         """The outcome of a handler that returned (``error`` None) or raised ``error``."""
         job, task = run.job, run.task
         try:
             if error is None:
-                return outcomes.succeeded(job)
+                result, problem = returned
+                if problem is not None:
+                    log.error("job %s (%s): %s", job.id, job.task, problem)
+                    return outcomes.result_refused(job, problem)
+                return outcomes.succeeded(job, result)
             if isinstance(error, Snooze):
                 return outcomes.snoozed(job, error.seconds)
             if isinstance(error, GiveUp):
@@ -249,11 +288,11 @@ class Executor:
         job, task = run.job, run.task
         try:
             if task.timeout_seconds is None:
-                await task.handler(**run.kwargs)
+                value = await task.handler(**run.kwargs)
             else:
                 try:
                     async with asyncio.timeout(task.timeout_seconds):
-                        await task.handler(**run.kwargs)
+                        value = await task.handler(**run.kwargs)
                 except TimeoutError as error:
                     raise HandlerTimeout(
                         f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
@@ -274,7 +313,7 @@ class Executor:
             raise
         except (Exception, SystemExit) as error:
             return self._decide(run, error)
-        return self._decide(run, None)
+        return self._decide(run, None, encode_result(value))
 
     # -- sync handlers ---------------------------------------------------------
 
@@ -285,13 +324,14 @@ class Executor:
         if run.task.timeout_seconds is not None:
             self._call_from_thread(loop, self._arm_deadline, run)
         error: BaseException | None = None
+        returned = RETURNED_NONE
         try:
-            run.task.handler(**run.kwargs)
+            returned = encode_result(run.task.handler(**run.kwargs))
         except BaseException as raised:  # the thread must live on; the outcome says why
             error = raised
         with self._thread_ends_lock:
             first = not self._thread_ends
-            self._thread_ends.append((run, error))
+            self._thread_ends.append((run, error, returned))
         if first:  # one wake-up of the loop per batch of ends, not per job
             self._call_from_thread(loop, self._thread_ends_reported)
 
@@ -306,12 +346,12 @@ class Executor:
     def _thread_ends_reported(self) -> None:
         with self._thread_ends_lock:
             ends, self._thread_ends = self._thread_ends, []
-        for run, error in ends:
+        for run, error, returned in ends:
             if run.decided:  # failed at its deadline or handed back while its thread ran on
                 self.stuck_threads -= 1
                 self.on_thread_freed()
             else:
-                self._finish(run, self._decide(run, error))
+                self._finish(run, self._decide(run, error, returned))
         self._start_async()
 
     def _arm_deadline(self, run: RunningJob) -> None:
@@ -333,26 +373,51 @@ class Executor:
         )
         self._finish(run, self._decide(run, error))
 
-    # -- leases lost, hand back, shed, stop ------------------------------------
+    # -- cancels, leases lost, hand back, shed, stop ----------------------------
+
+    def cancel(self, job_id: int, lease_token: uuid.UUID) -> None:
+        """An operator cancelled this job (its NOTIFY): stop its handler, write nothing."""
+        run = self.running.get(lease_token)
+        if run is None or run.job.id != job_id or run.decided or run.handing_back:
+            return  # not ours, or finished meanwhile: its outcome write is fenced anyway
+        run.cancelled = True
+        log.info(
+            "job %s (%s): cancelled by an operator; %s", job_id, run.task.name,
+            "dropping it (not started)" if not run.started
+            else "cancelling its handler" if run.task.is_async
+            else "its handler sees ctx.cancel_requested",
+        )  # fmt: skip
+        self._stop(run)
 
     def lease_lost(self, lost: list[Lease]) -> None:
-        """The heartbeat found these leases gone: stop extending them, cancel what can be."""
-        self.leases.release(token for _, token in lost)
+        """The heartbeat found these leases gone: stop extending them, cancel what can be.
+
+        A job cancelled by an operator ends here too when its NOTIFY was missed
+        (``--poll-only``): the heartbeat extends only running jobs' leases.
+        """
         for job_id, token in lost:
             run = self.running.get(token)
             if run is None or run.decided or run.handing_back or run.lease_lost:
                 continue  # finished meanwhile: its outcome write is fenced anyway
-            run.lease_lost = True
-            if self._withdraw(run):
-                self._finish(run, None)
-                continue
-            log.warning(
-                "job %s (%s): lease lost (rescued or changed by an operator); %s",
-                job_id, run.task.name,
-                "cancelling it" if run.task.is_async else "its result will be discarded",
-            )  # fmt: skip
-            if run.future is not None:
-                run.future.cancel()
+            if run.started:
+                log.warning(
+                    "job %s (%s): lease lost (rescued, or cancelled or changed by an operator); %s",
+                    job_id, run.task.name,
+                    "cancelling it" if run.task.is_async else "its result will be discarded",
+                )  # fmt: skip
+            self._stop(run)
+        self.leases.release(token for _, token in lost)
+
+    def _stop(self, run: RunningJob) -> None:
+        """``run``'s job is no longer this worker's: drop it, or stop its handler."""
+        run.lease_lost = True
+        self.leases.release([run.job.lease_token])
+        if run.control is not None:
+            run.control.cancel.set()
+        if self._withdraw(run):
+            self._finish(run, None)
+        elif run.future is not None:
+            run.future.cancel()
 
     def _withdraw(self, run: RunningJob) -> bool:
         """Take back a job whose handler has not started; False if it has."""

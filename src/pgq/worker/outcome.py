@@ -31,6 +31,8 @@ class Outcome:
     traceback: str | None = None
     #: How long the handler ran, set by the worker (None if it never started).
     duration_seconds: float | None = None
+    #: What a succeeded handler returned, as JSON text (None: it returned None).
+    result: str | None = None
 
 
 def storable(text: str) -> str:
@@ -76,8 +78,19 @@ def format_traceback(error: BaseException) -> str:
     return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
 
 
-def succeeded(job: ClaimedJob) -> Outcome:
-    return Outcome(job, JobStatus.SUCCEEDED, "succeeded")
+def succeeded(job: ClaimedJob, result: str | None = None) -> Outcome:
+    """The handler returned; ``result`` is its value as JSON text (None for None)."""
+    return Outcome(job, JobStatus.SUCCEEDED, "succeeded", result=result)
+
+
+def result_refused(job: ClaimedJob, reason: str) -> Outcome:
+    """The handler returned a value that cannot be stored: dead now, never retried.
+
+    Its work is done; running it again would repeat its side effects and most
+    likely return the same value.
+    """
+    error = storable(f"pgq could not store this job's result: {reason}")[:MAX_ERROR_CHARS]
+    return Outcome(job, JobStatus.DEAD, "refused", error=error)
 
 
 def failed(job: ClaimedJob, error: BaseException, policy: Retry) -> Outcome:
