@@ -32,9 +32,7 @@ from worker_helpers import (
     connect,
     describe,
     enqueue,
-    eventually,
     fetch_job,
-    has_status,
     make_worker,
     running,
     wait_until,
@@ -82,7 +80,8 @@ async def test_cancelling_a_running_async_job_cancels_its_handler_within_a_secon
         # The worker runs on: the next job succeeds.
         next_job = await pgq.wait_async(db, await enqueue(db, "after"), timeout=15)
         assert next_job.result == 7 and not worker_task.done()
-    assert f"job {job_id} (forever): cancelled by an operator; cancelling its handler" in caplog.text
+    said = f"job {job_id} (forever): cancelled by an operator; cancelling its handler"
+    assert said in caplog.text
     history = (await pgq.get_job_async(db, job_id)).errors
     assert history[-1]["event"] == "cancelled" and history[-1]["previous_status"] == "running"
 
@@ -238,11 +237,14 @@ def test_pgq_work_stops_cancelled_async_and_sync_jobs_and_keeps_working(
     with psycopg.connect(dsn, autocommit=True) as conn:
         async_id = pgq.enqueue(conn, "wait_async").id
         sync_id = pgq.enqueue(conn, "wait_sync", {"marker": str(marker)}).id
-        for job_id in (async_id, sync_id):  # each reports progress once it runs
-            wait_until(
-                lambda job_id=job_id: pgq.get_job(conn, job_id).progress == {"state": "started"},
-                30, lambda job_id=job_id: f"job {job_id} to report progress:\n{worker.log()}",
-            )  # fmt: skip
+
+        def started() -> bool:  # each handler reports progress once it runs
+            return all(
+                pgq.get_job(conn, job_id).progress == {"state": "started"}
+                for job_id in (async_id, sync_id)
+            )
+
+        wait_until(started, 30, lambda: f"both jobs to report progress:\n{worker.log()}")
         for job_id in (async_id, sync_id):
             pgq.cancel(conn, job_id)
         wait_until(marker.exists, 5, lambda: f"the sync handler to see it:\n{worker.log()}")

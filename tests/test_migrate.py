@@ -927,3 +927,50 @@ def test_this_pgq_runs_on_the_revision_it_needs_and_refuses_older_ones(
         f"error: pgq's schema 'pgq' is at revision {older}, this pgq needs {needed} or later: "
         "run `pgq migrate`"
     )
+
+
+# --- revision 0008: results, progress, cancelling running jobs ----------------------------
+
+
+def jobs_by_status(dsn: str) -> list[tuple[int, str, int]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT id, status::text, attempts FROM pgq.jobs ORDER BY id")
+        return [(int(i), str(s), int(a)) for i, s, a in rows]
+
+
+def test_0008_goes_down_and_up_again_keeping_every_job(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:  # commits at exit
+        seed_job(conn, "queued")
+        done = seed_job(conn, "succeeded")
+        conn.execute("UPDATE pgq.jobs SET result = '{\"sum\": 5}' WHERE id = %s", [done])
+        busy = seed_job(conn, "running")
+        conn.execute("UPDATE pgq.jobs SET progress = '\"half\"' WHERE id = %s", [busy])
+        stopped = seed_job(conn, "running")
+    with psycopg.connect(dsn) as conn:
+        pgq.cancel(conn, stopped)
+    before = jobs_by_status(dsn)
+
+    pgq.migrate.migrate(dsn, downgrade_to="0005")
+
+    assert jobs_by_status(dsn) == before  # the job cancelled while running stays cancelled
+    assert not relation_exists(dsn, "pgq.job_results")
+    refused = pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="only queued")
+    with psycopg.connect(dsn) as conn, refused:
+        conn.execute("SELECT pgq.cancel(%s)", [busy])
+
+    pgq.migrate.migrate(dsn)
+
+    assert jobs_by_status(dsn) == before
+    with psycopg.connect(dsn) as conn:
+        # The downgrade dropped results and progress: they come back empty.
+        assert pgq.get_job(conn, done).result is None
+        pgq.cancel(conn, busy)
+        assert pgq.get_job(conn, busy).status == "cancelled"
+
+
+def test_migrate_sql_creates_0008s_view_and_cancel_for_running_jobs() -> None:
+    script = run_pgq("migrate", "--sql")
+
+    assert script.returncode == 0, output(script)
+    assert "CREATE VIEW pgq.job_results AS" in script.stdout
+    assert "PERFORM pg_notify('pgq_cancel', job_id || ' ' || found_token);" in script.stdout

@@ -68,9 +68,8 @@ async def test_a_handlers_return_value_is_the_jobs_result_and_wait_returns_it(ds
         jobs = [await pgq.wait_async(db, job_id, timeout=15) for job_id in ids]
     assert [job.status for job in jobs] == [pgq.JobStatus.SUCCEEDED] * 3
     assert [job.result for job in jobs] == [{"sum": 5}, "hello ada", None]
-    assert await (await db.execute("SELECT result FROM pgq.job_results ORDER BY id")).fetchall() == [
-        ({"sum": 5},), ("hello ada",), (None,)
-    ]  # fmt: skip
+    cursor = await db.execute("SELECT result FROM pgq.job_results ORDER BY id")
+    assert await cursor.fetchall() == [({"sum": 5},), ("hello ada",), (None,)]
 
 
 @in_asyncio

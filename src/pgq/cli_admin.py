@@ -241,7 +241,7 @@ def job(
     schema: SchemaOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one job: its args, state, lease, progress, result and error history."""
+    """Show one job: args, state, lease, progress, result and errors."""
     with database(dsn, schema) as (conn, schema_name):
         found = admin.get_job(conn, job_id, schema=schema_name)
     detail = found.as_dict()

@@ -401,7 +401,7 @@ class Executor:
                 continue  # finished meanwhile: its outcome write is fenced anyway
             if run.started:
                 log.warning(
-                    "job %s (%s): lease lost (rescued, or cancelled or changed by an operator); %s",
+                    "job %s (%s): lease lost (rescued or changed by an operator); %s",
                     job_id, run.task.name,
                     "cancelling it" if run.task.is_async else "its result will be discarded",
                 )  # fmt: skip
