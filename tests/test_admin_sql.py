@@ -592,9 +592,7 @@ def test_cancelling_a_job_frees_its_dedupe_key(conn: Conn) -> None:
 
 
 @pytest.mark.parametrize("status", ["dead", "succeeded", "cancelled"])
-def test_cancel_refuses_a_finished_job_and_changes_nothing(
-    conn: Conn, status: str
-) -> None:
+def test_cancel_refuses_a_finished_job_and_changes_nothing(conn: Conn, status: str) -> None:
     job_id = seed_job(conn, status)
     before = fetch_job(conn, job_id)
 
