@@ -8,8 +8,9 @@ The layers, from the top:
 - ``executor.py``: runs handlers (timeouts, threads) and decides each outcome.
 - ``outcome.py``: what an attempt's end means for its job (pure functions).
 - ``outcome_writer.py``: writes outcomes in fenced batches.
+- ``progress.py``: handlers' progress reports, written in fenced batches.
 - ``lease.py``: the leases held, and the heartbeat thread that extends them.
-- ``listen.py``: LISTEN for enqueues, so that idle workers claim at once.
+- ``listen.py``: LISTEN for enqueues and for cancels of running jobs.
 - ``maintenance.py``: the thread that runs rescue and pruning.
 - ``shutdown.py``: signals, the grace period, handing jobs back.
 - ``stats.py``: counts, metrics and log lines of what the worker did.
