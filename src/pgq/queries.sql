@@ -488,8 +488,8 @@ GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {worker};
 GRANT EXECUTE ON FUNCTION {schema}.refresh_queue_stats(interval) TO {worker};
 -- Operator: inspect everything, requeue, cancel, retry and prune; enqueue by hand.
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {operator};
-GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs,
-    {schema}.job_results TO {operator};
+GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs TO {operator};
+GRANT SELECT ON {schema}.job_results TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.dead_job_matches({schema}.jobs, text, text, text, timestamptz, timestamptz) TO {operator};

@@ -98,7 +98,8 @@ class JobContext:
             ctx.progress({"done": 40, "total": 100})
         """
         text = encode_value(value, "progress", MAX_PROGRESS_BYTES)
-        if self.control.report is not None:
+        # Once the job is cancelled its row is no longer this handler's: nothing to write.
+        if self.control.report is not None and not self.control.cancel.is_set():
             self.control.report(text)
 
     def snooze(self, seconds: float) -> NoReturn:

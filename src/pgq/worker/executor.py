@@ -378,8 +378,8 @@ class Executor:
     def cancel(self, job_id: int, lease_token: uuid.UUID) -> None:
         """An operator cancelled this job (its NOTIFY): stop its handler, write nothing."""
         run = self.running.get(lease_token)
-        if run is None or run.job.id != job_id or run.decided or run.handing_back:
-            return  # not ours, or finished meanwhile: its outcome write is fenced anyway
+        if run is None or run.job.id != job_id or run.decided or run.handing_back or run.lease_lost:
+            return  # not ours, finished or stopped meanwhile: its outcome write is fenced anyway
         run.cancelled = True
         log.info(
             "job %s (%s): cancelled by an operator; %s", job_id, run.task.name,
