@@ -170,12 +170,12 @@ class Executor:
                 run, outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
             )
             return
-        kwargs: dict[str, Any] = job.args
-        control = None
         if task.signature.takes_context:
             control = JobControl(report=functools.partial(self.progress.record, job))
             kwargs = {**job.args, CONTEXT_PARAMETER: self._context(job, control)}
-        run = RunningJob(job, task, kwargs, time.monotonic(), control=control)
+            run = RunningJob(job, task, kwargs, time.monotonic(), control=control)
+        else:
+            run = RunningJob(job, task, job.args, time.monotonic())
         self.running[job.lease_token] = run
         self._idle.clear()
         if task.is_async:
@@ -242,6 +242,8 @@ class Executor:
         job, task = run.job, run.task
         try:
             if error is None:
+                if returned is RETURNED_NONE:  # nearly always: nothing to store
+                    return outcomes.succeeded(job)
                 result, problem = returned
                 if problem is not None:
                     log.error("job %s (%s): %s", job.id, job.task, problem)

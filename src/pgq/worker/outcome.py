@@ -80,6 +80,8 @@ def format_traceback(error: BaseException) -> str:
 
 def succeeded(job: ClaimedJob, result: str | None = None) -> Outcome:
     """The handler returned; ``result`` is its value as JSON text (None for None)."""
+    if result is None:  # the hot path: no keyword to bind
+        return Outcome(job, JobStatus.SUCCEEDED, "succeeded")
     return Outcome(job, JobStatus.SUCCEEDED, "succeeded", result=result)
 
 

@@ -175,9 +175,10 @@ def finish_statements(batch: list[Outcome], schema: str) -> list[tuple[sql.SQL, 
     successes = [o for o in batch if o.status is JobStatus.SUCCEEDED]
     others = [o for o in batch if o.status is not JobStatus.SUCCEEDED]
     # One NOTIFY per statement wakes pgq.wait callers; its payload is the ids' range.
+    ids = [o.job.id for o in batch]
     notify = {
         "finished_channel": finished_channel(schema),
-        "finished_ids": f"{min(o.job.id for o in batch)}-{max(o.job.id for o in batch)}",
+        "finished_ids": f"{min(ids)}-{max(ids)}",
     }
     statements: list[tuple[sql.SQL, dict[str, Any]]] = []
     if successes:
@@ -199,9 +200,8 @@ def _fence(batch: list[Outcome]) -> dict[str, str]:
 
 def _results(successes: list[Outcome]) -> list[str | None] | None:
     """Each success's result as JSON text; None (one NULL array) when every one is None."""
-    if all(o.result is None for o in successes):
-        return None
-    return [o.result for o in successes]
+    results = [o.result for o in successes]
+    return None if results.count(None) == len(results) else results
 
 
 def _details(batch: list[Outcome]) -> dict[str, Any]:
