@@ -316,17 +316,21 @@ def test_requeue_dead_refuses_naive_death_times_and_changes_nothing(db: Conn) ->
 # -- cancel, retry now, prune ---------------------------------------------------------------
 
 
-def test_cancel_a_queued_job_and_job_state_error_for_a_running_one(db: Conn) -> None:
+def test_cancel_a_queued_and_a_running_job_and_job_state_error_for_a_finished_one(
+    db: Conn,
+) -> None:
     queued = seed_job(db, due_in=600)
     running = seed_job(db, "running")
+    dead = seed_job(db, "dead")
 
     admin.cancel(db, queued)
-    with pytest.raises(pgq.JobStateError, match=f"job {running} is running, only queued jobs"):
-        admin.cancel(db, running)
+    admin.cancel(db, running)
+    with pytest.raises(pgq.JobStateError, match=f"job {dead} is dead, only queued or running"):
+        admin.cancel(db, dead)
     with pytest.raises(pgq.JobNotFoundError):
         admin.cancel(db, 4040)
 
-    assert job_statuses(db) == {queued: "cancelled", running: "running"}
+    assert job_statuses(db) == {queued: "cancelled", running: "cancelled", dead: "dead"}
 
 
 def test_retry_now_makes_a_scheduled_job_due_and_refuses_a_dead_one(db: Conn) -> None:

@@ -277,7 +277,9 @@ def test_job_json_has_args_errors_lease_and_dedupe_key(dsn: str, db: Conn) -> No
 
     job = json.loads(ok(pgq_cli("job", str(job_id), "--json", "--dsn", dsn)))
 
-    assert set(job) == SUMMARY_KEYS | {"args", "errors", "locked_until", "dedupe_key"}
+    assert set(job) == SUMMARY_KEYS | {
+        "args", "errors", "locked_until", "dedupe_key", "result", "progress"
+    }  # fmt: skip
     assert job["args"] == {"to": "a@b.c"} and job["errors"] == []
     assert job["status"] == "running" and job["locked_by"] == "worker-host:4242:abcdef"
     assert job["dedupe_key"] == "mail-1" and job["locked_until"] is not None
@@ -498,17 +500,32 @@ def test_cancel_cancels_queued_jobs(dsn: str, db: Conn) -> None:
 
 
 def test_cancel_reports_each_refusal_and_exits_1(dsn: str, db: Conn) -> None:
-    queued, running = seed_job(db), seed_job(db, "running")
+    queued, running, dead = seed_job(db), seed_job(db, "running"), seed_job(db, "dead")
 
-    result = pgq_cli("cancel", str(queued), str(running), "999999", "--dsn", dsn)
+    result = pgq_cli("cancel", str(queued), str(running), str(dead), "999999", "--dsn", dsn)
 
     assert result.exit_code == 1
     assert flat(result.stdout) == (
-        f"job {queued}: cancelled "
-        f"job {running}: not cancelled: job {running} is running, only queued jobs can be "
+        f"job {queued}: cancelled job {running}: cancelled "
+        f"job {dead}: not cancelled: job {dead} is dead, only queued or running jobs can be "
         "cancelled job 999999: not cancelled: no job with id 999999"
     )
-    assert job_statuses(db) == {queued: "cancelled", running: "running"}
+    assert job_statuses(db) == {queued: "cancelled", running: "cancelled", dead: "dead"}
+
+
+def test_job_shows_progress_and_result(dsn: str, db: Conn) -> None:
+    job_id = seed_job(db, "succeeded")
+    db.execute(
+        "UPDATE pgq.jobs SET progress = %s, result = %s WHERE id = %s",
+        ['{"done": 3}', '{"width": 640}', job_id],
+    )
+    db.commit()
+
+    result = pgq_cli("job", str(job_id), "--dsn", dsn)
+
+    assert result.exit_code == 0, result.output
+    assert '│ progress     │ {"done": 3}' in result.stdout
+    assert '│ result       │ {"width": 640}' in result.stdout
 
 
 @pytest.mark.parametrize("command", ["cancel", "requeue", "job"])

@@ -491,6 +491,15 @@ def functions(dsn: str, schema: str = "pgq") -> dict[str, str]:
     return {str(name): str(definition) for name, definition in rows}
 
 
+# The columns of revision 0001's pgq.jobs: later revisions add columns, never change these.
+ALL_JOBS_OF_0001 = """
+SELECT id, queue, task, args, status, priority, attempts, max_attempts, run_at, locked_until,
+       locked_by, lease_token, last_error, errors, dedupe_key, created_at, started_at, finished_at
+FROM pgq.jobs
+ORDER BY id
+"""
+
+
 def all_jobs(dsn: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
         # The columns revision 0002 knows: later revisions may add some.
@@ -632,17 +641,9 @@ def drop_roles(dsn: str, roles: list[str]) -> None:
 def roles_script_of_0002(conn: Conn, schema: str) -> str:
     """What `pgq roles` applied before revision 0003: today's script without later functions."""
     script = roles_sql(schema).as_string(conn)
-    # Revision 0006's tables and columns: its own grants, on lines of their own, or appended.
-    script = "\n".join(
-        line.replace(", queue_from_task, priority_from_task", "")
-        for line in script.splitlines()
-        if not any(f".{name}" in line for name in ("tasks", "workers", "live_workers"))
-    )
-    later = (*NEW_IN_0003, *NEW_IN_0004)
-    # Revision 0007's table and view: their grants, and the comment above them.
-    lines = [line for line in script.splitlines() if "schedule" not in line]
-    kept = [line for line in lines if not any(f in line for f in later)]
-    assert len(kept) == len(lines) - len(later), "one grant line per function"
+    later = (*NEW_IN_0003, *NEW_IN_0004, "job_results")
+    kept = [line for line in script.splitlines() if not any(f in line for f in later)]
+    assert len(kept) == len(script.splitlines()) - len(later), "one grant line per function"
     return "\n".join(kept)
 
 
@@ -786,6 +787,12 @@ def test_a_downgrade_dry_run_names_the_revisions_and_the_jobs_and_changes_nothin
     assert schema_dump(dsn) == before and len(all_jobs(dsn)) == 5
 
 
+def reverted_down_to(revision: str) -> str:
+    """The revisions a downgrade to ``revision`` reverts, newest first, as migrate lists them."""
+    later = pgq.migrate.REVISIONS[pgq.migrate.REVISIONS.index(revision) + 1 :]
+    return ", ".join(reversed(later))
+
+
 def test_a_downgrade_that_keeps_the_jobs_says_so_and_what_this_pgq_needs(dsn: str) -> None:
     text = migrate_ok(dsn, "--downgrade", "0003", "--dry-run")
 
@@ -794,6 +801,9 @@ def test_a_downgrade_that_keeps_the_jobs_says_so_and_what_this_pgq_needs(dsn: st
         f"{', '.join(reversed(pgq.migrate.REVISIONS[3:]))}. Jobs are kept. "
         f"This pgq needs {pgq.migrate.required_revision()}: it "
         "refuses to run until migrated again. Nothing changed."
+        f"{reverted_down_to('0003')}. Jobs are kept. This pgq needs "
+        f"{pgq.migrate.required_revision()}: it refuses to run until migrated again. "
+        "Nothing changed."
     )
     assert pgq.migrate.current_revision(dsn) == HEAD
 
@@ -1014,3 +1024,50 @@ def test_0006_goes_down_and_up_again_keeping_jobs_and_fixing_attempts_left_to_th
     ]  # fmt: skip
     with psycopg.connect(dsn) as conn:
         assert pgq.enqueue(conn, "after", {"n": 1}).created
+
+
+# --- revision 0008: results, progress, cancelling running jobs ----------------------------
+
+
+def jobs_by_status(dsn: str) -> list[tuple[int, str, int]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT id, status::text, attempts FROM pgq.jobs ORDER BY id")
+        return [(int(i), str(s), int(a)) for i, s, a in rows]
+
+
+def test_0008_goes_down_and_up_again_keeping_every_job(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:  # commits at exit
+        seed_job(conn, "queued")
+        done = seed_job(conn, "succeeded")
+        conn.execute("UPDATE pgq.jobs SET result = '{\"sum\": 5}' WHERE id = %s", [done])
+        busy = seed_job(conn, "running")
+        conn.execute("UPDATE pgq.jobs SET progress = '\"half\"' WHERE id = %s", [busy])
+        stopped = seed_job(conn, "running")
+    with psycopg.connect(dsn) as conn:
+        pgq.cancel(conn, stopped)
+    before = jobs_by_status(dsn)
+
+    pgq.migrate.migrate(dsn, downgrade_to="0005")
+
+    assert jobs_by_status(dsn) == before  # the job cancelled while running stays cancelled
+    assert not relation_exists(dsn, "pgq.job_results")
+    refused = pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="only queued")
+    with psycopg.connect(dsn) as conn, refused:
+        conn.execute("SELECT pgq.cancel(%s)", [busy])
+
+    pgq.migrate.migrate(dsn)
+
+    assert jobs_by_status(dsn) == before
+    with psycopg.connect(dsn) as conn:
+        # The downgrade dropped results and progress: they come back empty.
+        assert pgq.get_job(conn, done).result is None
+        pgq.cancel(conn, busy)
+        assert pgq.get_job(conn, busy).status == "cancelled"
+
+
+def test_migrate_sql_creates_0008s_view_and_cancel_for_running_jobs() -> None:
+    script = run_pgq("migrate", "--sql")
+
+    assert script.returncode == 0, output(script)
+    assert "CREATE VIEW pgq.job_results AS" in script.stdout
+    assert "PERFORM pg_notify('pgq_cancel', job_id || ' ' || found_token);" in script.stdout

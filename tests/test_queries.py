@@ -105,7 +105,7 @@ def test_statement_names_are_verb_noun() -> None:
         "enqueue", "insert", "create", "copy", "notify", "listen", "disable", "claim", "extend",
         "finish", "lock", "rescue", "try", "release", "read", "find", "probe", "count", "list",
         "get", "requeue", "cancel", "retry", "prune", "refresh", "grant", "drop", "mark",
-        "declare", "advance", "register", "reroute", "touch", "remove",
+        "declare", "advance", "register", "reroute", "touch", "remove", "unlisten", "record",
     }  # fmt: skip
     for filename, statements in STATEMENT_FILES.items():
         for name in statements.blocks:

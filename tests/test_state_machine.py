@@ -52,13 +52,13 @@ import pgq
 from pgq import admin
 from pgq.enqueue import EnqueueOptions, EnqueueResult
 from pgq.errors import JobNotFoundError, JobStateError
-from pgq.job import ClaimedJob, JobStatus
+from pgq.job import ClaimedJob
 from pgq.queries import array_literal, query
 from pgq.rescue import RESCUE_BATCH, rescue_stale_jobs
 from pgq.retry import DEFAULT_RETRY, retry_delay
 from pgq.worker import outcome as outcomes
 from pgq.worker.outcome import Outcome
-from pgq.worker.outcome_writer import _details, _fence
+from pgq.worker.outcome_writer import finish_statements
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -250,18 +250,12 @@ def write_outcomes(conn: Conn, batch: list[Outcome]) -> set[int]:
     """One batch as OutcomeWriter._write writes it: successes with finish_succeeded_jobs,
     the rest with finish_jobs, every row fenced by its lease token. The ids written.
 
-    The parameters come from the writer's own (private) builders, on purpose: the model
-    writes exactly what the worker writes.
+    The statements come from the writer's own builder, on purpose: the model writes
+    exactly what the worker writes.
     """
-    successes = [o for o in batch if o.status is JobStatus.SUCCEEDED]
-    others = [o for o in batch if o.status is not JobStatus.SUCCEEDED]
     applied: set[int] = set()
-    if successes:
-        cursor = conn.execute(query("finish_succeeded_jobs", SCHEMA), _fence(successes))
-        applied.update(row[0] for row in cursor)
-    if others:
-        params = {**_fence(others), **_details(others)}
-        applied.update(row[0] for row in conn.execute(query("finish_jobs", SCHEMA), params))
+    for statement, params in finish_statements(batch, SCHEMA):
+        applied.update(row[0] for row in conn.execute(statement, params))
     return applied
 
 
@@ -748,12 +742,12 @@ class JobStateMachine(RuleBasedStateMachine):
         self.touch(requeued)
 
     def operator_cancel(self, job_id: int) -> None:
-        """Queued only: pgq cannot stop a handler that has started."""
+        """Queued or running (edge running -> cancelled): the holder's later finish is fenced."""
         job = self.jobs.get(job_id)
-        allowed = job is not None and job.status == "queued"
+        allowed = job is not None and job.status in ("queued", "running")
         self.operate(admin.cancel, job_id, allowed)
         if job is not None and allowed:
-            seen("cancel: cancelled")
+            seen(f"cancel: cancelled while {job.status}")
             job.history.append("cancelled")
             job.move_to("cancelled")
 
@@ -878,7 +872,9 @@ def check_history(row: Row, job: ModelJob) -> None:
     assert kinds == job.history, (row, job)
     since = row.errors[max((i for i, k in enumerate(kinds) if k == "requeued"), default=-1) + 1 :]
     failures = [entry["attempt"] for entry in since if "error" in entry]
-    unfinished_attempt = row.status in ("running", "succeeded")
+    # A job cancelled while it ran: its last attempt counted, and did not fail.
+    cancelled_running = row.status == "cancelled" and since[-1].get("previous_status") == "running"
+    unfinished_attempt = row.status in ("running", "succeeded") or cancelled_running
     assert failures == list(range(1, row.attempts + 1 - unfinished_attempt)), row
 
 

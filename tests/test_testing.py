@@ -37,9 +37,10 @@ def flaky(attempts_needed: int, ctx: pgq.JobContext) -> None:
 
 
 @app.task()
-async def notify(channel: str) -> None:
+async def notify(channel: str) -> dict[str, str]:
     await asyncio.sleep(0)
     ran.append(f"notify {channel}")
+    return {"sent": channel}
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +87,10 @@ def test_drain_runs_due_jobs_through_claim_and_finish_in_the_tests_transaction(
 
     assert counts == {"succeeded": 2}
     assert sorted(ran) == ["notify ops", "welcome ada@example.com"]
+    notified = enqueued_jobs(pgq_conn)  # only the later one is still queued
+    results = pgq_conn.execute("SELECT task, result FROM pgq.jobs WHERE status = 'succeeded'")
+    assert sorted(results.fetchall()) == [("notify", {"sent": "ops"}), ("send_welcome", None)]
+    assert len(notified) == 1
     assert [job.id for job in enqueued_jobs(pgq_conn)] == [later.id], "not due yet: still queued"
     statuses = pgq_conn.execute("SELECT status::text, count(*) FROM pgq.jobs GROUP BY 1 ORDER BY 1")
     assert statuses.fetchall() == [("queued", 1), ("succeeded", 2)]

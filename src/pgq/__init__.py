@@ -1,5 +1,6 @@
 """pgq: a PostgreSQL-native background job queue."""
 
+from pgq.admin import JobDetail, cancel, get_job, get_job_async, wait, wait_async
 from pgq.config import installed_version
 from pgq.enqueue import (
     EnqueueOptions,
@@ -20,6 +21,7 @@ from pgq.errors import (
     PgqError,
     SchemaError,
     Snooze,
+    WaitTimeout,
 )
 from pgq.job import JobStatus
 from pgq.retention import Retention
@@ -38,6 +40,7 @@ __all__ = [
     "GiveUp",
     "InvalidJobError",
     "JobContext",
+    "JobDetail",
     "JobNotFoundError",
     "JobSignal",
     "JobSpec",
@@ -49,9 +52,15 @@ __all__ = [
     "SchemaError",
     "Snooze",
     "Task",
+    "WaitTimeout",
     "Worker",
+    "cancel",
     "enqueue",
     "enqueue_async",
     "enqueue_many",
     "enqueue_many_async",
+    "get_job",
+    "get_job_async",
+    "wait",
+    "wait_async",
 ]

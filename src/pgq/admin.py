@@ -1,12 +1,16 @@
-"""Inspect and repair jobs: the functions behind `pgq stats`, `pgq jobs`, `pgq requeue`...
+"""Inspect, wait for and repair jobs: the functions behind `pgq stats`, `pgq job`, `pgq cancel`...
 
-Each one wraps a documented view or SQL function (migrations/versions/0002 and
-0003), so the CLI, Python callers and an operator in psql all do the same thing.
+Each one wraps a documented view or SQL function (migrations/versions/0002,
+0003 and 0008), so the CLI, Python callers and an operator in psql all do the
+same thing. ``get_job`` and ``wait`` have async twins for an AsyncConnection:
+the logic is in pure steps (``_job_detail``, ``_Waiting``), the drivers are short.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -17,14 +21,17 @@ import psycopg
 import psycopg.errors
 from psycopg.rows import tuple_row
 
-from pgq.config import MAX_DURATION_SECONDS, resolve_schema
-from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError, shown
+from pgq.config import MAX_DURATION_SECONDS, finished_channel, resolve_schema
+from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError, WaitTimeout, shown
 from pgq.job import FINISHED_STATUSES, MAX_JOB_ID, JobStatus
 from pgq.queries import query
 from pgq.retention import PRUNE_BATCH
 from pgq.schedule import DECLARE_INTERVAL_SECONDS, Schedule
 
 REQUEUE_BATCH = 500
+#: How often ``wait`` reads its job again without a notification: one can be missed
+#: (a reconnect), and behind PgBouncer in transaction mode LISTEN hears nothing.
+WAIT_RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +100,7 @@ class JobSummary:
     id: int
     queue: str
     task: str
-    status: str
+    status: JobStatus
     priority: int
     attempts: int
     #: None: left to the task, and no worker registered it yet (the first claim decides).
@@ -105,18 +112,39 @@ class JobSummary:
     locked_by: str | None
     last_error: str | None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", JobStatus(self.status))  # the database says text
+
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
 class JobDetail(JobSummary):
+    """One job as ``pgq.get_job`` and ``pgq.wait`` return it.
+
+    Example::
+
+        job = pgq.get_job(conn, job_id)
+        job.status, job.attempts, job.progress, job.result, job.errors
+    """
+
     #: The job's args; their JSON text when Python cannot decode it (a row written
     #: past pgq's checks, with a 5,000-digit number, say).
     args: dict[str, Any] | str
+    #: History, oldest first: failed attempts and operators' actions.
     errors: list[dict[str, Any]]
     locked_until: datetime | None
     dedupe_key: str | None
+    #: What the handler returned, once the job succeeded (None before, or for None).
+    result: Any = None
+    #: The latest value a handler reported with ``ctx.progress()`` (None: none yet).
+    progress: Any = None
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded, dead or cancelled: ``wait`` returns."""
+        return self.status in FINISHED_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,25 +335,167 @@ def list_jobs(
 
 
 def get_job(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> JobDetail:
-    """One job with its args and error history; JobNotFoundError if there is none."""
+    """One job: status, attempts, args, result, progress, error history.
+
+    JobNotFoundError if there is none. Example::
+
+        job = pgq.get_job(conn, 42)
+        if job.status is pgq.JobStatus.SUCCEEDED:
+            print(job.result)
+    """
     _check_id(job_id)
-    rows = _fetch(conn, "get_job", schema, {"id": job_id})
+    return _job_detail(job_id, _fetch(conn, "get_job", schema, {"id": job_id}))
+
+
+async def get_job_async(
+    conn: psycopg.AsyncConnection[Any], job_id: int, *, schema: str | None = None
+) -> JobDetail:
+    """``get_job`` for an AsyncConnection."""
+    _check_id(job_id)
+    async with conn.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(query("get_job", resolve_schema(schema)), {"id": job_id})
+        return _job_detail(job_id, await cursor.fetchall())
+
+
+def _job_detail(job_id: int, rows: list[tuple[Any, ...]]) -> JobDetail:
     if not rows:
         raise JobNotFoundError(f"no job with id {job_id}")
-    *head, args_text, errors, locked_until, dedupe_key = rows[0]
+    *head, args_text, errors, locked_until, dedupe_key, result, progress = rows[0]
     summary = JobSummary(*head).as_dict()
     return JobDetail(
         **summary, args=_decoded(args_text), errors=errors, locked_until=locked_until,
-        dedupe_key=dedupe_key,
+        dedupe_key=dedupe_key, result=_decoded(result), progress=_decoded(progress),
     )  # fmt: skip
 
 
-def _decoded(args_text: str) -> dict[str, Any] | str:
+def _decoded(text: str | None) -> Any:
+    """JSON text as Python, or the text itself when Python cannot decode it."""
+    if text is None:
+        return None
     try:
-        args: dict[str, Any] = json.loads(args_text)
+        return json.loads(text)
     except (ValueError, RecursionError):
-        return args_text
-    return args
+        return text
+
+
+class _Waiting:
+    """What ``wait`` and ``wait_async`` decide, apart from their I/O."""
+
+    def __init__(self, job_id: int, timeout: float | None, schema: str | None) -> None:
+        _check_id(job_id)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= MAX_DURATION_SECONDS
+            or math.isnan(timeout)
+        ):
+            raise InvalidJobError(
+                f"timeout must be None or seconds >= 0 (at most 100 years), got {shown(timeout)}"
+            )
+        self.job_id, self.timeout = job_id, timeout
+        self.schema = resolve_schema(schema)
+        self.channel = finished_channel(self.schema)
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    @staticmethod
+    def check_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        # Inside a transaction, LISTEN starts only at its commit, and a job enqueued
+        # in it could never be claimed: waiting would hang.
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            raise InvalidJobError(
+                "wait() needs a connection outside a transaction: commit first "
+                "(a job enqueued in an open transaction cannot run until it commits)"
+            )
+
+    def seconds_to_listen(self, job: JobDetail) -> float:
+        """How long to listen before reading the job again; WaitTimeout once past the deadline."""
+        if self.deadline is None:
+            return WAIT_RECHECK_SECONDS
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(
+                f"job {self.job_id} did not finish within {self.timeout:g}s (it is {job.status})"
+            )
+        return min(left, WAIT_RECHECK_SECONDS)
+
+    def concerns(self, payload: str) -> bool:
+        """Does a finished batch (``"<lowest id>-<highest id>"``) perhaps hold this job?"""
+        low, _, high = payload.partition("-")
+        try:
+            return int(low) <= self.job_id <= int(high)
+        except ValueError:
+            return True  # a payload pgq did not write: read the job again
+
+
+def wait(
+    conn: psycopg.Connection[Any],
+    job_id: int,
+    *,
+    timeout: float | None = None,
+    schema: str | None = None,
+) -> JobDetail:
+    """Wait until the job finished (succeeded, dead or cancelled) and return it.
+
+    It LISTENs on the connection for finished batches and reads the job again when
+    one may hold it, and at least every second whatever it hears. ``timeout`` in
+    seconds (None: no limit) raises ``pgq.WaitTimeout``. The connection must not
+    be inside a transaction; each read is its own. Example::
+
+        job_id = add.enqueue(conn, {"a": 1, "b": 2}).id
+        conn.commit()
+        job = pgq.wait(conn, job_id, timeout=30)
+        job.result  # 3
+    """
+    waiting = _Waiting(job_id, timeout, schema)
+    waiting.check_connection(conn)
+    listen = query("listen_for_finishes", waiting.schema, finished_channel=waiting.channel)
+    unlisten = query("unlisten_finishes", waiting.schema, finished_channel=waiting.channel)
+    with conn.transaction():
+        conn.execute(listen)
+    try:
+        while True:
+            with conn.transaction():
+                job = get_job(conn, job_id, schema=waiting.schema)
+            if job.finished:
+                return job
+            seconds = waiting.seconds_to_listen(job)
+            for notify in conn.notifies(timeout=seconds):
+                if notify.channel == waiting.channel and waiting.concerns(notify.payload):
+                    break
+    finally:
+        if not conn.closed:
+            with conn.transaction():
+                conn.execute(unlisten)
+
+
+async def wait_async(
+    conn: psycopg.AsyncConnection[Any],
+    job_id: int,
+    *,
+    timeout: float | None = None,
+    schema: str | None = None,
+) -> JobDetail:
+    """``wait`` for an AsyncConnection."""
+    waiting = _Waiting(job_id, timeout, schema)
+    waiting.check_connection(conn)
+    listen = query("listen_for_finishes", waiting.schema, finished_channel=waiting.channel)
+    unlisten = query("unlisten_finishes", waiting.schema, finished_channel=waiting.channel)
+    async with conn.transaction():
+        await conn.execute(listen)
+    try:
+        while True:
+            async with conn.transaction():
+                job = await get_job_async(conn, job_id, schema=waiting.schema)
+            if job.finished:
+                return job
+            seconds = waiting.seconds_to_listen(job)
+            async for notify in conn.notifies(timeout=seconds):
+                if notify.channel == waiting.channel and waiting.concerns(notify.payload):
+                    break
+    finally:
+        if not conn.closed:
+            async with conn.transaction():
+                await conn.execute(unlisten)
 
 
 def requeue(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
@@ -415,7 +585,15 @@ def requeue_dead(
 
 
 def cancel(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
-    """Cancel a queued job before it runs; JobStateError once it has started."""
+    """Cancel a queued or running job: it is ``cancelled`` at once (committed here).
+
+    A running job's worker hears of it within a moment (a NOTIFY; behind PgBouncer
+    ``--poll-only``, at its next heartbeat): an async handler is cancelled, a sync
+    one sees ``ctx.cancel_requested``, and whatever the handler returns is
+    discarded. JobStateError for a finished job. Example::
+
+        pgq.cancel(conn, 42)
+    """
     with _job_errors(job_id), conn.transaction():
         _fetch(conn, "cancel_job", schema, {"id": job_id})
 

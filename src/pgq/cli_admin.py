@@ -330,7 +330,7 @@ def job(
     schema: SchemaOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one job: its args, state, lease and error history."""
+    """Show one job: args, state, lease, progress, result and errors."""
     with database(dsn, schema) as (conn, schema_name):
         found = admin.get_job(conn, job_id, schema=schema_name)
     detail = found.as_dict()
@@ -341,11 +341,16 @@ def job(
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in detail.items():
-        if key in ("errors", "args"):
+        if key in ("errors", "args", "progress", "result"):
             continue
         table.add_row(key, escape("" if value is None else str(value)))
-    args = found.args if isinstance(found.args, str) else json.dumps(found.args, ensure_ascii=False)
-    table.add_row("args", escape(args[:2_000]))
+    for key in ("args", "progress", "result"):
+        value = detail[key]
+        # Args Python cannot decode come as their text; a result's text is a JSON string.
+        undecodable = key == "args" and isinstance(value, str)
+        text = value if undecodable else json.dumps(value, ensure_ascii=False)
+        if key == "args" or value is not None:
+            table.add_row(key, escape(text[:2_000]))
     out.print(table)
     if found.errors:
         history = Table(title="error history, oldest first")
@@ -501,12 +506,15 @@ def _requeue_by_filter(
 def cancel(
     job_ids: Annotated[
         list[int],
-        typer.Argument(metavar="ID", help="Job ids: queued jobs to cancel.", parser=parse_job_id),
+        typer.Argument(
+            metavar="ID", help="Job ids: queued or running jobs to cancel.", parser=parse_job_id
+        ),
     ],
     dsn: DsnOption = None,
     schema: SchemaOption = None,
 ) -> None:
-    """Cancel queued jobs before they run. Running and finished jobs are refused."""
+    """Cancel queued or running jobs. A running job's worker is told to stop it; finished jobs
+    are refused."""
     failed = 0
     with database(dsn, schema) as (conn, schema_name):
         for job_id in job_ids:

@@ -118,6 +118,16 @@ def wakeup_channel(schema: str) -> str:
     return f"{schema}_wakeup"
 
 
+def cancel_channel(schema: str) -> str:
+    """The channel on which ``pgq.cancel()`` tells a worker to stop a running job (0008)."""
+    return f"{schema}_cancel"
+
+
+def finished_channel(schema: str) -> str:
+    """The channel on which each batch of finished jobs wakes ``pgq.wait`` (0008)."""
+    return f"{schema}_finished"
+
+
 # Long-lived worker connections: give up on a connect after 10 s, and notice a
 # peer that vanished without closing (network drop) in about 25 s instead of
 # the kernel's default of two hours. A value set in the DSN wins.

@@ -237,6 +237,31 @@ def encode_args(args: Mapping[str, Any] | None) -> str:
     return text
 
 
+def encode_value(value: object, what: str, max_bytes: int) -> str:
+    """Any JSON value (a result, a progress report) as JSON text, or InvalidJobError.
+
+    The rules of args, but for any value: JSON types only, at most ``max_bytes``,
+    no NUL, at most MAX_ARGS_DEPTH levels (every reader decodes it on its stack).
+    """
+    try:
+        text = _JSON_ENCODER.encode(value)
+        size = len(text.encode())  # a lone surrogate ("\ud800") is not UTF-8: refused here
+    except RecursionError:
+        raise InvalidJobError(f"{what} nests too deep to store") from None
+    except Exception as error:  # TypeError, ValueError, or an object's own
+        raise InvalidJobError(f"{what} must be JSON-serialisable: {_reason(error)}") from None
+    if size > max_bytes:
+        raise InvalidJobError(
+            f"{what} is {size:,} bytes of JSON, over the {max_bytes:,}-byte limit: "
+            "store large documents elsewhere and return their key"
+        )
+    if "\\u0000" in text and _contains_nul(value):
+        raise InvalidJobError(f"{what} contains a NUL character, which jsonb cannot store")
+    if text.count("[") + text.count("{") >= MAX_ARGS_DEPTH and _depth(value) > MAX_ARGS_DEPTH:
+        raise InvalidJobError(f"{what} nests more than {MAX_ARGS_DEPTH} levels deep")
+    return text
+
+
 _TOO_DEEP = (
     f"job args nest more than {MAX_ARGS_DEPTH} levels deep: flatten them, or store the "
     "document elsewhere and pass its key"

@@ -50,6 +50,10 @@ class JobStateError(PgqError):
     """The job is not in a state that allows this, like requeueing a running job."""
 
 
+class WaitTimeout(PgqError, TimeoutError):
+    """``pgq.wait`` gave up: the job did not finish within its timeout (it may still)."""
+
+
 class JobSignal(Exception):
     """Raised by a handler to choose its job's outcome. Not a failure."""
 

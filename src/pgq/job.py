@@ -31,6 +31,12 @@ MAX_ARGS_BYTES = 1_048_576
 # its own stack, which must never run out (Python's recursion limit is 1,000).
 # Checked in SQL too (migrations/0004).
 MAX_ARGS_DEPTH = 100
+# A handler's return value, stored as the job's result: the same limit as args, and
+# the same depth (MAX_ARGS_DEPTH), so that every reader can decode it.
+MAX_RESULT_BYTES = MAX_ARGS_BYTES
+# What ctx.progress() takes: a worker writes it again at every report, so it is
+# kept small; a large document belongs in the result.
+MAX_PROGRESS_BYTES = 65_536
 # When a job may first run: a timezone-aware time in [RUN_AT_MIN, RUN_AT_MAX). Every
 # tool (Python's datetime, the operator views' date arithmetic) can handle these.
 RUN_AT_MIN = datetime(1970, 1, 1, tzinfo=UTC)
@@ -51,15 +57,15 @@ class JobStatus(enum.StrEnum):
     #: operator's cancel.
     QUEUED = "queued"
     #: Leased to one worker until ``locked_until``. Left by that worker's finish
-    #: (``finish_succeeded_jobs``, ``finish_jobs``), its hand back at shutdown, or
-    #: rescue when the lease expires (``rescue_jobs``).
+    #: (``finish_succeeded_jobs``, ``finish_jobs``), its hand back at shutdown,
+    #: rescue when the lease expires (``rescue_jobs``), or an operator's cancel.
     RUNNING = "running"
     #: Finished. Terminal.
     SUCCEEDED = "succeeded"
     #: Attempts exhausted or given up: the dead-letter queue. Left only when an
     #: operator requeues it.
     DEAD = "dead"
-    #: Cancelled by an operator before it ran. Terminal.
+    #: Cancelled by an operator, before it ran or while it ran. Terminal.
     CANCELLED = "cancelled"
 
 

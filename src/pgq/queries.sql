@@ -106,6 +106,15 @@ FROM unnest(%(queues)s::text[]) AS queue_name;
 -- listen_for_jobs: subscribe this connection to enqueue wake-ups
 LISTEN {channel};
 
+-- listen_for_cancels: subscribe this connection to cancels of running jobs (pgq.cancel() notifies "<id> <lease token>")
+LISTEN {cancel_channel};
+
+-- listen_for_finishes: subscribe this connection to finished jobs (pgq.wait; payload "<lowest id>-<highest id>" of a batch)
+LISTEN {finished_channel};
+
+-- unlisten_finishes: pgq.wait is done with the caller's connection
+UNLISTEN {finished_channel};
+
 -- disable_bitmap_scans: set on each of the worker's pooled connections (claims and outcome writes only)
 -- Before a table's first ANALYZE (or with stats taken while the queue was empty), the
 -- planner thinks few jobs are queued and claims with a bitmap scan that sorts every
@@ -207,7 +216,10 @@ WHERE j.id = held.id
 RETURNING j.id, j.lease_token;
 
 -- finish_jobs: record a batch of outcomes other than success, each fenced by its lease token (edges: running -> queued | dead)
--- A row whose token no longer matches (lease lost, job rescued) is left alone and not returned.
+-- A row whose token no longer matches (lease lost, job rescued), or that is no longer
+-- running (cancelled by an operator), is left alone and not returned.
+-- One NOTIFY per batch (an InitPlan, run once) wakes pgq.wait callers: the payload
+-- is the batch's lowest and highest id, "12-40", so a waiter for another job sleeps on.
 -- refund_attempt gives the attempt back (snooze, hand back at shutdown): those were not the job's fault.
 -- Rows are locked in id order first, as extend_leases locks them (see there).
 WITH outcome AS (
@@ -250,16 +262,20 @@ SET status = outcome.status::{schema}.job_status,
 FROM locked
 JOIN outcome ON outcome.id = locked.id AND outcome.lease_token = locked.lease_token
 WHERE j.id = locked.id
+  AND (SELECT true FROM pg_notify(%(finished_channel)s, %(finished_ids)s))
 RETURNING j.id;
 
--- finish_succeeded_jobs: record a batch of successes, each fenced by its lease token: two parameters where finish_jobs takes seven (edge: running -> succeeded)
--- The same fence and the same id-order locking as finish_jobs.
+-- finish_succeeded_jobs: record a batch of successes and their results, each fenced by its lease token: three parameters where finish_jobs takes seven (edge: running -> succeeded)
+-- The same fence, the same id-order locking and the same NOTIFY as finish_jobs.
+-- results are JSON texts, NULL for a handler that returned None; the whole array is
+-- NULL when every handler of the batch did (unnest pads it), which costs nothing.
 WITH outcome AS (
     SELECT *
-    FROM unnest(%(ids)s::bigint[], %(lease_tokens)s::uuid[]) AS outcome(id, lease_token)
+    FROM unnest(%(ids)s::bigint[], %(lease_tokens)s::uuid[], %(results)s::text[])
+        AS outcome(id, lease_token, result)
 ),
 locked AS (
-    SELECT j.id
+    SELECT j.id, outcome.result
     FROM {schema}.jobs AS j
     JOIN outcome ON j.id = outcome.id AND j.lease_token = outcome.lease_token
     WHERE j.status = 'running'
@@ -270,7 +286,30 @@ UPDATE {schema}.jobs AS j
 SET status = 'succeeded',
     locked_until = NULL,
     locked_by = NULL,
-    finished_at = now()
+    finished_at = now(),
+    result = locked.result::jsonb
+FROM locked
+WHERE j.id = locked.id
+  AND (SELECT true FROM pg_notify(%(finished_channel)s, %(finished_ids)s))
+RETURNING j.id;
+
+-- record_progress: store the latest progress each running job reported, fenced by its lease token (not an edge: the job stays running)
+-- Rows are locked in id order, as extend_leases and the finish statements lock them.
+WITH reported AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(lease_tokens)s::uuid[], %(progress)s::text[])
+        AS reported(id, lease_token, progress)
+),
+locked AS (
+    SELECT j.id, reported.progress
+    FROM {schema}.jobs AS j
+    JOIN reported ON j.id = reported.id AND j.lease_token = reported.lease_token
+    WHERE j.status = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j
+)
+UPDATE {schema}.jobs AS j
+SET progress = locked.progress::jsonb
 FROM locked
 WHERE j.id = locked.id
 RETURNING j.id;
@@ -545,11 +584,12 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- get_job: one job with everything pgq keeps about it; args as text (pgq.admin decodes them, and copes with args Python cannot decode)
+-- get_job: one job with everything pgq keeps about it; args, result and progress as text (pgq.admin decodes them, and copes with JSON Python cannot decode); a max_attempts left to the task shows the task's registered one
 SELECT id, queue, task, status::text, priority, attempts,
        coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task)),
        run_at, created_at,
-       started_at, finished_at, locked_by, last_error, args::text, errors, locked_until, dedupe_key
+       started_at, finished_at, locked_by, last_error, args::text, errors, locked_until, dedupe_key,
+       result::text, progress::text
 FROM {schema}.jobs
 WHERE id = %(id)s::bigint;
 
@@ -591,7 +631,7 @@ FROM {schema}.requeue_dead(
     job_ids => %(job_ids)s::bigint[]
 ) AS requeued;
 
--- cancel_job: cancel a queued job through the operators' function (edge: queued -> cancelled)
+-- cancel_job: cancel a queued or running job through the operators' function (edges: queued | running -> cancelled)
 SELECT {schema}.cancel(%(id)s::bigint);
 
 -- retry_job_now: make a queued job due now
@@ -675,6 +715,7 @@ GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {operator};
 GRANT SELECT ON {schema}.queue_stats, {schema}.job_counts, {schema}.dead_jobs, {schema}.running_jobs TO {operator};
 GRANT SELECT ON {schema}.schedule_status TO {operator};
 GRANT SELECT ON {schema}.tasks, {schema}.task_defaults, {schema}.live_workers, {schema}.unserved_jobs TO {operator};
+GRANT SELECT ON {schema}.job_results TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.requeue_dead(text, text, text, timestamptz, timestamptz, integer, bigint[]) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.dead_job_matches({schema}.jobs, text, text, text, timestamptz, timestamptz) TO {operator};

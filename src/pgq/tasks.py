@@ -7,6 +7,7 @@ import importlib
 import inspect
 import pkgutil
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any, NoReturn, Unpack, overload
 
 from pgq.config import resolve_schema
 from pgq.contrib.sqlalchemy import AsyncConnection, SyncConnection
-from pgq.enqueue import EnqueueOptions, EnqueueResult, enqueue, enqueue_async
+from pgq.enqueue import EnqueueOptions, EnqueueResult, encode_value, enqueue, enqueue_async
 from pgq.errors import ConfigError, GiveUp, Snooze, shown
 from pgq.job import (
     DEFAULT_MAX_ATTEMPTS,
@@ -24,6 +25,7 @@ from pgq.job import (
     MAX_ATTEMPTS_LIMIT,
     MAX_DELAY_SECONDS,
     MAX_PRIORITY,
+    MAX_PROGRESS_BYTES,
     QUEUE_NAME,
     TASK_NAME,
 )
@@ -32,6 +34,20 @@ from pgq.schedule import Misfire, Schedule
 from pgq.signature import HandlerSignature
 
 Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
+
+
+class JobControl:
+    """What the worker and a running handler tell each other: stop, and how far it got.
+
+    Shared by a handler's thread and the event loop: a ``threading.Event`` for the
+    cancel, and ``report`` (the worker's progress buffer) takes JSON text.
+    """
+
+    __slots__ = ("cancel", "report")
+
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
+        self.cancel = threading.Event()
+        self.report = report
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +69,39 @@ class JobContext:
     max_attempts: int
     worker: str
     enqueued_at: datetime
+    control: JobControl = field(default_factory=JobControl, repr=False, compare=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once this job should stop: an operator cancelled it (``pgq cancel``), or
+        this worker lost its lease. The job is no longer this handler's to finish:
+        whatever it returns or raises from then on is discarded.
+
+        An async handler is cancelled (``asyncio.CancelledError``) instead; a plain
+        ``def`` handler cannot be interrupted, so it checks this between steps::
+
+            for chunk in chunks:
+                if ctx.cancel_requested:
+                    return
+                process(chunk)
+        """
+        return self.control.cancel.is_set()
+
+    def progress(self, value: Any) -> None:
+        """Record how far the job got: any JSON value up to 64 KiB, the latest one wins.
+
+        It never waits for the database: the worker writes the latest value of each
+        job in batches, within about a quarter of a second, fenced by the job's lease
+        like its outcome. Read it with ``pgq.get_job``, ``pgq job ID`` or the view
+        ``pgq.job_results``. A value that cannot be stored raises InvalidJobError here.
+        Outside a worker (a test calling the handler) it only checks the value::
+
+            ctx.progress({"done": 40, "total": 100})
+        """
+        text = encode_value(value, "progress", MAX_PROGRESS_BYTES)
+        # Once the job is cancelled its row is no longer this handler's: nothing to write.
+        if self.control.report is not None and not self.control.cancel.is_set():
+            self.control.report(text)
 
     def snooze(self, seconds: float) -> NoReturn:
         """Run this job again in ``seconds`` without using up an attempt."""

@@ -77,25 +77,24 @@ def _run(app: App, row: tuple[Any, ...]) -> Outcome:
         return kwargs
     try:
         if task.is_async:
-            _run_coroutine(task.handler(**kwargs))
+            value = _run_coroutine(task.handler(**kwargs))
         else:
-            task.handler(**kwargs)
+            value = task.handler(**kwargs)
     except (Exception, SystemExit) as error:
         return outcomes.decided(job, error, task.retry)
-    return outcomes.decided(job, None, task.retry)
+    return outcomes.decided(job, None, task.retry, outcomes.encode_result(value))
 
 
-def _run_coroutine(awaitable: Awaitable[Any]) -> None:
+def _run_coroutine(awaitable: Awaitable[Any]) -> Any:
     """Run an async handler to its end, from sync code or from inside a running loop."""
 
-    async def run() -> None:
-        await awaitable
+    async def run() -> Any:
+        return await awaitable
 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(run())
-        return
+        return asyncio.run(run())
     # Called from an async test: its loop is busy running the test, so use another.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, run()).result()
+        return pool.submit(asyncio.run, run()).result()

@@ -8,9 +8,10 @@ The layers, from the top:
 - ``executor.py``: runs handlers (timeouts, threads) and decides each outcome.
 - ``outcome.py``: what an attempt's end means for its job (pure functions).
 - ``outcome_writer.py``: writes outcomes in fenced batches.
+- ``progress.py``: handlers' progress reports, written in fenced batches.
 - ``lease.py``: the leases held, and the heartbeat thread that extends them.
 - ``registration.py``: the worker's tasks and its row in the fleet's shared tables.
-- ``listen.py``: LISTEN for enqueues, so that idle workers claim at once.
+- ``listen.py``: LISTEN for enqueues and for cancels of running jobs.
 - ``maintenance.py``: the thread that runs rescue and pruning.
 - ``scheduler.py``: the thread that makes periodic tasks' jobs, one per tick.
 - ``shutdown.py``: signals, the grace period, handing jobs back.

@@ -11,15 +11,21 @@ sync handler's job is failed at its deadline while the thread runs on; its slot
 stays in use until it really ends, and whatever it returns later is refused by
 the fence.
 
+A job cancelled while it runs (``cancel``: ``pgq cancel``'s NOTIFY, or the
+heartbeat finding its lease gone) is the operator's now: an async handler is
+cancelled, a sync one sees ``ctx.cancel_requested``, a job not started yet is
+dropped, and nothing is written for it (the row is ``cancelled`` already).
+
 The executor never writes to the database: it hands each outcome to
-``record`` (the outcome writer's queue), and each result the fence will refuse
-(its lease was lost) to ``discard``.
+``record`` (the outcome writer's queue), each result the fence will refuse
+(its lease was lost) to ``discard``, and progress reports to ``progress``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -33,11 +39,12 @@ from pgq.job import ClaimedJob
 from pgq.logs import plural
 from pgq.retry import DEFAULT_RETRY
 from pgq.signature import CONTEXT_PARAMETER
-from pgq.tasks import JobContext, Task
+from pgq.tasks import JobContext, JobControl, Task
 from pgq.worker import outcome as outcomes
 from pgq.worker.lease import Lease, LeaseTable
-from pgq.worker.outcome import Outcome
+from pgq.worker.outcome import RETURNED_NONE, Outcome, Returned, encode_result
 from pgq.worker.prefetch import Prefetch
+from pgq.worker.progress import ProgressBuffer
 from pgq.worker.slots import Slots
 
 log = logging.getLogger("pgq.worker")
@@ -48,9 +55,12 @@ SHED_AFTER_SECONDS = 1.0
 REVIEW_SECONDS = 0.05
 
 
-def handler_kwargs(job: ClaimedJob, task: Task, worker: str) -> dict[str, Any] | Outcome:
+def handler_kwargs(
+    job: ClaimedJob, task: Task, worker: str, control: JobControl | None = None
+) -> dict[str, Any] | Outcome:
     """The keyword arguments ``task``'s handler gets for ``job``, or the job's outcome if
-    its args cannot bind (dead now: retrying cannot help)."""
+    its args cannot bind (dead now: retrying cannot help). ``control`` carries the
+    handler's progress reports and cancel to its ``ctx``."""
     # The same rule refused such args at enqueue, unless the job came by name or by SQL.
     if (problem := task.signature.problem_with(job.args)) is not None:
         return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
@@ -59,6 +69,7 @@ def handler_kwargs(job: ClaimedJob, task: Task, worker: str) -> dict[str, Any] |
     context = JobContext(
         job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
         max_attempts=job.max_attempts, worker=worker, enqueued_at=job.created_at,
+        control=control or JobControl(),
     )  # fmt: skip
     return {**job.args, CONTEXT_PARAMETER: context}
 
@@ -82,6 +93,8 @@ class RunningJob:
     deadline: asyncio.TimerHandle | None = None  # a sync handler's timeout
     handing_back: bool = False
     lease_lost: bool = False
+    cancelled: bool = False  # by an operator: the row is cancelled already
+    control: JobControl | None = None  # the handler's ctx, if it takes one
 
 
 class Executor:
@@ -94,6 +107,7 @@ class Executor:
         concurrency: int,
         worker_name: str,
         leases: LeaseTable,
+        progress: ProgressBuffer,
         record: Callable[[Outcome], None],
         discard: Callable[[ClaimedJob], None],
         on_job_done: Callable[[], None],
@@ -103,6 +117,7 @@ class Executor:
         self.concurrency = concurrency
         self.worker_name = worker_name
         self.leases = leases
+        self.progress = progress
         self.record = record
         self.discard = discard
         self.on_job_done = on_job_done
@@ -113,7 +128,7 @@ class Executor:
         self.prefetch = Prefetch(concurrency)
         self._slots: Slots[RunningJob] = Slots(concurrency, self._run_in_thread)
         self._async_waiting: deque[RunningJob] = deque()
-        self._thread_ends: list[tuple[RunningJob, BaseException | None]] = []
+        self._thread_ends: list[tuple[RunningJob, BaseException | None, Returned]] = []
         self._thread_ends_lock = threading.Lock()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -149,11 +164,14 @@ class Executor:
         """Run ``job``'s handler when a slot is free; its lease is held until its outcome."""
         task = self.tasks[job.task]
         self.leases.hold(job)
-        kwargs = handler_kwargs(job, task, self.worker_name)
+        control = None
+        if task.signature.takes_context:
+            control = JobControl(report=functools.partial(self.progress.record, job))
+        kwargs = handler_kwargs(job, task, self.worker_name, control)
         if isinstance(kwargs, Outcome):
             self._record(RunningJob(job, task, job.args, time.monotonic(), decided=True), kwargs)
             return
-        run = RunningJob(job, task, kwargs, time.monotonic())
+        run = RunningJob(job, task, kwargs, time.monotonic(), control=control)
         self.running[job.lease_token] = run
         self._idle.clear()
         if task.is_async:
@@ -188,7 +206,10 @@ class Executor:
         if result is None or run.lease_lost:
             self.leases.release([job.lease_token])
             self.discard(job)
-            log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
+            if run.cancelled:  # said when the cancel came; the row is cancelled already
+                log.debug("job %s (%s): cancelled, nothing recorded", job.id, job.task)
+            else:
+                log.warning("job %s (%s): lease lost, outcome discarded", job.id, job.task)
             return
         self._record(run, result)
 
@@ -203,9 +224,13 @@ class Executor:
             log.exception("job %s: could not queue its outcome; rescue will return it", run.job.id)
             self.leases.release([run.job.lease_token])
 
-    def _decide(self, run: RunningJob, error: BaseException | None) -> Outcome:
+    def _decide(
+        self, run: RunningJob, error: BaseException | None, returned: Returned = RETURNED_NONE
+    ) -> Outcome:
         """The outcome of a handler that returned (``error`` None) or raised ``error``."""
-        return outcomes.decided(run.job, error, run.task.retry)
+        if returned[1] is not None:
+            log.error("job %s (%s): %s", run.job.id, run.job.task, returned[1])
+        return outcomes.decided(run.job, error, run.task.retry, returned)
 
     # -- async handlers --------------------------------------------------------
 
@@ -236,11 +261,11 @@ class Executor:
         job, task = run.job, run.task
         try:
             if task.timeout_seconds is None:
-                await task.handler(**run.kwargs)
+                value = await task.handler(**run.kwargs)
             else:
                 try:
                     async with asyncio.timeout(task.timeout_seconds):
-                        await task.handler(**run.kwargs)
+                        value = await task.handler(**run.kwargs)
                 except TimeoutError as error:
                     raise HandlerTimeout(
                         f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
@@ -261,7 +286,7 @@ class Executor:
             raise
         except (Exception, SystemExit) as error:
             return self._decide(run, error)
-        return self._decide(run, None)
+        return self._decide(run, None, encode_result(value))
 
     # -- sync handlers ---------------------------------------------------------
 
@@ -272,13 +297,14 @@ class Executor:
         if run.task.timeout_seconds is not None:
             self._call_from_thread(loop, self._arm_deadline, run)
         error: BaseException | None = None
+        returned = RETURNED_NONE
         try:
-            run.task.handler(**run.kwargs)
+            returned = encode_result(run.task.handler(**run.kwargs))
         except BaseException as raised:  # the thread must live on; the outcome says why
             error = raised
         with self._thread_ends_lock:
             first = not self._thread_ends
-            self._thread_ends.append((run, error))
+            self._thread_ends.append((run, error, returned))
         if first:  # one wake-up of the loop per batch of ends, not per job
             self._call_from_thread(loop, self._thread_ends_reported)
 
@@ -293,12 +319,12 @@ class Executor:
     def _thread_ends_reported(self) -> None:
         with self._thread_ends_lock:
             ends, self._thread_ends = self._thread_ends, []
-        for run, error in ends:
+        for run, error, returned in ends:
             if run.decided:  # failed at its deadline or handed back while its thread ran on
                 self.stuck_threads -= 1
                 self.on_thread_freed()
             else:
-                self._finish(run, self._decide(run, error))
+                self._finish(run, self._decide(run, error, returned))
         self._start_async()
 
     def _arm_deadline(self, run: RunningJob) -> None:
@@ -320,26 +346,51 @@ class Executor:
         )
         self._finish(run, self._decide(run, error))
 
-    # -- leases lost, hand back, shed, stop ------------------------------------
+    # -- cancels, leases lost, hand back, shed, stop ----------------------------
+
+    def cancel(self, job_id: int, lease_token: uuid.UUID) -> None:
+        """An operator cancelled this job (its NOTIFY): stop its handler, write nothing."""
+        run = self.running.get(lease_token)
+        if run is None or run.job.id != job_id or run.decided or run.handing_back or run.lease_lost:
+            return  # not ours, finished or stopped meanwhile: its outcome write is fenced anyway
+        run.cancelled = True
+        log.info(
+            "job %s (%s): cancelled by an operator; %s", job_id, run.task.name,
+            "dropping it (not started)" if not run.started
+            else "cancelling its handler" if run.task.is_async
+            else "its handler sees ctx.cancel_requested",
+        )  # fmt: skip
+        self._stop(run)
 
     def lease_lost(self, lost: list[Lease]) -> None:
-        """The heartbeat found these leases gone: stop extending them, cancel what can be."""
-        self.leases.release(token for _, token in lost)
+        """The heartbeat found these leases gone: stop extending them, cancel what can be.
+
+        A job cancelled by an operator ends here too when its NOTIFY was missed
+        (``--poll-only``): the heartbeat extends only running jobs' leases.
+        """
         for job_id, token in lost:
             run = self.running.get(token)
             if run is None or run.decided or run.handing_back or run.lease_lost:
                 continue  # finished meanwhile: its outcome write is fenced anyway
-            run.lease_lost = True
-            if self._withdraw(run):
-                self._finish(run, None)
-                continue
-            log.warning(
-                "job %s (%s): lease lost (rescued or changed by an operator); %s",
-                job_id, run.task.name,
-                "cancelling it" if run.task.is_async else "its result will be discarded",
-            )  # fmt: skip
-            if run.future is not None:
-                run.future.cancel()
+            if run.started:
+                log.warning(
+                    "job %s (%s): lease lost (rescued or changed by an operator); %s",
+                    job_id, run.task.name,
+                    "cancelling it" if run.task.is_async else "its result will be discarded",
+                )  # fmt: skip
+            self._stop(run)
+        self.leases.release(token for _, token in lost)
+
+    def _stop(self, run: RunningJob) -> None:
+        """``run``'s job is no longer this worker's: drop it, or stop its handler."""
+        run.lease_lost = True
+        self.leases.release([run.job.lease_token])
+        if run.control is not None:
+            run.control.cancel.set()
+        if self._withdraw(run):
+            self._finish(run, None)
+        elif run.future is not None:
+            run.future.cancel()
 
     def _withdraw(self, run: RunningJob) -> bool:
         """Take back a job whose handler has not started; False if it has."""

@@ -9,13 +9,30 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
-from pgq.errors import GiveUp, Snooze
-from pgq.job import ClaimedJob, JobStatus
+from pgq.enqueue import encode_value
+from pgq.errors import GiveUp, InvalidJobError, Snooze
+from pgq.job import MAX_RESULT_BYTES, ClaimedJob, JobStatus
 from pgq.retry import DEFAULT_RETRY, Retry, retry_delay
 
 MAX_ERROR_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 20_000
+
+
+#: What a handler returned: its JSON text (None for None), or why it cannot be stored.
+Returned = tuple[str | None, str | None]
+RETURNED_NONE: Returned = (None, None)
+
+
+def encode_result(value: Any) -> Returned:
+    """A handler's return value as the job's result; on the handler's own thread when sync."""
+    if value is None:
+        return RETURNED_NONE
+    try:
+        return encode_value(value, "the handler's return value", MAX_RESULT_BYTES), None
+    except InvalidJobError as problem:
+        return None, str(problem)
 
 
 @dataclass(slots=True)
@@ -32,6 +49,8 @@ class Outcome:
     traceback: str | None = None
     #: How long the handler ran, set by the worker (None if it never started).
     duration_seconds: float | None = None
+    #: What a succeeded handler returned, as JSON text (None: it returned None).
+    result: str | None = None
 
 
 def storable(text: str) -> str:
@@ -77,8 +96,21 @@ def format_traceback(error: BaseException) -> str:
     return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
 
 
-def succeeded(job: ClaimedJob) -> Outcome:
-    return Outcome(job, JobStatus.SUCCEEDED, "succeeded")
+def succeeded(job: ClaimedJob, result: str | None = None) -> Outcome:
+    """The handler returned; ``result`` is its value as JSON text (None for None)."""
+    if result is None:  # the hot path: no keyword to bind
+        return Outcome(job, JobStatus.SUCCEEDED, "succeeded")
+    return Outcome(job, JobStatus.SUCCEEDED, "succeeded", result=result)
+
+
+def result_refused(job: ClaimedJob, reason: str) -> Outcome:
+    """The handler returned a value that cannot be stored: dead now, never retried.
+
+    Its work is done; running it again would repeat its side effects and most
+    likely return the same value.
+    """
+    error = storable(f"pgq could not store this job's result: {reason}")[:MAX_ERROR_CHARS]
+    return Outcome(job, JobStatus.DEAD, "refused", error=error)
 
 
 def failed(job: ClaimedJob, error: BaseException, policy: Retry) -> Outcome:
@@ -113,15 +145,22 @@ def handed_back(job: ClaimedJob) -> Outcome:
     return Outcome(job, JobStatus.QUEUED, "handed_back", delay_seconds=0.0, refund_attempt=True)
 
 
-def decided(job: ClaimedJob, error: BaseException | None, policy: Retry) -> Outcome:
-    """The outcome of a handler that returned (``error`` None) or raised ``error``.
+def decided(
+    job: ClaimedJob, error: BaseException | None, policy: Retry, returned: Returned = RETURNED_NONE
+) -> Outcome:
+    """The outcome of a handler that returned ``returned`` (``error`` None) or raised ``error``.
 
     Never raises: if deciding fails (an exception that breaks formatting), the
     job still gets a plain failure rather than stay running.
     """
     try:
         if error is None:
-            return succeeded(job)
+            if returned is RETURNED_NONE:  # nearly always: nothing to store
+                return succeeded(job)
+            result, problem = returned
+            if problem is not None:
+                return result_refused(job, problem)
+            return succeeded(job, result)
         if isinstance(error, Snooze):
             return snoozed(job, error.seconds)
         if isinstance(error, GiveUp):

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg_pool
 from psycopg import sql
 
+from pgq.config import finished_channel
 from pgq.connection import DATABASE_DOWN, Backoff
 from pgq.job import JobStatus
 from pgq.logs import plural
@@ -25,6 +26,7 @@ from pgq.queries import array_literal, query
 from pgq.tasks import Task
 from pgq.worker import outcome as outcomes
 from pgq.worker.outcome import Outcome
+from pgq.worker.progress import ProgressBuffer
 
 log = logging.getLogger("pgq.worker")
 
@@ -37,6 +39,7 @@ class OutcomeWriter:
         pool: psycopg_pool.AsyncConnectionPool[Any],
         schema: str,
         tasks: Mapping[str, Task],
+        progress: ProgressBuffer,
         *,
         release: Callable[[list[uuid.UUID]], None],
         applied: Callable[[Outcome], None],
@@ -45,6 +48,7 @@ class OutcomeWriter:
         self.pool = pool
         self.schema = schema
         self.tasks = tasks
+        self.progress = progress
         self.release = release  # stop extending these leases
         self.applied = applied  # one outcome now stored
         self.discarded = discarded  # one result refused by the fence
@@ -142,9 +146,14 @@ class OutcomeWriter:
 
     async def _write(self, batch: list[Outcome]) -> None:
         """Write outcomes in fenced batch statements; log those the fence refused."""
+        statements = finish_statements(batch, self.schema)
         applied: set[int] = set()
+        # A finishing job's last progress report goes first: after the finish, the fence refuses it.
+        reports = self.progress.take(o.job.lease_token for o in batch)
         async with self.pool.connection() as conn:
-            for statement, params in finish_statements(batch, self.schema):
+            if reports:
+                await self.progress.write(conn, reports)
+            for statement, params in statements:
                 cursor = await conn.execute(statement, params)
                 applied.update(row[0] for row in await cursor.fetchall())
         self.release([o.job.lease_token for o in batch])
@@ -160,16 +169,24 @@ class OutcomeWriter:
 
 
 def finish_statements(batch: list[Outcome], schema: str) -> list[tuple[sql.SQL, dict[str, Any]]]:
-    """The fenced statements that store ``batch``; each returns the ids it changed."""
-    # Successes, nearly every outcome under load, take a statement with two
+    """The fenced statements that store ``batch``: one for successes, one for the rest."""
+    # Successes, nearly every outcome under load, take a statement with three
     # parameters; the rest (retries, dead, snoozes, hand-backs) the full one.
     successes = [o for o in batch if o.status is JobStatus.SUCCEEDED]
     others = [o for o in batch if o.status is not JobStatus.SUCCEEDED]
+    # One NOTIFY per statement wakes pgq.wait callers; its payload is the ids' range.
+    ids = [o.job.id for o in batch]
+    notify = {
+        "finished_channel": finished_channel(schema),
+        "finished_ids": f"{min(ids)}-{max(ids)}",
+    }
     statements: list[tuple[sql.SQL, dict[str, Any]]] = []
     if successes:
-        statements.append((query("finish_succeeded_jobs", schema), _fence(successes)))
+        params = {**_fence(successes), "results": _results(successes), **notify}
+        statements.append((query("finish_succeeded_jobs", schema), params))
     if others:
-        statements.append((query("finish_jobs", schema), {**_fence(others), **_details(others)}))
+        params = {**_fence(others), **_details(others), **notify}
+        statements.append((query("finish_jobs", schema), params))
     return statements
 
 
@@ -179,6 +196,12 @@ def _fence(batch: list[Outcome]) -> dict[str, str]:
         "ids": array_literal(o.job.id for o in batch),
         "lease_tokens": array_literal(o.job.lease_token for o in batch),
     }
+
+
+def _results(successes: list[Outcome]) -> list[str | None] | None:
+    """Each success's result as JSON text; None (one NULL array) when every one is None."""
+    results = [o.result for o in successes]
+    return None if results.count(None) == len(results) else results
 
 
 def _details(batch: list[Outcome]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pgq.worker.maintenance import Maintenance
 from pgq.worker.outcome import Outcome
 from pgq.worker.outcome_writer import OutcomeWriter
 from pgq.worker.producer import Producer
+from pgq.worker.progress import ProgressBuffer
 from pgq.worker.registration import Registration
 from pgq.worker.scheduler import Scheduler
 from pgq.worker.settings import PRUNE_INTERVAL_SECONDS, WorkerSettings
@@ -91,9 +92,11 @@ class Worker:
         self.app, self.settings, self.name = app, settings, settings.name
         self.stats = WorkerStats(WorkerMetrics() if settings.metrics_port is not None else None)
         self.leases = LeaseTable()
+        self.progress = ProgressBuffer(settings.schema)
         self.executor = Executor(
             app.tasks, concurrency=settings.concurrency, worker_name=settings.name,
-            leases=self.leases, record=self._record, discard=lambda _: self.stats.discarded(),
+            leases=self.leases, progress=self.progress, record=self._record,
+            discard=lambda _: self.stats.discarded(),
             on_job_done=lambda: self.producer.job_done(),
             on_thread_freed=lambda: self.producer.wake(),
         )  # fmt: skip
@@ -135,7 +138,7 @@ class Worker:
         self.stats.serve_metrics(settings, heartbeat, self.executor.executing)
         self.pool = pool = open_pool(settings)
         self._writer = writer = OutcomeWriter(
-            pool, settings.schema, self.app.tasks, release=self.leases.release,
+            pool, settings.schema, self.app.tasks, self.progress, release=self.leases.release,
             applied=self._stored, discarded=self.stats.discarded,
         )  # fmt: skip
         try:
@@ -145,11 +148,12 @@ class Worker:
             background = [
                 asyncio.create_task(writer.run(), name="pgq-flush"),
                 asyncio.create_task(self.stats.log_summaries(), name="pgq-summary"),
+                asyncio.create_task(self.progress.run(pool), name="pgq-progress"),
             ]
             if not settings.poll_only:
                 listen = listen_for_wakeups(
                     settings.dsn, settings.schema, self.producer.serves,
-                    self.producer.wake_for_due_job,
+                    self.producer.wake_for_due_job, self.executor.cancel,
                 )  # fmt: skip
                 background.append(asyncio.create_task(listen, name="pgq-listen"))
             log.info("worker %s started: tasks %s, %s", self.name,
