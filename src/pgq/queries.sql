@@ -370,9 +370,9 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- get_job: one job with everything pgq keeps about it; args, result and progress as text (pgq.admin decodes them, and copes with JSON Python cannot decode)
+-- get_job: one job with everything pgq keeps about it; args, errors, result and progress as text (pgq.admin decodes them, copes with JSON Python cannot decode, and does not depend on the connection's jsonb loader: Django's returns text)
 SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
-       started_at, finished_at, locked_by, last_error, args::text, errors, locked_until, dedupe_key,
+       started_at, finished_at, locked_by, last_error, args::text, errors::text, locked_until, dedupe_key,
        result::text, progress::text
 FROM {schema}.jobs
 WHERE id = %(id)s::bigint;
