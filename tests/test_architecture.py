@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("settings and policy", {"pgq.config", "pgq.retry", "pgq.signature", "pgq.logs"}),
     (
         "SQL and connections",
-        {"pgq.queries", "pgq.connection", "pgq.metrics", "pgq.migrate"},
+        {"pgq.queries", "pgq.connection", "pgq.metrics", "pgq.migrate", "pgq.contrib"},
     ),
     (
         "operations on jobs",
@@ -38,7 +38,11 @@ LAYERS: list[tuple[str, set[str]]] = [
             "pgq.cli_work",
         },
     ),
+    # `manage.py pgq_work` runs `pgq work`: above the commands.
+    ("the Django integration", {"pgq.contrib.django"}),  # and every pgq.contrib.django.* module
 ]
+#: Packages whose every module sits in the package's own layer.
+PACKAGE_LAYERS = ("pgq.worker", "pgq.contrib.django")
 
 
 def module_name(path: Path) -> str:
@@ -80,8 +84,9 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 
 def layer_of(name: str) -> int:
+    package = next((p for p in PACKAGE_LAYERS if name.startswith(f"{p}.")), None)
     for index, (_, members) in enumerate(LAYERS):
-        if name in members or (name.startswith("pgq.worker.") and "pgq.worker" in members):
+        if name in members or package in members:
             return index
     raise AssertionError(f"{name} is in no layer: add it to LAYERS and the architecture page")
 
