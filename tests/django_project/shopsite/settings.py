@@ -10,6 +10,7 @@ SECRET_KEY = "test only"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver"]
 USE_TZ = True
+TIME_ZONE = "UTC"  # Django sets the process's TZ from it: the test process's stays UTC
 ROOT_URLCONF = "shopsite.urls"
 INSTALLED_APPS = ["pgq.contrib.django", "store"]
 DATABASES = {
