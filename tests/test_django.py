@@ -27,6 +27,7 @@ import pytest
 import pgq
 import pgq.migrate
 from conftest import Databases
+from seeding import seed_job
 from worker_helpers import wait_until
 
 PROJECT = Path(__file__).resolve().parent / "django_project"
@@ -268,6 +269,37 @@ def test_the_system_checks_pass(django_dsn: str) -> None:
     call_command("check", fail_level="WARNING")
 
 
+def test_a_dead_jobs_history_becomes_djangos_errors_and_worker_ids(django_dsn: str) -> None:
+    from pgq.contrib.django.compat import TaskResultStatus, task_backends
+
+    raised = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\n'
+    history: list[dict[str, Any]] = [
+        {"attempt": 1, "worker": "w1", "error": "ValueError: bad", "traceback": raised},
+        {"attempt": 2, "worker": "w2", "error": "worker lost: lease expired at 12:00"},
+        {"at": "2030-01-01T00:00:00+00:00", "event": "requeued", "by": "ops"},
+        {"attempt": 1, "worker": "w3", "error": "GiveUp: card refused"},
+    ]
+    with psycopg.connect(django_dsn) as conn:
+        dead = seed_job(conn, "dead", task="store.tasks.send_receipt", attempts=1,
+                        args={"args": [5], "kwargs": {}}, errors=history)  # fmt: skip
+        cancelled = seed_job(conn, "cancelled", task="store.tasks.send_receipt")
+
+    result = task_backends["default"].get_result(str(dead))
+
+    assert result.status == TaskResultStatus.FAILED
+    assert [e.exception_class_path for e in result.errors] == [
+        "builtins.ValueError", "pgq.errors.PgqError", "pgq.errors.GiveUp",
+    ]  # fmt: skip
+    assert result.errors[0].exception_class is ValueError
+    assert result.errors[0].traceback == raised
+    assert result.errors[1].traceback == "worker lost: lease expired at 12:00"
+    # Attempts restarted at the requeue: one attempt now, by w3.
+    assert result.worker_ids == ["w3"] and result.attempts == 1
+    assert result.args == [5]
+    # Django has no cancelled state: the task will not finish.
+    assert task_backends["default"].get_result(str(cancelled)).status == TaskResultStatus.FAILED
+
+
 # -- manage.py pgq_work ------------------------------------------------------------------------
 
 
@@ -341,8 +373,9 @@ def test_pgq_work_runs_the_projects_tasks_and_results_read_back(
 def test_pgq_work_names_a_backend_that_is_not_pgqs(django_dsn: str) -> None:
     done = manage(django_dsn, "pgq_work", "--backend", "nope")
 
-    assert done.returncode != 0
-    assert "no task backend 'nope' in settings.TASKS" in done.stderr
+    assert done.returncode == 1
+    assert "CommandError: no task backend 'nope' in settings.TASKS" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_pgq_work_help_shows_pgq_works_options(django_dsn: str) -> None:

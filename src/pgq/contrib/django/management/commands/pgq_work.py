@@ -46,11 +46,15 @@ class Command(BaseCommand):
     def run_from_argv(self, argv: list[str]) -> None:
         # pgq work parses its own options: Django's parser would refuse them.
         alias, pgq_args = _split(argv[2:])
-        if any(arg in ("--help", "-h") for arg in pgq_args):
-            self.stdout.write(USAGE)
-        else:
-            self.check()
-        run_worker(alias, pgq_args, prog_name=f"{Path(argv[0]).name} pgq_work")
+        try:
+            if any(arg in ("--help", "-h") for arg in pgq_args):
+                self.stdout.write(USAGE)
+            else:
+                self.check()
+            run_worker(alias, pgq_args, prog_name=f"{Path(argv[0]).name} pgq_work")
+        except CommandError as error:  # one line, as Django's own run_from_argv prints it
+            self.stderr.write(f"{type(error).__name__}: {error}")
+            sys.exit(error.returncode)
 
     def handle(self, *args: Any, **options: Any) -> None:
         """``call_command("pgq_work", backend="default", pgq_args=["-c", "20"])``."""
