@@ -263,6 +263,19 @@ def test_a_queue_the_backend_does_not_allow_is_refused(django_dsn: str) -> None:
         shout.using(queue_name="reports")
 
 
+def envoyer_reçu() -> None:  # a name Python takes and pgq's task names do not
+    pass
+
+
+def test_a_function_whose_path_is_no_pgq_task_name_is_refused_as_a_task(
+    django_dsn: str,
+) -> None:
+    from pgq.contrib.django.compat import InvalidTask, task
+
+    with pytest.raises(InvalidTask, match="envoyer_reçu' cannot be a pgq task name"):
+        task(envoyer_reçu)
+
+
 def test_the_system_checks_pass(django_dsn: str) -> None:
     from django.core.management import call_command
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from django_tasks import (
-        DEFAULT_TASK_QUEUE_NAME,
         TaskContext,
         TaskResult,
         TaskResultStatus,
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
         task_backends,
     )
     from django_tasks.backends.base import BaseTaskBackend
-    from django_tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError
+    from django_tasks.base import TASK_MIN_PRIORITY, Task, TaskError
     from django_tasks.exceptions import InvalidTaskError as InvalidTask
     from django_tasks.exceptions import TaskResultDoesNotExist
     from django_tasks.signals import task_enqueued
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 else:
     try:
         from django.tasks import (
-            DEFAULT_TASK_QUEUE_NAME,
             Task,
             TaskContext,
             TaskResult,
@@ -38,13 +36,12 @@ else:
             task_backends,
         )
         from django.tasks.backends.base import BaseTaskBackend
-        from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, TaskError
+        from django.tasks.base import TASK_MIN_PRIORITY, TaskError
         from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
         from django.tasks.signals import task_enqueued
         from django.utils.json import normalize_json
     except ImportError:
         from django_tasks import (
-            DEFAULT_TASK_QUEUE_NAME,
             TaskContext,
             TaskResult,
             TaskResultStatus,
@@ -52,15 +49,13 @@ else:
             task_backends,
         )
         from django_tasks.backends.base import BaseTaskBackend
-        from django_tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError
+        from django_tasks.base import TASK_MIN_PRIORITY, Task, TaskError
         from django_tasks.exceptions import InvalidTaskError as InvalidTask
         from django_tasks.exceptions import TaskResultDoesNotExist
         from django_tasks.signals import task_enqueued
         from django_tasks.utils import normalize_json
 
 __all__ = [
-    "DEFAULT_TASK_QUEUE_NAME",
-    "TASK_MAX_PRIORITY",
     "TASK_MIN_PRIORITY",
     "BaseTaskBackend",
     "InvalidTask",
