@@ -60,6 +60,8 @@ def django_dsn(databases: Databases) -> Iterator[str]:
         django.setup()  # reads the settings, and so $PGQ_DSN, now
         call_command("migrate", verbosity=0)
     finally:
+        # Read once: the subprocesses other tests start must not inherit them.
+        os.environ.pop("DJANGO_SETTINGS_MODULE")
         if saved is None:
             os.environ.pop("PGQ_DSN")
         else:
