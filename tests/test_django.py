@@ -108,6 +108,19 @@ def test_migrate_creates_pgq_schema_and_migrating_to_zero_drops_it(
     assert pgq.migrate.current_revision(dsn) == "0008"
 
 
+def test_the_newest_django_migration_brings_pgqs_newest_revision(django_dsn: str) -> None:
+    import importlib
+    import pkgutil
+
+    import pgq.contrib.django.migrations as migrations
+
+    newest = max(m.name for m in pkgutil.iter_modules(migrations.__path__))
+    module = importlib.import_module(f"{migrations.__name__}.{newest}")
+
+    # A new pgq revision needs a Django migration that runs it.
+    assert module.REVISION == pgq.migrate.head_revision()
+
+
 def test_migrate_leaves_a_schema_that_pgq_migrate_already_made(
     make_dsn: Callable[..., str],
 ) -> None:

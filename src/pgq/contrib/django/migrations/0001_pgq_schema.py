@@ -9,9 +9,12 @@ from django.db import migrations
 
 from pgq.contrib.django.schema import downgrade_to, upgrade_to
 
+#: The pgq revision this migration brings the schema to.
+REVISION = "0008"
+
 
 def forwards(apps: Any, schema_editor: Any) -> None:
-    upgrade_to("0008", schema_editor)
+    upgrade_to(REVISION, schema_editor)
 
 
 def backwards(apps: Any, schema_editor: Any) -> None:
