@@ -50,7 +50,11 @@ LAYERS: list[tuple[str, set[str]]] = [
             "pgq.testing.plugin",
         },
     ),
+    # `manage.py pgq_work` runs `pgq work`: above the commands.
+    ("the Django integration", {"pgq.contrib.django"}),  # and every pgq.contrib.django.* module
 ]
+#: Packages whose every module sits in the package's own layer.
+PACKAGE_LAYERS = ("pgq.worker", "pgq.contrib.django")
 
 
 def module_name(path: Path) -> str:
@@ -92,8 +96,9 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 
 def layer_of(name: str) -> int:
+    package = next((p for p in PACKAGE_LAYERS if name.startswith(f"{p}.")), None)
     for index, (_, members) in enumerate(LAYERS):
-        if name in members or (name.startswith("pgq.worker.") and "pgq.worker" in members):
+        if name in members or package in members:
             return index
     raise AssertionError(f"{name} is in no layer: add it to LAYERS and the architecture page")
 

@@ -59,6 +59,12 @@ SKIPPED = {
     ("docs/howto/sqlalchemy.md", 'pip install "pgq-jobs[sqlalchemy]"'): (
         "installs from PyPI: the suite's venv has the extra (dev includes it)"
     ),
+    ("docs/howto/django.md", "pip install 'pgq-jobs[django]'"): (
+        "installs pgq: the suite runs inside its install, whose dev extra has django"
+    ),
+    ("docs/howto/django.md", "python manage.py pgq_work --processes 4"): (
+        "serves until stopped: tests/test_django.py runs pgq_work --processes 2"
+    ),
     ("docs/howto/pgbouncer.md", "PGQ_DSN='postgresql://app@pgbouncer:6432/app' pgq work"): (
         "needs a PgBouncer: tests/test_pgbouncer.py runs the same worker"
     ),
@@ -279,8 +285,19 @@ def readme_outcome(reader: Reader) -> None:
     assert "order 1: confirmation sent (attempt 1)" in reader.worker_logs()
 
 
+def django_outcome(reader: Reader) -> None:
+    """Ada's order and its receipt job committed and ran; Bob's rolled back, job and all."""
+    with psycopg.connect(reader.dsn) as conn:
+        jobs = conn.execute("SELECT task, status FROM pgq.jobs ORDER BY id").fetchall()
+        orders = conn.execute("SELECT customer, receipt_sent FROM shop_order").fetchall()
+    assert jobs == [("shop.tasks.send_receipt", "succeeded")]
+    assert orders == [("ada", True)]
+    assert "SUCCESSFUL receipt sent to ada" in "".join(reader.printed)
+
+
 OUTCOME: dict[str, Callable[[Reader], None]] = {
     "README.md": readme_outcome,
     "docs/quickstart.md": quickstart_outcome,
+    "docs/howto/django.md": django_outcome,
 }
-MIGRATES_ITSELF = {"README.md", "docs/quickstart.md"}
+MIGRATES_ITSELF = {"README.md", "docs/quickstart.md", "docs/howto/django.md"}

@@ -363,7 +363,7 @@ def _job_detail(job_id: int, rows: list[tuple[Any, ...]]) -> JobDetail:
     *head, args_text, errors, locked_until, dedupe_key, result, progress = rows[0]
     summary = JobSummary(*head).as_dict()
     return JobDetail(
-        **summary, args=_decoded(args_text), errors=errors, locked_until=locked_until,
+        **summary, args=_decoded(args_text), errors=_decoded(errors), locked_until=locked_until,
         dedupe_key=dedupe_key, result=_decoded(result), progress=_decoded(progress),
     )  # fmt: skip
 

@@ -584,11 +584,11 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- get_job: one job with everything pgq keeps about it; args, result and progress as text (pgq.admin decodes them, and copes with JSON Python cannot decode); a max_attempts left to the task shows the task's registered one
+-- get_job: one job with everything pgq keeps about it; args, errors, result and progress as text (pgq.admin decodes them, copes with JSON Python cannot decode, and does not depend on the connection's jsonb loader); a max_attempts left to the task shows the task's registered one
 SELECT id, queue, task, status::text, priority, attempts,
        coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task)),
        run_at, created_at,
-       started_at, finished_at, locked_by, last_error, args::text, errors, locked_until, dedupe_key,
+       started_at, finished_at, locked_by, last_error, args::text, errors::text, locked_until, dedupe_key,
        result::text, progress::text
 FROM {schema}.jobs
 WHERE id = %(id)s::bigint;

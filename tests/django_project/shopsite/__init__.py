@@ -1,0 +1,1 @@
+"""A small Django project on pgq: tests/test_django.py runs it, in-process and through manage.py."""
