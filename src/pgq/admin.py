@@ -22,6 +22,7 @@ import psycopg.errors
 from psycopg.rows import tuple_row
 
 from pgq.config import MAX_DURATION_SECONDS, finished_channel, resolve_schema
+from pgq.contrib.sqlalchemy import SyncConnection, psycopg_connection
 from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError, WaitTimeout, shown
 from pgq.job import FINISHED_STATUSES, MAX_JOB_ID, JobStatus
 from pgq.queries import query
@@ -334,17 +335,19 @@ def list_jobs(
     return [JobSummary(*row) for row in rows]
 
 
-def get_job(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> JobDetail:
+def get_job(conn: SyncConnection, job_id: int, *, schema: str | None = None) -> JobDetail:
     """One job: status, attempts, args, result, progress, error history.
 
-    JobNotFoundError if there is none. Example::
+    ``conn`` may be a SQLAlchemy Session or Connection (psycopg driver), as for
+    enqueue. JobNotFoundError if there is none. Example::
 
         job = pgq.get_job(conn, 42)
         if job.status is pgq.JobStatus.SUCCEEDED:
             print(job.result)
     """
     _check_id(job_id)
-    return _job_detail(job_id, _fetch(conn, "get_job", schema, {"id": job_id}))
+    rows = _fetch(psycopg_connection(conn), "get_job", schema, {"id": job_id})
+    return _job_detail(job_id, rows)
 
 
 async def get_job_async(

@@ -1,0 +1,1 @@
+"""The FastAPI example's application: tasks and the HTTP API."""
