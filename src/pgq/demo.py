@@ -353,8 +353,7 @@ def run_demo(console: Console, dsn: str | None = None) -> None:
     """
     try:
         dsn = find_database(console, dsn)
-        # On one line however long: a DSN broken in two cannot be copied.
-        console.print(f"database: {describe_dsn(dsn)}", highlight=False, soft_wrap=True)
+        console.print(f"database: {describe_dsn(dsn)}", highlight=False)
         console.print(describe_migration(*migrate(dsn, schema=SCHEMA)), highlight=False)
         app = build_app(dsn)
         ids, story = enqueue_shop_jobs(dsn, app)

@@ -738,3 +738,6 @@ WHERE status = 'queued'
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
 ORDER BY id;
+
+-- drop_test_schema: the pytest plugin's session schema, at the end of the session (pgq.testing.plugin)
+DROP SCHEMA IF EXISTS {schema} CASCADE;

@@ -20,7 +20,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+
+from pgq.queries import query
 
 TEST_DSN_ENV_VAR = "PGQ_TEST_DSN"
 
@@ -44,8 +45,7 @@ def pgq_dsn(pgq_test_schema: str) -> Iterator[str]:
     migrate(dsn, schema=pgq_test_schema)
     yield dsn
     with psycopg.connect(dsn, autocommit=True) as conn:
-        drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
-        conn.execute(drop.format(sql.Identifier(pgq_test_schema)))
+        conn.execute(query("drop_test_schema", pgq_test_schema))
 
 
 @pytest.fixture
