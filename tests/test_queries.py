@@ -104,7 +104,7 @@ def test_statement_names_are_verb_noun() -> None:
     verbs = {
         "enqueue", "insert", "create", "copy", "notify", "listen", "disable", "claim", "extend",
         "finish", "lock", "rescue", "try", "release", "read", "find", "probe", "count", "list",
-        "get", "requeue", "cancel", "retry", "prune", "refresh", "grant", "drop", "mark",
+        "get", "delete", "requeue", "cancel", "retry", "prune", "refresh", "grant", "drop", "mark",
     }  # fmt: skip
     for filename, statements in STATEMENT_FILES.items():
         for name in statements.blocks:
