@@ -545,12 +545,15 @@ def test_a_bulk_action_by_filter_acts_on_every_matching_queued_job_page_by_page(
     assert (statuses[other_task], statuses[other_queue]) == ("queued", "queued")
 
 
+BAD_IDS: Any = "12"  # a string: not a list of ids, nor an id
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda c: admin.act_on_jobs(c, "explode", [1]), "unknown bulk action 'explode'"),
-        (lambda c: admin.act_on_jobs(c, "cancel", "12"), "job ids must be a list"),
-        (lambda c: admin.act_on_jobs(c, "cancel", [1, "2"]), "a job id is an integer"),
+        (lambda c: admin.act_on_jobs(c, "cancel", BAD_IDS), "job ids must be a list"),
+        (lambda c: admin.act_on_jobs(c, "cancel", [1, BAD_IDS]), "a job id is an integer"),
         (lambda c: admin.act_on_queued(c, "delete", admin.QueuedJobFilter()), "only cancel"),
         (lambda c: admin.list_jobs(c, before_id=0), "before_id must be an int from 1"),
         (lambda c: admin.activity(c, minutes=0), "minutes must be an int from 1"),
