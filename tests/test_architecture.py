@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     ("tasks", {"pgq.tasks"}),
     ("the worker's parts", {"pgq.worker"}),  # and every pgq.worker.* module
+    ("the web app, an extra", {"pgq.web"}),  # and every pgq.web.* module
     (
         "commands and the public package",
         {
@@ -36,6 +37,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "pgq.cli_admin",
             "pgq.cli_shared",
             "pgq.cli_work",
+            "pgq.cli_web",
         },
     ),
 ]
@@ -81,7 +83,8 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 def layer_of(name: str) -> int:
     for index, (_, members) in enumerate(LAYERS):
-        if name in members or (name.startswith("pgq.worker.") and "pgq.worker" in members):
+        package = ".".join(name.split(".")[:2])  # pgq.worker.producer is in pgq.worker's layer
+        if name in members or (package in ("pgq.worker", "pgq.web") and package in members):
             return index
     raise AssertionError(f"{name} is in no layer: add it to LAYERS and the architecture page")
 
@@ -147,3 +150,40 @@ def test_nothing_below_the_worker_imports_it() -> None:
     below = {name for name in MODULES if layer_of(name) < layer_of("pgq.worker")}
 
     assert not {name for name in below if any(t.startswith("pgq.worker") for t in GRAPH[name])}
+
+
+# The web extra's libraries: only pgq.web may import them (pgq.cli_web, inside its command).
+WEB_LIBRARIES = ("starlette", "jinja2", "uvicorn")
+
+
+def third_party_imports(name: str) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_nothing_outside_pgq_web_imports_the_web_extras_libraries() -> None:
+    importers = {
+        name
+        for name in MODULES
+        if not name.startswith("pgq.web") and name != "pgq.cli_web"
+        and third_party_imports(name) & set(WEB_LIBRARIES)
+    }  # fmt: skip
+
+    assert importers == set()
+
+
+def test_pgq_cli_web_imports_the_extra_only_inside_its_command() -> None:
+    tree = ast.parse(MODULES["pgq.cli_web"].read_text())
+    top_level = {
+        alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "")
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+
+    assert not top_level & {*WEB_LIBRARIES, "pgq.web"}

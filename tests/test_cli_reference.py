@@ -14,7 +14,7 @@ import pytest
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "cli.md"
 COMMANDS = ["migrate", "roles", "bench", "demo", "work", "stats", "jobs", "job", "requeue",
-            "cancel", "prune"]  # fmt: skip
+            "cancel", "prune", "web"]  # fmt: skip
 ADMIN_COMMANDS = {"stats", "jobs", "job", "requeue", "cancel", "prune"}
 ADMIN_COMMON = {"--dsn", "--schema"}
 HELP_BLOCK = re.compile(r"^```\n(?P<body>pgq .*?)^```\n", re.MULTILINE | re.DOTALL)
