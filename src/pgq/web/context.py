@@ -23,8 +23,9 @@ T = TypeVar("T")
 
 #: The largest request body read (a job's args may be 1 MiB of JSON, plus its options).
 MAX_BODY_BYTES = 2 * 1024 * 1024
-#: How long a request waits for a pooled connection before it is answered 503.
-POOL_TIMEOUT_SECONDS = 10.0
+#: How long a request waits for a pooled connection before it is answered 503: long
+#: enough for a burst to drain, short enough that an outage is reported, not hung on.
+POOL_TIMEOUT_SECONDS = 5.0
 
 
 class Database:

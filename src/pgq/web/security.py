@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -159,8 +159,10 @@ class Guard:
                 )
             if not api and not self.access.session_ok(request):
                 if request.method in ("GET", "HEAD"):
-                    login = request.url_for("login").include_query_params(next=_next(request))
-                    return RedirectResponse(str(login), status_code=303)
+                    login = (
+                        request.url_for("login").path + "?" + urlencode({"next": _next(request)})
+                    )
+                    return RedirectResponse(login, status_code=303)
                 return _refuse(api, 401, "log in first")
         if (
             self.access.read_only
