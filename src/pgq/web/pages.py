@@ -12,6 +12,7 @@ their tables exist (other changes add them), each a route and a template like th
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +87,11 @@ def _ago(moment: datetime | None) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+def _pretty_json(value: Any) -> str:
+    """Args as indented JSON, for a <pre> (autoescaped there like any text)."""
+    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def _seconds(value: float) -> str:
     return f"{value:.1f}s" if value < 60 else f"{value / 60:.1f}m"
 
@@ -94,6 +100,7 @@ templates.env.globals["url"] = _url
 templates.env.globals["NAV"] = NAV
 templates.env.filters["ago"] = _ago
 templates.env.filters["seconds"] = _seconds
+templates.env.filters["pretty_json"] = _pretty_json
 
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
