@@ -337,10 +337,13 @@ ORDER BY status;
 -- list_jobs: newest jobs first, each filter ignored when NULL; pages by id (keyset: before_id), never by OFFSET
 -- The search matches the id itself, or a LIKE pattern (its wildcards escaped by pgq.admin)
 -- found in the task, the args' text or the last error.
+-- The status parameter is typed job_status at both uses (never text cast to the enum, a
+-- function call the planner cannot fold): a status then matches the partial indexes, and
+-- "queued" or "dead" reads those few rows, not a million finished ones along the key.
 SELECT id, queue, task, status::text, priority, attempts, max_attempts, run_at, created_at,
        started_at, finished_at, locked_by, last_error
 FROM {schema}.jobs
-WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
+WHERE (%(status)s::{schema}.job_status IS NULL OR status = %(status)s::{schema}.job_status)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
