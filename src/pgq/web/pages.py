@@ -93,7 +93,9 @@ def _pretty_json(value: Any) -> str:
 
 
 def _seconds(value: float) -> str:
-    return f"{value:.1f}s" if value < 60 else f"{value / 60:.1f}m"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.1f} s" if value < 60 else f"{value / 60:.1f} min"
 
 
 templates.env.globals["url"] = _url
@@ -131,8 +133,11 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 def _set_cookie(
     request: Request, response: Response, name: str, value: str, max_age: int | None
 ) -> None:
+    # The session is Lax, so that a link to a job from a chat opens it logged in; a GET
+    # changes nothing, and every POST needs the CSRF cookie, which is Strict.
     response.set_cookie(
-        name, value, max_age=max_age, httponly=True, samesite="strict",
+        name, value, max_age=max_age, httponly=True,
+        samesite="lax" if name == SESSION_COOKIE else "strict",
         secure=request.url.scheme == "https", path=request.scope.get("root_path") or "/",
     )  # fmt: skip
 
