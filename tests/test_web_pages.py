@@ -108,3 +108,17 @@ def test_a_job_page_escapes_what_a_producer_wrote(browser: httpx.Client, db: Con
 
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
     assert "<img src=x" not in page
+
+
+def test_an_unknown_bulk_action_is_refused_with_a_page_naming_the_actions(
+    browser: httpx.Client, db: Conn
+) -> None:
+    dead = seed_job(db, "dead")
+    csrf = csrf_of(browser.get("/dead").text)
+
+    page = browser.post("/actions/run", data={"csrf_token": csrf, "action": "explode",
+                                              "ids": [dead], "back": "/dead"})  # fmt: skip
+
+    assert page.status_code == 422
+    assert "no bulk action &#39;explode&#39;: use requeue, cancel, retry_now, delete" in page.text
+    assert job_statuses(db) == {dead: "dead"}

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from pgq import admin
+from pgq.errors import InvalidJobError
 from pgq.job import JobStatus
 from pgq.web.chart import activity_chart
 from pgq.web.context import database, read_body
@@ -253,14 +254,18 @@ async def act_on_job(request: Request) -> Response:
     return RedirectResponse(target.path + "?" + target.query, status_code=303)
 
 
-async def confirm(request: Request) -> Response:
-    """Step one of a bulk action: say how many of the selected jobs it would touch."""
-    fields = await _form(request)
+def _bulk_form(fields: dict[str, list[str]]) -> tuple[str, list[int], str]:
+    """(action, ids, the page to go back to) of a bulk form; an unknown action is a 422."""
     action = _first(fields, "action")
     if action not in ACTION_WORDS:
-        return error_page(request, 422, f"no bulk action {action!r}")
+        raise InvalidJobError(f"no bulk action {action!r}: use {', '.join(ACTION_WORDS)}")
     ids = [int(v) for v in fields.get("ids", []) if v.isascii() and v.isdigit()]
-    back = safe_next(_first(fields, "back"))
+    return action, ids, safe_next(_first(fields, "back"))
+
+
+async def confirm(request: Request) -> Response:
+    """Step one of a bulk action: say how many of the selected jobs it would touch."""
+    action, ids, back = _bulk_form(await _form(request))
     count = await database(request).run(admin.count_for_bulk, action, ids)
     statuses = " or ".join(s.value for s in admin.bulk_statuses(action))
     return render(request, "confirm.html", {
@@ -271,13 +276,8 @@ async def confirm(request: Request) -> Response:
 
 async def run_bulk(request: Request) -> Response:
     """Step two: do it, and go back to the list with a notice of how many were done."""
-    fields = await _form(request)
-    action = _first(fields, "action")
-    if action not in ACTION_WORDS:
-        return error_page(request, 422, f"no bulk action {action!r}")
-    ids = [int(v) for v in fields.get("ids", []) if v.isascii() and v.isdigit()]
+    action, ids, back = _bulk_form(await _form(request))
     done = await database(request).run(admin.act_on_jobs, action, ids)
-    back = safe_next(_first(fields, "back"))
     path, _, query = back.partition("?")
     kept = {k: v for k, v in parse_qs(query).items() if k not in ("done", "count")}
     query = urlencode({**kept, "done": action, "count": len(done)}, doseq=True)
