@@ -165,6 +165,10 @@ def test_get_job_returns_its_args_and_every_attempts_error_and_404_for_none(
     assert job["status"] == "dead" and job["args"] == {"order": 12}
     assert [entry["error"] for entry in job["errors"]] == ["ValueError: bad card"] * 5
     assert missing.status_code == 404 and "no job with id 999999" in missing.json()["error"]
+    assert client.get(f"/api/jobs/{2**63}").status_code == 404  # past bigint: no such job
+    not_an_id = client.get("/api/jobs/twelve")  # the path of a bulk action, which is a POST
+    assert (not_an_id.status_code, not_an_id.json()["error"]) == (405, "Method Not Allowed")
+    assert client.get("/api/nothing").json() == {"error": "Not Found", "field": None}
 
 
 def test_the_list_pages_by_cursor_through_every_matching_job_once_newest_first(

@@ -87,6 +87,7 @@ def test_a_bulk_delete_warns_it_cannot_be_undone_and_deletes_only_finished_jobs(
     ("path", "status", "words"),
     [
         ("/jobs/999999", 404, "no job with id 999999"),
+        ("/nowhere", 404, "Not Found"),
         ("/jobs?status=finished", 422, "unknown status &#39;finished&#39;"),
         ("/jobs?queue=%00", 422, "queue must be text without NUL"),
     ],

@@ -18,6 +18,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -71,6 +72,7 @@ def create_app(
         ],
         middleware=[Middleware(Guard, access=access)],
         exception_handlers={
+            HTTPException: _http_error,
             FieldError: api.field_error,
             pages.FormRefused: pages.form_refused,
             InvalidJobError: _invalid,
@@ -94,6 +96,14 @@ def _answer(request: Request, status: int, message: str, field: str | None = Non
     if is_api(request.scope):
         return Json({"error": message, "field": field}, status_code=status)
     return pages.error_page(request, status, message)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no such route, method not allowed), in the API's JSON too."""
+    assert isinstance(error, HTTPException)
+    response = _answer(request, error.status_code, error.detail)
+    response.headers.update(error.headers or {})
+    return response
 
 
 async def _invalid(request: Request, error: Exception) -> Response:
