@@ -51,6 +51,7 @@ def test_post_creates_the_job_with_every_option_and_answers_201_with_it(
 
     assert response.status_code == 201
     job = response.json()
+    assert response.headers["location"] == f"/api/jobs/{job['id']}"
     stored = fetch_job(db, job["id"])
     assert (stored["task"], stored["queue"], stored["priority"], stored["max_attempts"]) == (
         "send_email",

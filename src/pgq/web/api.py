@@ -38,7 +38,8 @@ async def create_job(request: Request) -> Response:
     key = request.headers.get(api_input.IDEMPOTENCY_HEADER)
     task, args, options = api_input.new_job(data, key)
     created, job = await database(request).run(_enqueue, task, args, options)
-    return Json(job.as_dict(), status_code=201 if created else 200)
+    where = {"Location": request.url_for("api_get_job", job_id=job.id).path}
+    return Json(job.as_dict(), status_code=201 if created else 200, headers=where)
 
 
 def _enqueue(
