@@ -147,9 +147,11 @@ def test_a_cross_site_post_is_refused_even_without_a_token(
     fetch_metadata = httpx.post(
         base + "/api/jobs", json={"task": "x"}, headers={"Sec-Fetch-Site": "cross-site"}
     )
+    sandboxed = httpx.post(base + "/api/jobs", json={"task": "x"}, headers={"Origin": "null"})
     same_origin = httpx.post(base + "/api/jobs", json={"task": "x"}, headers={"Origin": base})
 
     assert (from_elsewhere.status_code, fetch_metadata.status_code) == (403, 403)
+    assert sandboxed.status_code == 403
     assert same_origin.status_code == 201
     assert len(job_statuses(db)) == 1
 

@@ -180,7 +180,7 @@ def _cross_site(request: Request) -> bool:
     page elsewhere must not be able to POST to it from a local browser.
     """
     origin = request.headers.get("origin")
-    if origin is not None and origin != "null":
+    if origin is not None:  # "null" (a sandboxed frame, a file) is another site too
         return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
     return request.headers.get("sec-fetch-site") == "cross-site"
 
