@@ -312,3 +312,15 @@ def test_pgq_web_serves_with_the_token_from_the_environment_and_hides_the_passwo
     text = log.read_text()
     assert "pgq web on http://::1:" in text
     assert "never-shown-pw" not in text
+
+
+def test_no_page_can_be_framed_by_another_site_or_run_a_foreign_script(
+    dsn: str, serve: Serve
+) -> None:
+    base = serve(dsn)
+
+    for path in ("/", "/api/stats", "/login"):
+        headers = httpx.get(base + path).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert "default-src 'self'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY"
