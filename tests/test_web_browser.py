@@ -152,3 +152,16 @@ def test_the_pages_are_readable_without_javascript(
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_role("row").filter(has_text="build_report")).to_have_count(1)
     context.close()
+
+
+def test_the_overviews_counts_refresh_by_themselves(
+    dsn: str, db: Conn, serve: Callable[..., str], page: Page
+) -> None:
+    page.goto(serve(dsn) + "/")  # no token, on loopback
+    expect(page.locator("#queues")).to_contain_text("No queued, running or dead jobs")
+
+    with db.transaction():
+        pgq.enqueue(db, "build_report", {"month": 1}, queue="month_end")
+
+    # live.js fetches the queues' table every 5 s; no reload here.
+    expect(page.locator("#queues")).to_contain_text("month_end", timeout=8000)
