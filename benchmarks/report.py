@@ -234,6 +234,7 @@ def render(rows: list[dict[str, Any]], chart_note: str) -> str:
     for name, measured, met in targets(table):
         lines.append(f"| {name} | {measured} | {'yes' if met else 'no'} |")
     lines += ["", *hot_path()]
+    lines += web_load(HERE / "results" / "web_load.json")
     lines += ["## Versions", "", "| system | packages |", "|---|---|"]
     for system in systems:
         found = versions.get(system, {})
@@ -499,6 +500,46 @@ def method(sizes: dict[str, Any]) -> list[str]:
         "every second does not load the machine the worker shares.",
         "",
     ]
+
+
+def web_load(path: Path) -> list[str]:
+    """The section on `pgq web` under load, from benchmarks/web_load.py's last result."""
+    if not path.exists():
+        return []
+    result = json.loads(path.read_text())
+    when = result["at"][:16].replace("T", " ")
+    lines = [
+        "## pgq web under load",
+        "",
+        f"`benchmarks/web_load.py`, {when} UTC: `POST /api/jobs` over HTTP/1.1 keep-alive to "
+        "`pgq web` (one uvicorn process, with a token) on loopback, open-loop at fixed rates for "
+        f"{result['post_jobs'][0]['seconds']:g} s each, the load generator on the same 2 cores. "
+        "Latency counts from each request's due time. A rate is sustained when 99 % of its "
+        "requests got a 201, the server kept up, and p95 stayed under 100 ms (the bar the "
+        "reference service met at 100/s).",
+        "",
+        "| rate (/s) | achieved (/s) | p50 (ms) | p95 (ms) | p99 (ms) | load average | sustained |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rate in result["post_jobs"]:
+        lines.append(
+            f"| {rate['target_per_second']:g} | {rate['achieved_per_second']:g} "
+            f"| {rate['p50_ms']:g} | {rate['p95_ms']:g} | {rate['p99_ms']:g} "
+            f"| {rate['load_average']:g} | {'yes' if rate['sustained'] else 'no'} |"
+        )
+    lines += ["", f"Highest rate sustained: **{result['max_sustained_per_second']:g}/s**.", ""]
+    if "pages" in result:
+        lines += [
+            f"Pages with {result['pages_finished_jobs']:,} finished jobs in the table (a day of "
+            "history, 100 dead) and what the load left queued, each fetched 20 times:",
+            "",
+            "| page | median (ms) | max (ms) |",
+            "|---|---|---|",
+            *(f"| `{page}` | {t['median_ms']:g} | {t['max_ms']:g} |"
+              for page, t in result["pages"].items()),
+            "",
+        ]  # fmt: skip
+    return lines
 
 
 def write_docs(results: Path, ensure_runner: Callable[[], Path]) -> int:

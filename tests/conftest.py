@@ -299,3 +299,23 @@ def pgq_dsn(databases: Databases) -> Iterator[str]:
     name = databases.create(template=databases.template)
     yield databases.dsn(name)
     databases.drop_later(name)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., str]]:
+    """``serve(dsn, token=None, read_only=False, app=None)``: the base URL of pgq web on a free
+    loopback port (uvicorn in a thread), stopped when the test ends."""
+    from pgq.web import create_app
+    from web_server import Served
+
+    running: list[Served] = []
+
+    def start(dsn: str = "", *, token: str | None = None, read_only: bool = False,
+              app: Any = None) -> str:  # fmt: skip
+        served = Served(app or create_app(dsn, token=token, read_only=read_only))
+        running.append(served)
+        return served.url
+
+    yield start
+    for served in running:
+        served.stop()

@@ -463,3 +463,124 @@ def test_a_batch_size_below_one_never_loops_forever(dsn: str, db: Conn, call: st
 
     assert finished, f"admin.{call}(batch_size=0) was still looping after 2 s"
     assert raised is None or isinstance(raised, pgq.InvalidJobError), raised
+
+
+# -- what the dashboard and the web API read and do ------------------------------------------
+
+
+def test_queue_overview_joins_live_numbers_and_dead_jobs_a_dead_only_queue_included(
+    db: Conn,
+) -> None:
+    seed_job(db, queue="emails", due_in=-30)
+    seed_job(db, "dead", queue="emails", finished_ago=HOUR)
+    newest = seed_job(db, "dead", queue="payments", finished_ago=60)
+    seed_job(db, "succeeded", queue="archive")
+
+    overview = {q.queue: q for q in admin.queue_overview(db)}
+
+    assert sorted(overview) == ["emails", "payments"]
+    assert (overview["emails"].due, overview["emails"].dead) == (1, 1)
+    assert overview["emails"].lag_seconds >= 29
+    payments = overview["payments"]
+    assert (payments.due, payments.running, payments.lag_seconds, payments.dead) == (0, 0, 0.0, 1)
+    assert payments.last_died_at == fetch_job(db, newest)["finished_at"]
+
+
+def test_list_jobs_pages_by_before_id_without_repeating_or_skipping_a_job(db: Conn) -> None:
+    ids = [seed_job(db) for _ in range(7)]
+
+    pages, before = [], None
+    while page := admin.list_jobs(db, limit=3, before_id=before):
+        pages.append([job.id for job in page])
+        before = page[-1].id
+
+    assert pages == [ids[::-1][0:3], ids[::-1][3:6], ids[::-1][6:7]]
+
+
+def test_list_jobs_search_finds_the_id_the_task_the_args_text_and_the_error_text(
+    db: Conn,
+) -> None:
+    by_task = seed_job(db, task="send_invoice")
+    by_args = seed_job(db, args={"email": "ada@example.com"})
+    by_error = seed_job(db, "dead", last_error="SMTPTimeout: relay refused")
+    seed_job(db, args={"note": "100% sure"})
+
+    def found(text: str) -> list[int]:
+        return [job.id for job in admin.list_jobs(db, search=text)]
+
+    assert found("INVOICE") == [by_task]
+    assert found("ada@example") == [by_args]
+    assert found("smtptimeout") == [by_error]
+    assert found(str(by_args)) == [by_args]
+    # LIKE's wildcards are searched for as text, not as wildcards.
+    assert found("0%") == [by_args + 2]
+    assert found("_") == [by_task]
+
+
+def test_bulk_actions_touch_only_the_jobs_in_their_statuses_and_say_which(db: Conn) -> None:
+    dead = seed_job(db, "dead")
+    queued = seed_job(db, due_in=HOUR)
+    succeeded = seed_job(db, "succeeded")
+    everything = [dead, queued, succeeded, 10**12]
+
+    assert admin.count_for_bulk(db, "requeue", everything) == 1
+    assert admin.count_for_bulk(db, "delete", everything) == 2
+    assert admin.act_on_jobs(db, "retry_now", everything) == [queued]
+    assert fetch_job(db, queued)["run_at"] <= datetime.now(UTC)
+    assert admin.act_on_jobs(db, "cancel", everything) == [queued]
+    assert admin.act_on_jobs(db, "requeue", everything) == [dead]
+    assert admin.act_on_jobs(db, "delete", everything) == [queued, succeeded]  # cancelled now
+    assert job_statuses(db) == {dead: "queued"}
+
+
+def test_a_bulk_action_by_filter_acts_on_every_matching_queued_job_page_by_page(
+    db: Conn,
+) -> None:
+    wanted = [seed_job(db, task="resize", queue="images") for _ in range(5)]
+    other_task = seed_job(db, task="crop", queue="images")
+    other_queue = seed_job(db, task="resize", queue="video")
+
+    cancelled = admin.act_on_queued(
+        db, "cancel", admin.QueuedJobFilter(task="resize", queue="images"), batch_size=2
+    )
+
+    assert cancelled == wanted
+    statuses = job_statuses(db)
+    assert (statuses[other_task], statuses[other_queue]) == ("queued", "queued")
+
+
+BAD_IDS: Any = "12"  # a string: not a list of ids, nor an id
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: admin.act_on_jobs(c, "explode", [1]), "unknown bulk action 'explode'"),
+        (lambda c: admin.act_on_jobs(c, "cancel", BAD_IDS), "job ids must be a list"),
+        (lambda c: admin.act_on_jobs(c, "cancel", [1, BAD_IDS]), "a job id is an integer"),
+        (lambda c: admin.act_on_queued(c, "delete", admin.QueuedJobFilter()), "only cancel"),
+        (lambda c: admin.list_jobs(c, before_id=0), "before_id must be an int from 1"),
+        (lambda c: admin.activity(c, minutes=0), "minutes must be an int from 1"),
+    ],
+)
+def test_bulk_and_paging_calls_refuse_bad_input_by_name(
+    db: Conn, call: Callable[[Conn], Any], message: str
+) -> None:
+    with pytest.raises(pgq.InvalidJobError, match=message):
+        call(db)
+
+
+def test_activity_counts_each_minutes_finished_jobs_with_a_row_for_every_minute(
+    db: Conn,
+) -> None:
+    seed_job(db, "succeeded", finished_ago=0)
+    seed_job(db, "succeeded", finished_ago=0)
+    seed_job(db, "dead", finished_ago=0)
+    seed_job(db, "succeeded", finished_ago=3 * HOUR)  # outside the window
+
+    minutes = admin.activity(db, minutes=60)
+
+    assert len(minutes) == 60
+    assert [m.minute for m in minutes] == sorted(m.minute for m in minutes)
+    assert (minutes[-1].succeeded, minutes[-1].dead) == (2, 1)
+    assert sum(m.succeeded + m.dead for m in minutes[:-1]) == 0

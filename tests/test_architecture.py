@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     ("tasks", {"pgq.tasks"}),
     ("the worker's parts", {"pgq.worker"}),  # and every pgq.worker.* module
+    ("the web app, an extra", {"pgq.web"}),  # and every pgq.web.* module
     (
         "commands and the public package",
         {
@@ -48,13 +49,14 @@ LAYERS: list[tuple[str, set[str]]] = [
             "pgq.testing.assertions",
             "pgq.testing.drain",
             "pgq.testing.plugin",
+            "pgq.cli_web",
         },
     ),
     # `manage.py pgq_work` runs `pgq work`: above the commands.
     ("the Django integration", {"pgq.contrib.django"}),  # and every pgq.contrib.django.* module
 ]
 #: Packages whose every module sits in the package's own layer.
-PACKAGE_LAYERS = ("pgq.worker", "pgq.contrib.django")
+PACKAGE_LAYERS = ("pgq.worker", "pgq.web", "pgq.contrib.django")
 
 
 def module_name(path: Path) -> str:
@@ -96,6 +98,7 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 
 def layer_of(name: str) -> int:
+    # pgq.worker.producer is in pgq.worker's layer, and the same for each package here.
     package = next((p for p in PACKAGE_LAYERS if name.startswith(f"{p}.")), None)
     for index, (_, members) in enumerate(LAYERS):
         if name in members or package in members:
@@ -164,3 +167,40 @@ def test_nothing_below_the_worker_imports_it() -> None:
     below = {name for name in MODULES if layer_of(name) < layer_of("pgq.worker")}
 
     assert not {name for name in below if any(t.startswith("pgq.worker") for t in GRAPH[name])}
+
+
+# The web extra's libraries: only pgq.web may import them (pgq.cli_web, inside its command).
+WEB_LIBRARIES = ("starlette", "jinja2", "uvicorn")
+
+
+def third_party_imports(name: str) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_nothing_outside_pgq_web_imports_the_web_extras_libraries() -> None:
+    importers = {
+        name
+        for name in MODULES
+        if not name.startswith("pgq.web") and name != "pgq.cli_web"
+        and third_party_imports(name) & set(WEB_LIBRARIES)
+    }  # fmt: skip
+
+    assert importers == set()
+
+
+def test_pgq_cli_web_imports_the_extra_only_inside_its_command() -> None:
+    tree = ast.parse(MODULES["pgq.cli_web"].read_text())
+    top_level = {
+        alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "")
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+
+    assert not top_level & {*WEB_LIBRARIES, "pgq.web"}

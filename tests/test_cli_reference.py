@@ -14,18 +14,10 @@ import pytest
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "cli.md"
 COMMANDS = ["migrate", "roles", "bench", "demo", "work", "stats", "schedules", "jobs", "job",
-            "requeue", "cancel", "prune", "tasks", "workers"]  # fmt: skip
+            "requeue", "cancel", "prune", "tasks", "workers", "web"]  # fmt: skip
 ADMIN_COMMANDS = {
-    "stats",
-    "schedules",
-    "jobs",
-    "job",
-    "requeue",
-    "cancel",
-    "prune",
-    "tasks",
-    "workers",
-}
+    "stats", "schedules", "jobs", "job", "requeue", "cancel", "prune", "tasks", "workers",
+}  # fmt: skip
 ADMIN_COMMON = {"--dsn", "--schema"}
 HELP_BLOCK = re.compile(r"^```\n(?P<body>pgq .*?)^```\n", re.MULTILINE | re.DOTALL)
 SECTION = re.compile(r"^#+ `pgq (?P<command>\w[\w-]*)`\n(?P<body>.*?)(?=^#+ |\Z)", re.M | re.S)

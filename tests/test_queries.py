@@ -104,7 +104,7 @@ def test_statement_names_are_verb_noun() -> None:
     verbs = {
         "enqueue", "insert", "create", "copy", "notify", "listen", "disable", "claim", "extend",
         "finish", "lock", "rescue", "try", "release", "read", "find", "probe", "count", "list",
-        "get", "requeue", "cancel", "retry", "prune", "refresh", "grant", "drop", "mark",
+        "get", "delete", "requeue", "cancel", "retry", "prune", "refresh", "grant", "drop", "mark",
         "declare", "advance", "register", "reroute", "touch", "remove", "unlisten", "record",
     }  # fmt: skip
     for filename, statements in STATEMENT_FILES.items():
@@ -285,3 +285,22 @@ def test_array_literal_round_trips_ids_tokens_and_task_names(conn: psycopg.Conne
          array_literal(names), array_literal([])],
     ).fetchone()  # fmt: skip
     assert row == ([1, 9_007_199_254_740_993], tokens, names, [])
+
+
+def test_list_jobs_of_a_rare_status_reads_its_partial_index_not_the_finished_history(
+    busy_conn: Conn,
+) -> None:
+    # Bound on the server as pgq web and the CLI bind them (not interpolated): a status
+    # cast from text would be a call the planner cannot fold, and no partial index matches.
+    params = {"status": "dead", "queue": None, "task": None, "since": None, "limit": 50,
+              "before_id": None, "search_id": None, "search_pattern": None}  # fmt: skip
+    explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + query("list_jobs", "pgq")
+    with psycopg.connect(busy_conn.info.dsn, prepare_threshold=None) as conn:
+        row = conn.execute(explain, params).fetchone()
+    assert row is not None
+
+    def indexes(node: dict[str, Any]) -> set[str]:
+        found = {node["Index Name"]} if "Index Name" in node else set()
+        return found.union(*(indexes(child) for child in node.get("Plans", [])))
+
+    assert indexes(row[0][0]["Plan"]) == {"jobs_dead_idx"}

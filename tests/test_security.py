@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import psycopg
 import psycopg.errors
 import pytest
@@ -943,3 +944,41 @@ def test_supervised_workers_get_the_dsn_from_the_environment_not_their_command_l
     for cmdline in ran.child_cmdlines:
         assert cmdline.split()[1:] == ["-m", "pgq", "work-child"]
         assert PASSWORD not in cmdline
+
+
+def test_pgq_web_does_everything_it_offers_as_an_operator_login(
+    lab: RoleLab, jobs: dict[str, int], serve: Callable[..., str]
+) -> None:
+    from pgq.web import create_app
+
+    base = serve(app=create_app(lab.login_dsn("operator"), token=None, schema=lab.schema))
+
+    answers = {
+        "enqueue": httpx.post(base + "/api/jobs", json={"task": "sec_ok", "dedupe_key": "k"}),
+        "list": httpx.get(base + "/api/jobs?q=card-4242"),
+        "detail": httpx.get(base + f"/api/jobs/{jobs['dead']}"),
+        "requeue": httpx.post(base + f"/api/jobs/{jobs['dead']}/requeue"),
+        "cancel": httpx.post(base + "/api/jobs/cancel", json={"ids": [jobs["queued"]]}),
+        "delete": httpx.post(base + "/api/jobs/delete", json={"ids": [jobs["succeeded"]]}),
+        "stats": httpx.get(base + "/api/stats"),
+        "metrics": httpx.get(base + "/metrics"),
+        "health": httpx.get(base + "/health"),
+        "overview": httpx.get(base + "/"),
+        "dead page": httpx.get(base + "/dead"),
+    }
+
+    refused = {name: a.text for name, a in answers.items() if a.status_code not in (200, 201)}
+    assert refused == {}
+
+
+def test_pgq_web_as_a_producer_login_says_it_needs_the_operator_role(
+    lab: RoleLab, serve: Callable[..., str]
+) -> None:
+    from pgq.web import create_app
+
+    base = serve(app=create_app(lab.login_dsn("producer"), token=None, schema=lab.schema))
+
+    response = httpx.get(base + "/api/stats")
+
+    assert response.status_code == 403
+    assert f"needs {lab.schema}_operator" in response.json()["error"]

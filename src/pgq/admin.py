@@ -46,6 +46,41 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueOverview:
+    """One queue's live numbers (pgq.queue_stats) with its dead jobs (pgq.dead_jobs).
+
+    A queue with dead jobs only has no row in queue_stats: zeros here.
+    """
+
+    queue: str
+    due: int
+    scheduled: int
+    running: int
+    lease_expired: int
+    lag_seconds: float
+    dead: int
+    last_died_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteActivity:
+    """Jobs that finished in one minute, and how long they waited from due to start.
+
+    Read from the jobs still in the table: pruned jobs no longer count.
+    """
+
+    minute: datetime
+    succeeded: int
+    dead: int
+    #: Mean and largest wait, due (run_at) to the start of the last attempt, in seconds.
+    mean_wait_seconds: float
+    max_wait_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class DeadJobCount:
     """A queue's dead jobs: how many, and when the last one died."""
 
@@ -251,6 +286,44 @@ def dead_job_counts(
     return [DeadJobCount(*row) for row in _fetch(conn, "count_dead_jobs_by_queue", schema)]
 
 
+def queue_overview(
+    conn: psycopg.Connection[Any], *, schema: str | None = None
+) -> list[QueueOverview]:
+    """Every queue with unfinished or dead jobs: ``queue_stats`` and ``dead_job_counts`` joined.
+
+    Both are read along partial indexes: cheap however many jobs succeeded.
+    """
+    live = {q.queue: q for q in queue_stats(conn, schema=schema)}
+    dead = {d.queue: d for d in dead_job_counts(conn, schema=schema)}
+    return [_overview(name, live.get(name), dead.get(name)) for name in sorted(live | dead)]
+
+
+def _overview(name: str, live: QueueStats | None, dead: DeadJobCount | None) -> QueueOverview:
+    return QueueOverview(
+        queue=name,
+        due=live.due if live else 0,
+        scheduled=live.scheduled if live else 0,
+        running=live.running if live else 0,
+        lease_expired=live.lease_expired if live else 0,
+        lag_seconds=live.lag_seconds if live else 0.0,
+        dead=dead.dead if dead else 0,
+        last_died_at=dead.last_died_at if dead else None,
+    )
+
+
+def activity(
+    conn: psycopg.Connection[Any], *, minutes: int = 60, schema: str | None = None
+) -> list[MinuteActivity]:
+    """Per minute over the last ``minutes``, oldest first, with a row for every minute.
+
+    Read along jobs_finished_idx: its cost is the number of jobs finished in that
+    window, not the table's history.
+    """
+    _check_count("minutes", minutes, high=24 * 60)
+    rows = _fetch(conn, "count_finished_per_minute", schema, {"minutes": minutes})
+    return [MinuteActivity(*row) for row in rows]
+
+
 def job_counts(
     conn: psycopg.Connection[Any], *, schema: str | None = None
 ) -> list[tuple[str, str, int]]:
@@ -320,17 +393,33 @@ def list_jobs(
     queue: str | None = None,
     task: str | None = None,
     since: datetime | None = None,
+    search: str | None = None,
+    before_id: int | None = None,
     limit: int = 50,
     schema: str | None = None,
 ) -> list[JobSummary]:
-    """The newest jobs matching every filter given."""
+    """The newest jobs matching every filter given, newest (highest id) first.
+
+    ``search`` matches a job's id exactly, or finds the text (case-insensitive)
+    in its task, args or last error; it reads every row the other filters let
+    through. ``before_id`` pages on (keyset): pass the last id of the page before.
+    """
     if status is not None:
         status = _status(status)
     _check_text("queue", queue)
     _check_text("task", task)
+    _check_text("search", search)
     _check_aware("since", since)
+    if before_id is not None:
+        _check_count("before_id", before_id, high=MAX_JOB_ID)
     _check_count("limit", limit)
-    params = {"status": status, "queue": queue, "task": task, "since": since, "limit": limit}
+    params = {
+        "status": status, "queue": queue, "task": task, "since": since, "limit": limit,
+        "before_id": before_id,
+        "search_id": int(search) if search and search.isascii() and search.isdigit()
+        and int(search) <= MAX_JOB_ID else None,
+        "search_pattern": None if not search else f"%{_escape_like(search)}%",
+    }  # fmt: skip
     rows = _fetch(conn, "list_jobs", schema, params)
     return [JobSummary(*row) for row in rows]
 
@@ -369,6 +458,11 @@ def _job_detail(job_id: int, rows: list[tuple[Any, ...]]) -> JobDetail:
         **summary, args=_decoded(args_text), errors=_decoded(errors), locked_until=locked_until,
         dedupe_key=dedupe_key, result=_decoded(result), progress=_decoded(progress),
     )  # fmt: skip
+
+
+def _escape_like(text: str) -> str:
+    """``text`` matched literally by LIKE: its wildcards and the escape character escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _decoded(text: str | None) -> Any:
@@ -605,6 +699,154 @@ def retry_now(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None 
     """Make a queued job (waiting for its backoff or schedule) due now."""
     with _job_errors(job_id), conn.transaction():
         _fetch(conn, "retry_job_now", schema, {"id": job_id})
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJobFilter:
+    """Which queued jobs a bulk cancel or retry-now touches; None matches anything."""
+
+    task: str | None = None
+    queue: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_text("task", self.task)
+        _check_text("queue", self.queue)
+
+    def params(self) -> dict[str, Any]:
+        return {"task": self.task, "queue": self.queue}
+
+
+_Rows = list[tuple[Any, ...]]
+
+
+def _requeue_ids(conn: psycopg.Connection[Any], schema: str | None, ids: list[int]) -> _Rows:
+    params = {**DeadJobFilter().params(), "job_ids": ids}  # no filter but the ids
+    return _fetch(conn, "requeue_dead_jobs", schema, params)
+
+
+def _cancel_ids(conn: psycopg.Connection[Any], schema: str | None, ids: list[int]) -> _Rows:
+    return _fetch(conn, "cancel_queued_jobs", schema, {"ids": ids})
+
+
+def _retry_ids_now(conn: psycopg.Connection[Any], schema: str | None, ids: list[int]) -> _Rows:
+    return _fetch(conn, "retry_queued_jobs_now", schema, {"ids": ids})
+
+
+def _delete_ids(conn: psycopg.Connection[Any], schema: str | None, ids: list[int]) -> _Rows:
+    return _fetch(conn, "delete_finished_jobs", schema, {"ids": ids})
+
+
+#: What each bulk action by id does, and to which jobs: the statuses it applies to.
+#: Ids in another status are left alone (and not returned), as are rows a worker holds
+#: locked at that moment: an operator acting on a page of jobs must not wait on a claim.
+_BY_ID: dict[str, tuple[tuple[JobStatus, ...], Callable[..., _Rows]]] = {
+    "requeue": ((JobStatus.DEAD,), _requeue_ids),
+    "cancel": ((JobStatus.QUEUED,), _cancel_ids),
+    "retry_now": ((JobStatus.QUEUED,), _retry_ids_now),
+    "delete": (FINISHED_STATUSES, _delete_ids),
+}
+BULK_ACTIONS = tuple(_BY_ID)
+
+
+def bulk_statuses(action: str) -> tuple[JobStatus, ...]:
+    """The statuses a bulk ``action`` applies to (``requeue``: dead; ``delete``: finished...)."""
+    return _BY_ID[_bulk_action(action)][0]
+
+
+def count_for_bulk(
+    conn: psycopg.Connection[Any],
+    action: str,
+    job_ids: Iterable[int],
+    *,
+    schema: str | None = None,
+) -> int:
+    """How many of ``job_ids`` a bulk ``action`` would touch now (the confirmation's count)."""
+    statuses, _ = _BY_ID[_bulk_action(action)]
+    params = {"ids": _check_ids(job_ids), "statuses": [s.value for s in statuses]}
+    return int(_fetch(conn, "count_jobs_in_statuses", schema, params)[0][0])
+
+
+def act_on_jobs(
+    conn: psycopg.Connection[Any],
+    action: str,
+    job_ids: Iterable[int],
+    *,
+    schema: str | None = None,
+) -> list[int]:
+    """Run a bulk ``action`` (one of BULK_ACTIONS) on ``job_ids`` in one transaction.
+
+    Each applies only to the jobs in its statuses (``bulk_statuses``); the others
+    are skipped, and so is a dead job whose dedupe key an unfinished job holds.
+    Returns the ids acted on. Example::
+
+        admin.act_on_jobs(conn, "requeue", [12, 13])  # [12, 13] if both were dead
+    """
+    _, run = _BY_ID[_bulk_action(action)]
+    ids = _check_ids(job_ids)
+    with conn.transaction():
+        return sorted(int(row[0]) for row in run(conn, schema, ids))
+
+
+def find_queued_jobs(
+    conn: psycopg.Connection[Any],
+    where: QueuedJobFilter,
+    *,
+    limit: int,
+    after_id: int = 0,
+    schema: str | None = None,
+) -> list[int]:
+    """One page of the ids of queued jobs matching ``where``, in id order after ``after_id``."""
+    if not isinstance(where, QueuedJobFilter):
+        raise InvalidJobError(f"where must be a pgq.admin.QueuedJobFilter, got {shown(where)}")
+    _check_count("limit", limit)
+    _check_count("after_id", after_id, low=0, high=MAX_JOB_ID)
+    params = {**where.params(), "limit": limit, "after_id": after_id}
+    return [int(row[0]) for row in _fetch(conn, "find_queued_jobs", schema, params)]
+
+
+def act_on_queued(
+    conn: psycopg.Connection[Any],
+    action: str,
+    where: QueuedJobFilter,
+    *,
+    batch_size: int = REQUEUE_BATCH,
+    schema: str | None = None,
+) -> list[int]:
+    """Cancel or retry now (``action``) every queued job matching ``where``, a committed page
+    at a time, as ``requeue_dead`` pages. Returns the ids acted on."""
+    if bulk_statuses(action) != (JobStatus.QUEUED,):
+        raise InvalidJobError(f"only cancel and retry_now act on queued jobs, not {action!r}")
+    _check_count("batch_size", batch_size)
+    done: list[int] = []
+    after_id = 0
+    while page := find_queued_jobs(conn, where, limit=batch_size, after_id=after_id, schema=schema):
+        done += act_on_jobs(conn, action, page, schema=schema)
+        after_id = page[-1]
+        if len(page) < batch_size:
+            break
+    return done
+
+
+def _bulk_action(action: object) -> str:
+    if action not in _BY_ID:
+        raise InvalidJobError(
+            f"unknown bulk action {shown(action)}: use one of {', '.join(BULK_ACTIONS)}"
+        )
+    return str(action)
+
+
+def _check_ids(job_ids: Iterable[int]) -> list[int]:
+    if isinstance(job_ids, str | bytes):
+        raise InvalidJobError(f"job ids must be a list of integers, got {shown(job_ids)}")
+    try:
+        ids = list(job_ids)
+    except TypeError:
+        raise InvalidJobError(f"job ids must be a list of integers, got {shown(job_ids)}") from None
+    for job_id in ids:
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise InvalidJobError(f"a job id is an integer, got {shown(job_id)}")
+    # An id past bigint names no job: drop it rather than let PostgreSQL refuse the cast.
+    return sorted({job_id for job_id in ids if 1 <= job_id <= MAX_JOB_ID})
 
 
 def prune(

@@ -24,6 +24,7 @@ from pgq.cli_shared import (
     fail,
     out,
 )
+from pgq.cli_web import web_commands
 from pgq.cli_work import work_commands
 from pgq.config import describe_dsn, resolve_dsn, resolve_schema
 from pgq.errors import PgqError
@@ -43,6 +44,7 @@ app = Commands(
 app.add_typer(work_commands)
 app.add_typer(admin_commands)
 app.add_typer(fleet_commands)
+app.add_typer(web_commands)
 
 
 def _print_version(wanted: bool) -> None:

@@ -97,25 +97,6 @@ _QUEUE_COLUMNS = (
 )
 
 
-def _queue_row(
-    name: str, live: admin.QueueStats | None, dead: admin.DeadJobCount | None
-) -> dict[str, Any]:
-    """One queue's line of `pgq stats`: pgq.queue_stats's numbers, then its dead jobs.
-
-    A queue with dead jobs only has no row in queue_stats, and zeros here.
-    """
-    return {
-        "queue": name,
-        "due": live.due if live else 0,
-        "scheduled": live.scheduled if live else 0,
-        "running": live.running if live else 0,
-        "lease_expired": live.lease_expired if live else 0,
-        "lag_seconds": live.lag_seconds if live else 0.0,
-        "dead": dead.dead if dead else 0,
-        "last_died_at": dead.last_died_at if dead else None,
-    }
-
-
 @admin_commands.command()
 def stats(
     dsn: DsnOption = None,
@@ -134,12 +115,10 @@ def stats(
     has it serves their queue): a misspelt task name shows up there.
     """
     with database(dsn, schema) as (conn, schema_name):
-        live = {q.queue: q for q in admin.queue_stats(conn, schema=schema_name)}
-        dead = {d.queue: d for d in admin.dead_job_counts(conn, schema=schema_name)}
+        rows = [q.as_dict() for q in admin.queue_overview(conn, schema=schema_name)]
         counts = admin.job_counts(conn, schema=schema_name) if all_statuses else []
         unserved = admin.unserved_jobs(conn, schema=schema_name)
         workers_alive = bool(admin.live_workers(conn, schema=schema_name))
-    rows = [_queue_row(name, live.get(name), dead.get(name)) for name in sorted(live | dead)]
     if as_json:
         _print_json({
             "queues": rows,

@@ -571,18 +571,54 @@ SELECT id, task, cron, tz, args::text, misfire, ticked_through, last_tick, last_
 FROM {schema}.schedule_status
 ORDER BY task, id;
 
--- list_jobs: newest jobs first, each filter ignored when NULL; a max_attempts left to the task shows the task's registered one (NULL: none yet)
+-- list_jobs: newest jobs first, each filter ignored when NULL; pages by id (keyset: before_id), never by OFFSET
+-- The search matches the id itself, or a LIKE pattern (its wildcards escaped by pgq.admin)
+-- found in the task, the args' text or the last error.
+-- The status parameter is typed job_status at both uses (never text cast to the enum, a
+-- function call the planner cannot fold): a status then matches the partial indexes, and
+-- "queued" or "dead" reads those few rows, not a million finished ones along the key.
 SELECT id, queue, task, status::text, priority, attempts,
        coalesce(max_attempts, (SELECT t.max_attempts FROM {schema}.tasks AS t WHERE t.name = task)),
        run_at, created_at,
        started_at, finished_at, locked_by, last_error
 FROM {schema}.jobs
-WHERE (%(status)s::text IS NULL OR status = %(status)s::{schema}.job_status)
+WHERE (%(status)s::{schema}.job_status IS NULL OR status = %(status)s::{schema}.job_status)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+  AND (%(search_pattern)s::text IS NULL
+       OR id = %(search_id)s::bigint
+       OR task ILIKE %(search_pattern)s
+       OR args::text ILIKE %(search_pattern)s
+       OR last_error ILIKE %(search_pattern)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- count_finished_per_minute: jobs succeeded and dead per minute over the last %(minutes)s minutes, and their wait from due to start (the dashboard's chart)
+-- Along jobs_finished_idx (status, finished_at): it reads the window's jobs only.
+-- Every minute gets a row, zeros included, so that a chart has no gaps.
+WITH finished AS (
+    SELECT date_trunc('minute', finished_at) AS minute,
+           status,
+           greatest(extract(epoch FROM started_at - run_at), 0)::float8 AS wait_seconds
+    FROM {schema}.jobs
+    WHERE status IN ('succeeded', 'dead')
+      AND finished_at >= date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute'
+)
+SELECT minutes.minute,
+       count(finished.status) FILTER (WHERE finished.status = 'succeeded') AS succeeded,
+       count(finished.status) FILTER (WHERE finished.status = 'dead') AS dead,
+       coalesce(avg(finished.wait_seconds), 0)::float8 AS mean_wait_seconds,
+       coalesce(max(finished.wait_seconds), 0)::float8 AS max_wait_seconds
+FROM generate_series(
+         date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute',
+         date_trunc('minute', now()),
+         interval '1 minute'
+     ) AS minutes(minute)
+LEFT JOIN finished ON finished.minute = minutes.minute
+GROUP BY minutes.minute
+ORDER BY minutes.minute;
 
 -- get_job: one job with everything pgq keeps about it; args, errors, result and progress as text (pgq.admin decodes them, copes with JSON Python cannot decode, and does not depend on the connection's jsonb loader); a max_attempts left to the task shows the task's registered one
 SELECT id, queue, task, status::text, priority, attempts,
@@ -630,6 +666,54 @@ FROM {schema}.requeue_dead(
     died_before => %(died_before)s,
     job_ids => %(job_ids)s::bigint[]
 ) AS requeued;
+
+-- count_jobs_in_statuses: how many of these jobs are in one of these statuses (what a bulk action would touch)
+SELECT count(*)
+FROM {schema}.jobs
+WHERE id = ANY(%(ids)s::bigint[])
+  AND status::text = ANY(%(statuses)s::text[]);
+
+-- find_queued_jobs: one page of the queued jobs matching a task and queue (NULL: any), in id order after %(after_id)s
+SELECT id
+FROM {schema}.jobs
+WHERE status = 'queued'
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND id > %(after_id)s
+ORDER BY id
+LIMIT %(limit)s;
+
+-- cancel_queued_jobs: cancel those of these jobs still queued, through the operators' function; rows a worker is claiming are skipped (edge: queued -> cancelled)
+-- Locked first (and their status checked again under the lock), then cancelled:
+-- cancel() would raise for a job claimed between the read and its call.
+WITH target AS MATERIALIZED (
+    SELECT id
+    FROM {schema}.jobs
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND status = 'queued'
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+SELECT {schema}.cancel(target.id)
+FROM target;
+
+-- retry_queued_jobs_now: make those of these jobs still queued due now, through the operators' function; rows a worker is claiming are skipped
+WITH target AS MATERIALIZED (
+    SELECT id
+    FROM {schema}.jobs
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND status = 'queued'
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+SELECT {schema}.retry_now(target.id)
+FROM target;
+
+-- delete_finished_jobs: delete those of these jobs that are finished (succeeded, dead, cancelled) (edge: finished -> deleted)
+DELETE FROM {schema}.jobs
+WHERE id = ANY(%(ids)s::bigint[])
+  AND status IN ('succeeded', 'dead', 'cancelled')
+RETURNING id;
 
 -- cancel_job: cancel a queued or running job through the operators' function (edges: queued | running -> cancelled)
 SELECT {schema}.cancel(%(id)s::bigint);
