@@ -28,11 +28,14 @@ from pgq.cli_shared import (
     JsonOption,
     SchemaOption,
     YesOption,
+    ago,
     confirm,
     database,
+    duration_text,
     fail,
     out,
     parse_job_id,
+    print_json,
 )
 from pgq.config import parse_duration
 from pgq.errors import ConfigError, PgqError
@@ -40,17 +43,6 @@ from pgq.job import JobStatus
 from pgq.logs import plural
 
 admin_commands = Commands()
-
-
-def _print_json(value: Any) -> None:
-    # Plain text, not rich's: a script reading it wants no colours or wrapping.
-    typer.echo(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def _moment(text: str | None, option: str) -> datetime | None:
@@ -69,20 +61,6 @@ def _moment(text: str | None, option: str) -> datetime | None:
         example = f"{text}+00:00" if "T" in text or " " in text else f"{text}T00:00+00:00"
         fail(f"{option} {text!r}: add a time and a UTC offset, e.g. {example}")
     return moment
-
-
-def _age(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    seconds = max(0.0, (datetime.now(UTC) - moment).total_seconds())
-    return _seconds(seconds) + " ago"
-
-
-def _seconds(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s"
 
 
 _QUEUE_COLUMNS = (
@@ -120,7 +98,7 @@ def stats(
         unserved = admin.unserved_jobs(conn, schema=schema_name)
         workers_alive = bool(admin.live_workers(conn, schema=schema_name))
     if as_json:
-        _print_json({
+        print_json({
             "queues": rows,
             "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in counts],
             "unserved": [dataclasses.asdict(u) for u in unserved],
@@ -133,9 +111,9 @@ def stats(
         table.add_row(
             escape(row["queue"]),
             *(str(row[key]) for key in ("due", "scheduled", "running", "lease_expired")),
-            _seconds(row["lag_seconds"]),
+            duration_text(row["lag_seconds"]),
             str(row["dead"]),
-            _age(row["last_died_at"]),
+            ago(row["last_died_at"]),
         )
     if not rows:
         table.caption = "no queued, running or dead jobs"
@@ -163,7 +141,7 @@ def _unserved_table(unserved: list[admin.UnservedJobs]) -> Table:
     for row in unserved:
         table.add_row(
             escape(row.task), escape(row.queue), str(row.due), str(row.scheduled),
-            _age(row.oldest_run_at) if row.due else row.oldest_run_at.isoformat(timespec="seconds"),
+            ago(row.oldest_run_at) if row.due else row.oldest_run_at.isoformat(timespec="seconds"),
         )  # fmt: skip
     return table
 
@@ -180,7 +158,7 @@ def schedules(
     with database(dsn, schema) as (conn, schema_name):
         found = admin.schedules(conn, schema=schema_name)
     if as_json:
-        _print_json({"schedules": [_schedule_row(s) for s in found]})
+        print_json({"schedules": [_schedule_row(s) for s in found]})
         return
     table = Table(title="pgq schedules")
     for column in ("task", "cron", "tz", "args", "misfire", "next run", "last tick", "last job"):
@@ -188,7 +166,7 @@ def schedules(
     for s in found:
         args = "" if s.args == {} else json.dumps(s.args, ensure_ascii=False)
         if s.declared and s.next_run is not None:
-            next_run = f"{_local(s.next_run, s.tz)}, in {_seconds(_until(s.next_run))}"
+            next_run = f"{_local(s.next_run, s.tz)}, in {duration_text(_until(s.next_run))}"
         else:
             next_run = "none: no worker declares it" if not s.declared else "never"
         table.add_row(
@@ -264,7 +242,7 @@ def jobs(
             schema=schema_name,
         )
     if as_json:
-        _print_json([job.as_dict() for job in found])
+        print_json([job.as_dict() for job in found])
         return
     if not found:
         # A line, not an empty table; the filters as typed, to see which one excluded all.
@@ -283,7 +261,7 @@ def jobs(
             _one_line(job.task),
             job.status,
             f"{job.attempts}/{'-' if job.max_attempts is None else job.max_attempts}",
-            _age(job.created_at),
+            ago(job.created_at),
             _one_line(job.last_error or ""),
         )
     out.print(table)
@@ -314,7 +292,7 @@ def job(
         found = admin.get_job(conn, job_id, schema=schema_name)
     detail = found.as_dict()
     if as_json:
-        _print_json(detail)
+        print_json(detail)
         return
     table = Table(title=f"job {found.id}", show_header=False)
     table.add_column("field", style="bold")
@@ -453,7 +431,7 @@ def _requeue_by_filter(
                 _one_line(found.queue),
                 _one_line(found.task),
                 str(found.attempts),
-                _age(found.died_at),
+                ago(found.died_at),
                 _one_line(found.last_error or ""),
             )
         if total > len(matching):

@@ -12,8 +12,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from pgq import admin
-from pgq.cli_admin import _age, _print_json
-from pgq.cli_shared import Commands, DsnOption, JsonOption, SchemaOption, database, out
+from pgq.cli_shared import (
+    Commands,
+    DsnOption,
+    JsonOption,
+    SchemaOption,
+    ago,
+    database,
+    out,
+    print_json,
+)
 
 fleet_commands = Commands()
 
@@ -29,7 +37,7 @@ def tasks(dsn: DsnOption = None, schema: SchemaOption = None, as_json: JsonOptio
     with database(dsn, schema) as (conn, schema_name):
         found = admin.registered_tasks(conn, schema=schema_name)
     if as_json:
-        _print_json([dataclasses.asdict(task) for task in found])
+        print_json([dataclasses.asdict(task) for task in found])
         return
     table = Table(title="pgq tasks")
     for column in ("task", "queue", "priority", "max attempts", "timeout", "registered by", "at"):
@@ -40,7 +48,7 @@ def tasks(dsn: DsnOption = None, schema: SchemaOption = None, as_json: JsonOptio
         timeout = "" if task.timeout_seconds is None else f"{task.timeout_seconds:g}s"
         table.add_row(
             escape(task.task), escape(task.queue), str(task.priority), str(task.max_attempts),
-            timeout, escape(task.registered_by), _age(task.registered_at),
+            timeout, escape(task.registered_by), ago(task.registered_at),
         )  # fmt: skip
     if not found:
         table.caption = "no task registered: start a worker (pgq work APP)"
@@ -60,7 +68,7 @@ def workers(
     with database(dsn, schema) as (conn, schema_name):
         found = admin.live_workers(conn, schema=schema_name)
     if as_json:
-        _print_json([dataclasses.asdict(worker) for worker in found])
+        print_json([dataclasses.asdict(worker) for worker in found])
         return
     table = Table(title="pgq workers")
     for column in ("name", "host", "pid", "version", "queues", "tasks", "running", "started",
@@ -71,7 +79,7 @@ def workers(
             escape(worker.name), escape(worker.host), str(worker.pid), escape(worker.version),
             escape(", ".join(worker.queues) if worker.queues else "all"),
             escape(", ".join(worker.tasks)), f"{worker.running}/{worker.concurrency}",
-            _age(worker.started_at), _age(worker.last_seen_at),
+            ago(worker.started_at), ago(worker.last_seen_at),
         )  # fmt: skip
     if not found:
         table.caption = "no live worker"

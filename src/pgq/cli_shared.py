@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import psycopg
@@ -222,3 +223,31 @@ def database(
         )
     except psycopg.OperationalError as error:
         fail(f"lost the database connection: {error}", dsn)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (times in ISO 8601): the admin commands' --json."""
+    # Plain text, not rich's: a script reading it wants no colours or wrapping.
+    typer.echo(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def ago(moment: datetime | None) -> str:
+    """How long ago ``moment`` was, as the admin tables show it (``""`` for none)."""
+    if moment is None:
+        return ""
+    seconds = max(0.0, (datetime.now(UTC) - moment).total_seconds())
+    return duration_text(seconds) + " ago"
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` in the largest unit that fits: 12.5s, 3.2m, 1.5h, 2.0d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
