@@ -150,3 +150,21 @@ def test_a_worker_starts_the_jobs_it_claimed_together_highest_priority_first(dsn
 
     asyncio.run(scenario())
     assert started[30:] == [5] * 3 + [0] * 20
+
+
+@pytest.mark.parametrize(
+    ("capacity", "weights", "expected"),
+    [
+        (10, {"critical": 6, "default": 3, "low": 1}, {"critical": 6, "default": 3, "low": 1}),
+        # 15.6, 7.8 and 2.6: the two largest remainders get the two jobs left over.
+        (26, {"critical": 6, "default": 3, "low": 1}, {"critical": 15, "default": 8, "low": 3}),
+        # 0.04 of a job still gets one: a light queue never starves.
+        (4, {"bulk": 100, "rare": 1}, {"bulk": 3, "rare": 1}),
+    ],
+)
+def test_capacity_is_shared_by_weight_in_whole_jobs_that_add_up(
+    capacity: int, weights: dict[str, int], expected: dict[str, int]
+) -> None:
+    from pgq.worker.producer import weighted_shares
+
+    assert weighted_shares(capacity, weights) == expected

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -61,6 +62,28 @@ def _hint(error: psycopg.Error) -> str:
     if isinstance(error, psycopg.errors.InvalidSqlStatementName):
         return " (behind PgBouncer in transaction mode? start the worker with --poll-only)"
     return ""
+
+
+def weighted_shares(capacity: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """``capacity`` split in proportion to ``weights``, in whole jobs that add up to it.
+
+    The largest remainders get the jobs that rounding down leaves over, so no queue
+    is favoured by rounding; and every queue gets at least one, so none starves
+    while its weight is small against the capacity.
+    """
+    total = sum(weights.values())
+    exact = {queue: capacity * weight / total for queue, weight in weights.items()}
+    shares = {queue: math.floor(value) for queue, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda queue: shares[queue] - exact[queue])
+    for queue in by_remainder[: capacity - sum(shares.values())]:
+        shares[queue] += 1
+    for queue in shares:
+        if shares[queue] == 0:
+            shares[queue] = 1
+            largest = max(shares, key=shares.__getitem__)
+            if shares[largest] > 1:
+                shares[largest] -= 1
+    return shares
 
 
 class Producer:
@@ -227,11 +250,10 @@ class Producer:
         elif weights is not None:
             held = Counter(run.job.queue for run in self.executor.running.values())
             capacity = self.settings.concurrency + self.executor.extra()
-            total = sum(weights.values())
-            for queue, _ in order:
-                shares[queue] = math.ceil(capacity * weights[queue] / total) - held[queue]
-            # Lightest first: rounded up, the shares add up to more than the room, and a
-            # heavy queue claiming first would take a light one's single slot every time.
+            for queue, share in weighted_shares(capacity, weights).items():
+                shares[queue] = share - held[queue]
+            # Lightest first: a heavy queue claiming first could take a light one's
+            # single slot while the free room is smaller than the capacity.
             order.sort(key=lambda item: weights[item[0]])
         more_due = short = False
         for queue, limit in order:
