@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
-from zoneinfo import ZoneInfo
 
 import psycopg
 from jinja2 import pass_context
@@ -29,6 +28,7 @@ from starlette.templating import Jinja2Templates
 from pgq import admin
 from pgq.errors import InvalidJobError
 from pgq.job import JobStatus
+from pgq.schedule import local_time
 from pgq.web.chart import activity_chart
 from pgq.web.context import database, read_body
 from pgq.web.security import (
@@ -105,17 +105,6 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
-def _local(moment: datetime | None, tz: str) -> str:
-    """``2026-12-02 03:00 CET``: a schedule's time in its own zone (UTC if unknown here)."""
-    if moment is None:
-        return ""
-    try:
-        moment = moment.astimezone(ZoneInfo(tz))
-    except (ValueError, OSError, LookupError):
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z" if moment.second else "%Y-%m-%d %H:%M %Z")
-
-
 def _seconds(value: float) -> str:
     if value < 1:
         return f"{value * 1000:.0f} ms"
@@ -128,7 +117,7 @@ templates.env.filters["ago"] = _ago
 templates.env.filters["seconds"] = _seconds
 templates.env.filters["pretty_json"] = _pretty_json
 templates.env.filters["json_text"] = _json_text
-templates.env.filters["local"] = _local
+templates.env.filters["local"] = local_time
 
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
