@@ -37,6 +37,8 @@ def seed_job(
     errors: list[dict[str, Any]] | None = None,
     dedupe_key: str | None = None,
     priority: int = 0,
+    result: Any = None,
+    progress: Any = None,
 ) -> int:
     """Insert one job in ``status``; returns its id. Times are seconds relative to now().
 
@@ -44,6 +46,7 @@ def seed_job(
     finished_at of a finished job (default 60 s ago). ``lease_in``: a running
     job's locked_until = now() + lease_in (negative: expired). A dead job gets,
     unless told otherwise, one error entry per attempt and that error as its last.
+    ``result`` and ``progress``: JSON values as a handler left them (None: NULL).
     """
     running = status == "running"
     if attempts is None:
@@ -62,7 +65,8 @@ def seed_job(
         """
         INSERT INTO pgq.jobs (task, queue, args, status, priority, attempts, max_attempts,
                               run_at, created_at, finished_at, started_at,
-                              locked_until, locked_by, lease_token, last_error, errors, dedupe_key)
+                              locked_until, locked_by, lease_token, last_error, errors, dedupe_key,
+                              result, progress)
         VALUES (%(task)s, %(queue)s, %(args)s, %(status)s::pgq.job_status, %(priority)s,
                 %(attempts)s, %(max_attempts)s,
                 now() + %(due_in)s::float8 * interval '1 second',
@@ -72,7 +76,7 @@ def seed_job(
                 CASE WHEN %(running)s THEN now() + %(lease_in)s::float8 * interval '1 second' END,
                 CASE WHEN %(running)s THEN %(worker)s END,
                 CASE WHEN %(running)s THEN gen_random_uuid() END,
-                %(last_error)s, %(errors)s, %(dedupe_key)s)
+                %(last_error)s, %(errors)s, %(dedupe_key)s, %(result)s, %(progress)s)
         RETURNING id
         """,
         {
@@ -81,6 +85,8 @@ def seed_job(
             "due_in": due_in, "created_ago": created_ago, "finished_ago": finished_ago,
             "running": running, "lease_in": lease_in, "worker": WORKER_NAME,
             "last_error": last_error, "errors": Jsonb(errors or []), "dedupe_key": dedupe_key,
+            "result": None if result is None else Jsonb(result),
+            "progress": None if progress is None else Jsonb(progress),
         },
     ).fetchone()  # fmt: skip
     assert row is not None

@@ -965,7 +965,15 @@ def test_pgq_web_does_everything_it_offers_as_an_operator_login(
         "health": httpx.get(base + "/health"),
         "overview": httpx.get(base + "/"),
         "dead page": httpx.get(base + "/dead"),
+        "job page": httpx.get(base + f"/jobs/{jobs['dead']}"),
+        "progress": httpx.get(base + f"/fragments/jobs/{jobs['dead']}/progress"),
+        "workers": httpx.get(base + "/api/workers"),
+        "workers page": httpx.get(base + "/workers"),
+        "schedules": httpx.get(base + "/api/schedules"),
+        "schedules page": httpx.get(base + "/schedules"),
     }
+    enqueued = answers["enqueue"].json()["id"]
+    answers["cancel one"] = httpx.post(base + f"/api/jobs/{enqueued}/cancel")
 
     refused = {name: a.text for name, a in answers.items() if a.status_code not in (200, 201)}
     assert refused == {}

@@ -4,16 +4,22 @@ health, metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
 import pytest
 from starlette.routing import Route
 
+import pgq
 from pgq.web import api
+from pgq.worker.registration import Registration
+from pgq.worker.scheduler import Scheduler
 from seeding import Conn, fetch_job, job_statuses, seed_job
 
 Serve = Callable[..., str]
@@ -172,6 +178,22 @@ def test_get_job_returns_its_args_and_every_attempts_error_and_404_for_none(
     assert client.get("/api/nothing").json() == {"error": "Not Found", "field": None}
 
 
+def test_get_job_returns_the_handlers_result_and_the_latest_progress(
+    client: httpx.Client, db: Conn
+) -> None:
+    done = seed_job(db, "succeeded", result={"width": 640}, progress={"step": 3, "of": 3})
+    running = seed_job(db, "running", progress={"step": 1, "of": 3})
+    queued = seed_job(db)
+
+    finished, midway, waiting = (client.get(f"/api/jobs/{i}").json()
+                                 for i in (done, running, queued))  # fmt: skip
+
+    assert (finished["result"], finished["progress"]) == ({"width": 640}, {"step": 3, "of": 3})
+    assert (midway["status"], midway["result"], midway["progress"]) == (
+        "running", None, {"step": 1, "of": 3})  # fmt: skip
+    assert (waiting["result"], waiting["progress"]) == (None, None)
+
+
 def test_the_list_pages_by_cursor_through_every_matching_job_once_newest_first(
     client: httpx.Client, db: Conn
 ) -> None:
@@ -252,6 +274,37 @@ def test_requeue_cancel_and_retry_now_answer_with_the_job_afterwards_or_409(
     assert client.post("/api/jobs/999999/cancel").status_code == 404
 
 
+def test_cancel_stops_a_running_job_and_a_finished_one_is_a_409(
+    client: httpx.Client, db: Conn
+) -> None:
+    running = seed_job(db, "running")
+    done = seed_job(db, "succeeded")
+
+    cancelled = client.post(f"/api/jobs/{running}/cancel")
+    refused = client.post(f"/api/jobs/{done}/cancel")
+
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
+    assert cancelled.json()["errors"][-1]["event"] == "cancelled"
+    assert refused.status_code == 409
+    assert job_statuses(db) == {running: "cancelled", done: "succeeded"}
+
+
+def test_a_bulk_cancel_leaves_running_jobs_alone_whether_chosen_by_id_or_by_filter(
+    client: httpx.Client, db: Conn
+) -> None:
+    queued = [seed_job(db, queue="reports") for _ in range(2)]
+    running = seed_job(db, "running", queue="reports")
+
+    dry = client.post("/api/jobs/cancel", json={"ids": [*queued, running], "dry_run": True})
+    by_ids = client.post("/api/jobs/cancel", json={"ids": [queued[0], running]})
+    by_filter = client.post("/api/jobs/cancel", json={"filter": {"queue": "reports"}})
+
+    assert dry.json()["count"] == 2
+    assert by_ids.json()["ids"] == [queued[0]]
+    assert by_filter.json()["ids"] == [queued[1]]
+    assert job_statuses(db)[running] == "running"
+
+
 def test_bulk_actions_by_ids_and_by_filter_with_a_dry_run_first(
     client: httpx.Client, db: Conn
 ) -> None:
@@ -315,6 +368,80 @@ def test_stats_health_and_metrics_report_the_queues(client: httpx.Client, db: Co
     assert client.get("/health").json() == {"status": "ok"}
     assert 'pgq_queue_due_jobs{queue="emails"} 1.0' in metrics
     assert 'pgq_queue_dead_jobs{queue="emails"} 1.0' in metrics
+
+
+def register_worker(db: Conn, name: str, queues: list[str] | None) -> None:
+    """A worker's row as `pgq work` writes it at start (this process's host and pid)."""
+    app = pgq.App()
+
+    @app.task(name="send_receipt")
+    def send_receipt() -> None: ...
+
+    Registration(schema="pgq", name=name, tasks=tuple(app.tasks.values()), queues=queues,
+                 concurrency=4, lease_seconds=30).register(db)  # fmt: skip
+
+
+def test_stats_count_the_workers_alive_and_name_the_jobs_no_live_worker_serves(
+    client: httpx.Client, db: Conn
+) -> None:
+    empty = client.get("/api/stats").json()
+    register_worker(db, "worker-a", ["emails"])
+    pgq.enqueue(db, "send_receipt", queue="emails")  # served
+    pgq.enqueue(db, "send_reciept", queue="emails")  # the typo
+    pgq.enqueue(db, "send_receipt", queue="images", delay=600)  # no worker serves the queue
+
+    stats = client.get("/api/stats").json()
+
+    assert (empty["workers_alive"], empty["unserved"]) == (0, [])
+    assert stats["workers_alive"] == 1
+    assert [(u["task"], u["queue"], u["due"], u["scheduled"]) for u in stats["unserved"]] == [
+        ("send_receipt", "images", 0, 1),
+        ("send_reciept", "emails", 1, 0),
+    ]
+
+
+def test_workers_lists_each_live_worker_with_what_it_serves(client: httpx.Client, db: Conn) -> None:
+    register_worker(db, "worker-a", ["emails", "receipts"])
+    register_worker(db, "worker-b", None)
+
+    found = client.get("/api/workers").json()["workers"]
+
+    assert [w["name"] for w in found] == ["worker-a", "worker-b"]
+    first = found[0]
+    assert (first["host"], first["pid"]) == (socket.gethostname(), os.getpid())
+    assert (first["queues"], found[1]["queues"]) == (["emails", "receipts"], None)
+    assert (first["tasks"], first["running"], first["concurrency"]) == (["send_receipt"], 0, 4)
+    assert first["version"] == pgq.__version__
+    seen = datetime.fromisoformat(first["last_seen_at"])
+    assert abs((datetime.now(UTC) - seen).total_seconds()) < 60
+
+
+def test_schedules_list_the_next_run_the_last_tick_and_its_jobs_status(
+    client: httpx.Client, db: Conn, dsn: str
+) -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    app = pgq.App()
+
+    @app.periodic("0 3 * * *", tz="Europe/Berlin")
+    def nightly_report() -> None: ...
+
+    now = datetime.now(UTC)
+    clock = [now - timedelta(days=1)]
+    scheduler = Scheduler(dsn=dsn, schema="pgq", schedules=app.schedules, tasks=app.tasks,
+                          clock=lambda: clock[0])  # fmt: skip
+    while clock[0] < now:  # a day of the scheduler's wake-ups, on a clock it is given
+        clock[0] += timedelta(seconds=scheduler.tick(db))
+
+    [schedule] = client.get("/api/schedules").json()["schedules"]
+
+    three_today = datetime.now(berlin).replace(hour=3, minute=0, second=0, microsecond=0)
+    last = three_today if three_today <= datetime.now(berlin) else three_today - timedelta(1)
+    assert (schedule["task"], schedule["cron"], schedule["tz"]) == (
+        "nightly_report", "0 3 * * *", "Europe/Berlin")  # fmt: skip
+    assert datetime.fromisoformat(schedule["last_tick"]) == last
+    assert datetime.fromisoformat(schedule["next_run"]) == last + timedelta(days=1)
+    assert schedule["last_job_status"] == "queued" and schedule["declared"] is True
+    assert job_statuses(db) == {schedule["last_job_id"]: "queued"}
 
 
 def test_health_is_503_when_the_schema_is_missing(empty_dsn: str, serve: Serve) -> None:

@@ -1,6 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright), against a real
 database and a real `pgq work`: an operator logs in, finds a dead job, reads its traceback,
-requeues it and sees it succeed; then cancels queued jobs in bulk through the confirmation.
+requeues it and sees it succeed; cancels queued jobs in bulk through the confirmation; sees
+the live worker, the jobs it does not serve and the schedules; watches a running job's
+progress and cancels it.
 
 Each main page is saved as a screenshot into docs/screenshots/, which docs/web.md shows.
 Chromium comes from the system (/usr/bin/chromium; .ci/run installs Debian's package):
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import pgq
+from pgq import admin
 from seeding import Conn, job_statuses
 from worker_helpers import REPO_ROOT, WorkerProcesses, wait_until
 
@@ -165,3 +169,60 @@ def test_the_overviews_counts_refresh_by_themselves(
 
     # live.js fetches the queues' table every 5 s; no reload here.
     expect(page.locator("#queues")).to_contain_text("month_end", timeout=8000)
+
+
+def test_an_operator_sees_the_live_worker_a_misspelt_tasks_jobs_and_the_schedules(
+    dsn: str, db: Conn, serve: Callable[..., str], workers: WorkerProcesses, page: Page,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("PGQ_TEST_RELAY_FIXED", str(tmp_path / "relay-fixed"))
+    worker = workers.start(dsn, "--concurrency", "2", app=WEB_APP)
+    with db.transaction():
+        pgq.enqueue(db, "send_reciept", {"order_id": 4220})  # the typo: no worker has it
+    wait_until(lambda: bool(admin.live_workers(db) and admin.schedules(db)), 30,
+               "the worker never registered and declared its schedule")  # fmt: skip
+    base = serve(dsn, token=TOKEN)
+    log_in(page, base)
+
+    page.get_by_role("link", name="Workers").click()
+    row = page.get_by_role("row").filter(has_text=socket.gethostname())
+    expect(row).to_contain_text(str(worker.pid))
+    expect(row).to_contain_text("send_receipt")
+    expect(row).to_contain_text("0/2")
+    expect(page.locator("table.unserved")).to_contain_text("send_reciept")
+    shoot(page, "workers")
+
+    page.get_by_role("link", name="Schedules").click()
+    row = page.get_by_role("row").filter(has_text="nightly_report")
+    expect(row).to_contain_text("0 3 * * *")
+    expect(row).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d 03:00 CES?T"))  # Berlin time
+    shoot(page, "schedules")
+
+
+def test_an_operator_watches_a_running_jobs_progress_and_cancels_it(
+    dsn: str, db: Conn, serve: Callable[..., str], workers: WorkerProcesses, page: Page,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("PGQ_TEST_RELAY_FIXED", str(tmp_path / "relay-fixed"))
+    with db.transaction():
+        job_id = pgq.enqueue(db, "export_rows", {"rows": 10_000}).id
+    workers.start(dsn, app=WEB_APP)
+    wait_until(lambda: pgq.get_job(db, job_id).progress is not None, 30, "it never ran")
+    base = serve(dsn, token=TOKEN)
+    log_in(page, base)
+
+    page.goto(f"{base}/jobs/{job_id}")
+    progress = page.locator("pre.progress")
+    expect(progress).to_contain_text('"of": 10000')
+    first = progress.inner_text()
+    expect(progress).not_to_have_text(first, timeout=8000)  # live.js, every 5 s: no reload
+    shoot(page, "job-running")
+
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("heading")).to_have_text(f"Cancel running job {job_id}?")
+    page.get_by_role("button", name=f"Yes, cancel job {job_id}").click()
+
+    expect(page.get_by_role("status")).to_have_text("1 job cancelled")
+    expect(page.get_by_role("heading", name=f"Job {job_id}")).to_contain_text("cancelled")
+    assert job_statuses(db)[job_id] == "cancelled"
+    expect(page.locator("section.attempt").first).to_contain_text("cancelled by")

@@ -3,13 +3,19 @@ error pages. The browser test (test_web_browser.py) clicks through them in Chrom
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
 import pytest
 
+import pgq
+from pgq.worker.registration import Registration
+from pgq.worker.scheduler import Scheduler
 from seeding import Conn, job_statuses, seed_job
 
 
@@ -123,3 +129,99 @@ def test_an_unknown_bulk_action_is_refused_with_a_page_naming_the_actions(
     assert page.status_code == 422
     assert "no bulk action &#39;explode&#39;: use requeue, cancel, retry_now, delete" in page.text
     assert job_statuses(db) == {dead: "dead"}
+
+
+def test_a_job_page_shows_the_result_and_the_progress_a_handler_left(
+    browser: httpx.Client, db: Conn
+) -> None:
+    done = seed_job(db, "succeeded", result={"width": 640}, progress={"step": 3, "of": 3})
+    running = seed_job(db, "running", progress={"step": 1, "of": 3})
+
+    finished = browser.get(f"/jobs/{done}").text
+    midway = browser.get(f"/jobs/{running}").text
+    fragment = browser.get(f"/fragments/jobs/{running}/progress").text
+
+    assert '<pre class="result">{\n  &#34;width&#34;: 640\n}</pre>' in finished
+    assert "&#34;step&#34;: 3" in finished
+    assert "&#34;step&#34;: 1" in midway and "<h2>Result</h2>" not in midway
+    assert 'data-live="/fragments/jobs/' in midway and "live.js" in midway
+    assert "live.js" not in finished  # a finished job's page does not refresh
+    assert "<html" not in fragment and "&#34;step&#34;: 1" in fragment
+
+
+def test_cancelling_a_running_job_from_its_page_asks_first_then_cancels_it(
+    browser: httpx.Client, db: Conn
+) -> None:
+    running = seed_job(db, "running")
+    page = browser.get(f"/jobs/{running}").text
+    assert f'action="/jobs/{running}/cancel"' in page
+    csrf = csrf_of(page)
+
+    asked = browser.post(f"/jobs/{running}/cancel", data={"csrf_token": csrf})
+    assert f"Cancel running job {running}?" in asked.text
+    assert job_statuses(db) == {running: "running"}  # asking changed nothing
+
+    done = browser.post(f"/jobs/{running}/cancel", data={"csrf_token": csrf, "confirmed": "yes"})
+    assert done.status_code == 303
+    assert job_statuses(db) == {running: "cancelled"}
+    assert "1 job cancelled" in browser.get(done.headers["location"]).text
+
+
+def test_cancelling_without_the_csrf_token_is_refused(browser: httpx.Client, db: Conn) -> None:
+    running = seed_job(db, "running")
+    browser.get("/jobs")  # the CSRF cookie, but no token in the form
+
+    refused = browser.post(f"/jobs/{running}/cancel", data={"confirmed": "yes"})
+
+    assert refused.status_code == 403
+    assert job_statuses(db) == {running: "running"}
+
+
+def test_the_workers_page_lists_live_workers_and_names_the_jobs_none_serves(
+    browser: httpx.Client, db: Conn
+) -> None:
+    app = pgq.App()
+
+    @app.task(name="send_receipt")
+    def send_receipt() -> None: ...
+
+    empty = browser.get("/workers").text
+    Registration(schema="pgq", name="worker-a", tasks=tuple(app.tasks.values()),
+                 queues=["emails"], concurrency=4, lease_seconds=30).register(db)  # fmt: skip
+    pgq.enqueue(db, "send_reciept", queue="emails")  # the typo
+
+    page = browser.get("/workers").text
+
+    assert "No live worker" in empty
+    row = re.search(r"<tr>\s*<td><code>worker-a</code></td>.*?</tr>", page, re.S)
+    assert row, page
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(0), re.S)
+    assert cells[1:4] == [socket.gethostname(), str(os.getpid()), pgq.__version__]
+    assert ">emails</a>" in cells[4] and cells[5] == "send_receipt" and cells[6] == "0/4"
+    assert 'href="/jobs?status=queued&amp;task=send_reciept&amp;queue=emails">send_reciept' in page
+
+
+def test_the_schedules_page_shows_the_next_run_in_the_schedules_zone_and_the_last_job(
+    browser: httpx.Client, db: Conn, dsn: str
+) -> None:
+    app = pgq.App()
+
+    @app.periodic("0 3 * * *", tz="Europe/Berlin")
+    def nightly_report() -> None: ...
+
+    empty = browser.get("/schedules").text
+    now = datetime.now(UTC)
+    clock = [now - timedelta(days=1)]
+    scheduler = Scheduler(dsn=dsn, schema="pgq", schedules=app.schedules, tasks=app.tasks,
+                          clock=lambda: clock[0])  # fmt: skip
+    while clock[0] < now:
+        clock[0] += timedelta(seconds=scheduler.tick(db))
+    [job_id] = job_statuses(db)
+
+    page = browser.get("/schedules").text
+
+    assert "No schedules" in empty
+    assert "<code>0 3 * * *</code>" in page and "Europe/Berlin" in page
+    tomorrow_or_today = re.findall(r"\d{4}-\d\d-\d\d 03:00 CE[S]?T", page)
+    assert len(tomorrow_or_today) == 2  # the next run and the last tick, in Berlin time
+    assert f'<a href="/jobs/{job_id}">{job_id}</a> <span class="status queued">' in page

@@ -189,20 +189,26 @@ def test_read_only_mode_refuses_every_change_and_shows_no_action(
     dsn: str, serve: Serve, db: Conn
 ) -> None:
     dead = seed_job(db, "dead")
+    running = seed_job(db, "running")
     base = serve(dsn, read_only=True)
 
     enqueue = httpx.post(base + "/api/jobs", json={"task": "x"})
     requeue = httpx.post(base + f"/api/jobs/{dead}/requeue")
+    cancel = httpx.post(base + f"/api/jobs/{running}/cancel")
     bulk = httpx.post(base + "/api/jobs/delete", json={"ids": [dead]})
     page = httpx.get(base + f"/jobs/{dead}")
+    running_page = httpx.get(base + f"/jobs/{running}")
     dead_list = httpx.get(base + "/dead")
 
-    assert {enqueue.status_code, requeue.status_code, bulk.status_code} == {403}
+    assert {enqueue.status_code, requeue.status_code, cancel.status_code,
+            bulk.status_code} == {403}  # fmt: skip
     assert "read-only" in enqueue.json()["error"]
-    assert job_statuses(db) == {dead: "dead"}
+    assert job_statuses(db) == {dead: "dead", running: "running"}
     assert page.status_code == 200 and "read-only" in page.text
     assert ">Requeue<" not in page.text and "Requeue…" not in dead_list.text
-    assert httpx.get(base + "/api/stats").status_code == 200
+    assert ">Cancel<" not in running_page.text
+    for path in ("/api/stats", "/api/workers", "/api/schedules", "/workers", "/schedules"):
+        assert httpx.get(base + path).status_code == 200, path
 
 
 # -- the DSN's password -----------------------------------------------------------------------

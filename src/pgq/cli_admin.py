@@ -12,7 +12,6 @@ import json
 import shlex
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.markup import escape
@@ -41,6 +40,7 @@ from pgq.config import parse_duration
 from pgq.errors import ConfigError, PgqError
 from pgq.job import JobStatus
 from pgq.logs import plural
+from pgq.schedule import local_time
 
 admin_commands = Commands()
 
@@ -166,12 +166,12 @@ def schedules(
     for s in found:
         args = "" if s.args == {} else json.dumps(s.args, ensure_ascii=False)
         if s.declared and s.next_run is not None:
-            next_run = f"{_local(s.next_run, s.tz)}, in {duration_text(_until(s.next_run))}"
+            next_run = f"{local_time(s.next_run, s.tz)}, in {duration_text(_until(s.next_run))}"
         else:
             next_run = "none: no worker declares it" if not s.declared else "never"
         table.add_row(
             escape(s.task), escape(s.cron), escape(s.tz), _one_line(args), s.misfire, next_run,
-            _local(s.last_tick, s.tz), _last_job(s),
+            local_time(s.last_tick, s.tz), _last_job(s),
         )  # fmt: skip
     if not found:
         table.caption = "no schedules: declare them with @app.periodic or app.schedule"
@@ -185,18 +185,6 @@ def _schedule_row(s: admin.ScheduleStatus) -> dict[str, Any]:
         "last_tick": s.last_tick, "last_job_id": s.last_job_id,
         "last_job_status": s.last_job_status, "declared_at": s.declared_at,
     }  # fmt: skip
-
-
-def _local(moment: datetime | None, tz: str) -> str:
-    """``2026-12-02 03:00 CET`` in the schedule's zone (UTC if this machine lacks it)."""
-    if moment is None:
-        return ""
-    try:
-        moment = moment.astimezone(ZoneInfo(tz))
-    except (ValueError, OSError, LookupError):
-        moment = moment.astimezone(UTC)
-    # Seconds only for the schedules that have them (6 fields).
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z" if moment.second else "%Y-%m-%d %H:%M %Z")
 
 
 def _until(moment: datetime) -> float:

@@ -34,6 +34,20 @@ from pgq.enqueue import encode_args
 from pgq.errors import ConfigError, InvalidJobError, shown
 from pgq.job import DAY_SECONDS
 
+
+def local_time(moment: datetime | None, tz: str) -> str:
+    """``2026-12-02 03:00 CET``: a schedule's time in its own zone (UTC if this machine lacks
+    it), with seconds only when it has them (6-field crons). ``pgq schedules`` and the
+    dashboard show times this way."""
+    if moment is None:
+        return ""
+    try:
+        moment = moment.astimezone(ZoneInfo(tz))
+    except (ValueError, OSError, LookupError):
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z" if moment.second else "%Y-%m-%d %H:%M %Z")
+
+
 #: What a worker does with ticks missed while no worker ran: skip them, or make the
 #: latest of them. Never more: a fleet back after a night away makes one job per
 #: schedule, not a burst.

@@ -1,4 +1,5 @@
-"""The JSON API under /api/: enqueue, read, requeue, cancel and retry jobs; stats, health, metrics.
+"""The JSON API under /api/: enqueue, read, requeue, cancel and retry jobs; stats, the live
+workers, the periodic schedules, health, metrics.
 
 Each endpoint checks its input (api_input), then runs one pgq.admin or
 pgq.enqueue call on a pooled connection in a worker thread. Status codes: 201 a
@@ -123,9 +124,30 @@ def _all_queued(
 
 
 async def stats(request: Request) -> Response:
-    queues = await database(request).run(admin.queue_overview)
-    # Workers alive come with the live-workers table (another change): not reported yet.
-    return Json({"queues": [queue.as_dict() for queue in queues]})
+    queues, workers, unserved = await database(request).run(_stats)
+    return Json({
+        "queues": [queue.as_dict() for queue in queues],
+        "workers_alive": len(workers),
+        "unserved": unserved,
+    })  # fmt: skip
+
+
+def _stats(
+    conn: psycopg.Connection[Any], *, schema: str
+) -> tuple[list[admin.QueueOverview], list[admin.LiveWorker], list[admin.UnservedJobs]]:
+    return (
+        admin.queue_overview(conn, schema=schema),
+        admin.live_workers(conn, schema=schema),
+        admin.unserved_jobs(conn, schema=schema),
+    )
+
+
+async def workers(request: Request) -> Response:
+    return Json({"workers": await database(request).run(admin.live_workers)})
+
+
+async def schedules(request: Request) -> Response:
+    return Json({"schedules": await database(request).run(admin.schedules)})
 
 
 async def health(request: Request) -> Response:
@@ -185,6 +207,8 @@ ROUTES = [
           name="api_act_on_job"),
     Route("/api/jobs/{action:str}", act_in_bulk, methods=["POST"], name="api_act_in_bulk"),
     Route("/api/stats", stats, methods=["GET"], name="api_stats"),
+    Route("/api/workers", workers, methods=["GET"], name="api_workers"),
+    Route("/api/schedules", schedules, methods=["GET"], name="api_schedules"),
     Route("/api/openapi.json", openapi, methods=["GET"], name="api_openapi"),
     Route("/health", health, methods=["GET"], name="health"),
     Route("/metrics", metrics, methods=["GET"], name="metrics"),

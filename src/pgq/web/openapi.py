@@ -47,6 +47,71 @@ _JOB_DETAIL = {
                    "worker, error, traceback) and each operator action (at, event, by)."},
         "locked_until": _NULLABLE_TIME,
         "dedupe_key": {"type": ["string", "null"]},
+        "result": {"description": "What the handler returned (any JSON), once the job "
+                   "succeeded; null before, or for a handler that returned None."},
+        "progress": {"description": "The latest value the handler reported with "
+                     "ctx.progress() (any JSON); null if none yet. Kept after the job ends."},
+    },
+}  # fmt: skip
+_WORKER = {
+    "type": "object",
+    "description": "A worker seen within its lease (the view live_workers).",
+    "properties": {
+        "name": {"type": "string"},
+        "host": {"type": "string"},
+        "pid": {"type": "integer"},
+        "version": {"type": "string", "description": "pgq's version in that worker."},
+        "queues": {"type": ["array", "null"], "items": {"type": "string"},
+                   "description": "The queues it serves; null: every queue."},
+        "tasks": {"type": "array", "items": {"type": "string"}},
+        "concurrency": {"type": "integer"},
+        "running": {"type": "integer", "description": "Jobs it runs now."},
+        "started_at": _TIME,
+        "last_seen_at": _TIME,
+    },
+}  # fmt: skip
+_UNSERVED = {
+    "type": "object",
+    "description": "Queued jobs of one task and queue that no live worker serves: a misspelt "
+    "task, or a worker missing.",
+    "properties": {
+        "task": {"type": "string"},
+        "queue": {"type": "string"},
+        "due": {"type": "integer"},
+        "scheduled": {"type": "integer"},
+        "oldest_run_at": _TIME,
+    },
+}
+_QUEUE = {
+    "type": "object",
+    "properties": {
+        "queue": {"type": "string"},
+        **{name: {"type": "integer"} for name in ("due", "scheduled", "running", "lease_expired",
+                                                 "dead")},
+        "lag_seconds": {"type": "number", "description": "Age of the oldest due job."},
+        "last_died_at": _NULLABLE_TIME,
+    },
+}  # fmt: skip
+_SCHEDULE = {
+    "type": "object",
+    "description": "A periodic schedule (the view schedule_status, and its next run).",
+    "properties": {
+        "id": {"type": "integer"},
+        "task": {"type": "string"},
+        "cron": {"type": "string"},
+        "tz": {"type": "string"},
+        "args": {"type": ["object", "string"]},
+        "misfire": {"type": "string"},
+        "ticked_through": _TIME,
+        "last_tick": _NULLABLE_TIME,
+        "last_job_id": {"type": ["integer", "null"]},
+        "last_job_status": {"type": ["string", "null"],
+                            "description": "null: no job yet, or it was pruned."},
+        "declared_at": _TIME,
+        "next_run": {**_NULLABLE_TIME, "description": "The next tick; null if the cron "
+                     "never matches again or the time zone is unknown here."},
+        "declared": {"type": "boolean", "description": "False: no running worker declared "
+                     "it lately, so its ticks are not being made."},
     },
 }  # fmt: skip
 _NEW_JOB = {
@@ -146,7 +211,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 },
             },
             "/api/jobs/{job_id}": {
-                "get": {"summary": "One job, with its args and error history",
+                "get": {"summary": "One job: its args, result, progress and error history",
                         "parameters": [_JOB_ID],
                         "responses": {"200": _json(_JOB_DETAIL, "The job."), **_NOT_FOUND,
                                       **_ERRORS}},
@@ -161,7 +226,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 }
                 for action, summary in (
                     ("requeue", "Requeue a dead or cancelled job"),
-                    ("cancel", "Cancel a queued job"),
+                    ("cancel", "Cancel a queued or running job (a running job's handler is "
+                     "told to stop; what it returns is discarded)"),
                     ("retry-now", "Make a queued job due now"),
                 )
             },
@@ -178,15 +244,30 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 }
                 for action, summary in (
                     ("requeue", "Requeue dead jobs by id or filter"),
-                    ("cancel", "Cancel queued jobs by id or filter"),
+                    ("cancel", "Cancel queued jobs by id or filter (running ones are left "
+                     "alone: cancel those one by one)"),
                     ("retry-now", "Make queued jobs due now, by id or filter"),
                     ("delete", "Delete finished jobs by id"),
                 )
             },
             "/api/stats": {"get": {"summary": "Per queue: due, scheduled, running, "
-                                   "lease_expired, lag_seconds, dead, last_died_at",
-                                   "responses": {"200": _json({"type": "object"}, "Queues."),
-                                                 **_ERRORS}}},
+                                   "lease_expired, lag_seconds, dead, last_died_at; the "
+                                   "workers alive; the queued jobs no live worker serves",
+                                   "responses": {"200": _json({"type": "object", "properties": {
+                                       "queues": {"type": "array", "items": _QUEUE},
+                                       "workers_alive": {"type": "integer"},
+                                       "unserved": {"type": "array", "items": _UNSERVED},
+                                   }}, "Queues and workers."), **_ERRORS}}},
+            "/api/workers": {"get": {"summary": "The live workers, oldest first",
+                                     "responses": {"200": _json({"type": "object", "properties": {
+                                         "workers": {"type": "array", "items": _WORKER}}},
+                                         "Workers."), **_ERRORS}}},
+            "/api/schedules": {"get": {"summary": "The periodic schedules: next run, last "
+                                       "tick and its job's status",
+                                       "responses": {"200": _json({"type": "object",
+                                           "properties": {"schedules": {"type": "array",
+                                                                        "items": _SCHEDULE}}},
+                                           "Schedules."), **_ERRORS}}},
             "/api/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": _json({"type": "object"}, "OpenAPI 3.1.")}}},
             "/health": {"get": {"summary": "Database reachable and schema current",

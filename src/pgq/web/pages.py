@@ -1,13 +1,12 @@
 """The dashboard: server-rendered pages over pgq.admin, readable without JavaScript.
 
 Pages: the queues overview (live counts, the last hour's chart), the job list
-(filters, search, keyset pages), a job's detail (args, every attempt's error and
-traceback), dead jobs, login. Every change is a POST form with a CSRF token, and
-a bulk change shows a confirmation page that says how many jobs it will touch.
-static/live.js only refreshes the overview's counts in place.
-
-NAV lists the pages in the header: the workers and schedules pages join it when
-their tables exist (other changes add them), each a route and a template like these.
+(filters, search, keyset pages), a job's detail (args, result, progress, every
+attempt's error and traceback), dead jobs, the live workers (and the queued jobs
+none serves), the periodic schedules, login. Every change is a POST form with a
+CSRF token; a bulk change, and cancelling a running job, first show a
+confirmation page. static/live.js refreshes the overview's counts and a running
+job's progress in place. NAV lists the pages in the header.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import psycopg
 from jinja2 import pass_context
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 from pgq import admin
 from pgq.errors import InvalidJobError
 from pgq.job import JobStatus
+from pgq.schedule import local_time
 from pgq.web.chart import activity_chart
 from pgq.web.context import database, read_body
 from pgq.web.security import (
@@ -41,7 +42,13 @@ from pgq.web.security import (
 )
 
 PAGE_SIZE = 50
-NAV = (("overview", "Overview"), ("jobs", "Jobs"), ("dead", "Dead jobs"))
+NAV = (
+    ("overview", "Overview"),
+    ("jobs", "Jobs"),
+    ("dead", "Dead jobs"),
+    ("workers", "Workers"),
+    ("schedules", "Schedules"),
+)
 #: What the bulk buttons say, and what a confirmation asks.
 ACTION_WORDS = {
     "requeue": ("Requeue", "requeued"),
@@ -93,6 +100,11 @@ def _pretty_json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
 
 
+def _json_text(value: Any) -> str:
+    """A result or progress as indented JSON: a string result shows its quotes."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def _seconds(value: float) -> str:
     if value < 1:
         return f"{value * 1000:.0f} ms"
@@ -104,6 +116,8 @@ templates.env.globals["NAV"] = NAV
 templates.env.filters["ago"] = _ago
 templates.env.filters["seconds"] = _seconds
 templates.env.filters["pretty_json"] = _pretty_json
+templates.env.filters["json_text"] = _json_text
+templates.env.filters["local"] = local_time
 
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
@@ -236,22 +250,51 @@ async def job(request: Request) -> Response:
         "done": _done(request),
         "can": {
             "requeue": found.status in (JobStatus.DEAD, JobStatus.CANCELLED),
-            "cancel": found.status == JobStatus.QUEUED,
+            "cancel": found.status in (JobStatus.QUEUED, JobStatus.RUNNING),
             "retry-now": found.status == JobStatus.QUEUED,
         },
     })  # fmt: skip
 
 
+async def progress_fragment(request: Request) -> Response:
+    found = await database(request).run(admin.get_job, request.path_params["job_id"])
+    return render(request, "_progress.html", {"job": found})
+
+
 async def act_on_job(request: Request) -> Response:
-    await _form(request)
+    fields = await _form(request)
     job_id, action = request.path_params["job_id"], request.path_params["action"]
     run = SINGLE_ACTIONS.get(action)
     if run is None:
         return error_page(request, 404, f"no action {action!r}")
-    await database(request).run(run, job_id)
+    db = database(request)
+    # Cancelling a running job stops a handler halfway: asked first, as a bulk action is.
+    # A queued job is cancelled at once, as before.
+    if action == "cancel" and _first(fields, "confirmed") != "yes":
+        found = await db.run(admin.get_job, job_id)
+        if found.status == JobStatus.RUNNING:
+            return render(request, "confirm_cancel.html", {"job": found})
+    await db.run(run, job_id)
     done = action.replace("-", "_")
     target = request.url_for("job", job_id=job_id).include_query_params(done=done, count=1)
     return RedirectResponse(target.path + "?" + target.query, status_code=303)
+
+
+async def workers(request: Request) -> Response:
+    found, unserved = await database(request).run(_fleet)
+    return render(request, "workers.html", {"page": "workers", "workers": found,
+                                            "unserved": unserved})  # fmt: skip
+
+
+def _fleet(
+    conn: psycopg.Connection[Any], *, schema: str
+) -> tuple[list[admin.LiveWorker], list[admin.UnservedJobs]]:
+    return admin.live_workers(conn, schema=schema), admin.unserved_jobs(conn, schema=schema)
+
+
+async def schedules(request: Request) -> Response:
+    found = await database(request).run(admin.schedules)
+    return render(request, "schedules.html", {"page": "schedules", "schedules": found})
 
 
 def _bulk_form(fields: dict[str, list[str]]) -> tuple[str, list[int], str]:
@@ -318,6 +361,9 @@ ROUTES = [
     Route("/jobs", jobs, name="jobs"),
     Route("/dead", dead, name="dead"),
     Route("/jobs/{job_id:int}", job, name="job"),
+    Route("/fragments/jobs/{job_id:int}/progress", progress_fragment, name="progress_fragment"),
+    Route("/workers", workers, name="workers"),
+    Route("/schedules", schedules, name="schedules"),
     Route("/jobs/{job_id:int}/{action:str}", act_on_job, methods=["POST"], name="act_on_job"),
     Route("/actions/confirm", confirm, methods=["POST"], name="confirm"),
     Route("/actions/run", run_bulk, methods=["POST"], name="run_bulk"),

@@ -1,4 +1,4 @@
-// Refresh each [data-live] block from its URL every 5 s: the overview's counts.
+// Refresh each [data-live] block from its URL every 5 s: the overview's counts, a running job's progress.
 // Without JavaScript the page is the same, as of its last load.
 (function () {
   "use strict";
