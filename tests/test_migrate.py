@@ -877,7 +877,10 @@ def test_at_0005_they_read_only_indexes(dsn: str) -> None:
     dead = plan_text(dsn, query("count_dead_jobs_by_queue", "pgq").as_string(None))
 
     assert "Seq Scan" not in stats and "jobs_queue_claim_idx" in stats, stats
-    assert "Index Only Scan using jobs_dead_idx" in dead, dead
+    # An index-only scan where VACUUM could mark the pages all-visible; a bitmap scan of
+    # the same partial index where another session's snapshot kept it from doing so (the
+    # suite shares its server): either way only the dead jobs are read, never the history.
+    assert "Seq Scan" not in dead and "jobs_dead_idx" in dead, dead
 
 
 def test_upgrade_to_0005_builds_its_index_without_blocking_enqueues(empty_dsn: str) -> None:
