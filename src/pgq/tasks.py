@@ -8,7 +8,7 @@ import inspect
 import pkgutil
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from pgq.job import (
     QUEUE_NAME,
     TASK_NAME,
 )
+from pgq.middleware import Middleware, check, checked
 from pgq.retry import DEFAULT_RETRY, Retry
 from pgq.schedule import Misfire, Schedule
 from pgq.signature import HandlerSignature
@@ -130,6 +131,8 @@ class Task:
     is_async: bool = False
     #: The app's schema, if it names one; else PGQ_SCHEMA or "pgq".
     schema: str | None = None
+    #: This task's own middleware, inside the app's (``App.chain``).
+    middleware: tuple[Middleware, ...] = ()
     #: The names the handler takes, read once: every enqueue checks the args against it.
     signature: HandlerSignature = field(init=False, repr=False, compare=False)
 
@@ -184,6 +187,7 @@ class App:
     def __init__(self, *, schema: str | None = None) -> None:
         self.schema = None if schema is None else resolve_schema(schema)
         self.tasks: dict[str, Task] = {}
+        self._middleware: list[Middleware] = []
         #: Every schedule declared with ``@app.periodic`` or ``app.schedule``.
         self.schedules: list[Schedule] = []
 
@@ -200,6 +204,7 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: Retry | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> Callable[[Handler], Task]: ...
 
     def task(
@@ -212,6 +217,7 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         retry: Retry | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> Task | Callable[[Handler], Task]:
         """Register a handler; usable as ``@app.task`` or ``@app.task(...)``.
 
@@ -220,7 +226,10 @@ class App:
         ``queue``, ``priority`` and ``max_attempts`` are the defaults of every job
         of this task that does not choose its own, however it is enqueued (by
         ``Task.enqueue``, by name, or from SQL): its workers register them.
+        ``middleware`` wraps this task's runs, inside the app's (see ``App.middleware``).
         """
+        where = f"task {name or getattr(handler, '__name__', '?')!r}"
+        own_middleware = checked(middleware, where)
 
         def register(function: Handler) -> Task:
             if name is not None and not name:
@@ -235,12 +244,45 @@ class App:
                 retry=retry or DEFAULT_RETRY,
                 is_async=inspect.iscoroutinefunction(function),
                 schema=self.schema,
+                middleware=own_middleware,
             )
             self._check(task)
             self.tasks[task.name] = task
             return task
 
         return register(handler) if handler is not None else register
+
+    def middleware(self, function: Middleware, *, outermost: bool = False) -> Middleware:
+        """Wrap every run of every task of this app with ``function``; usable as a decorator.
+
+        ``function`` is a generator function of the job's ``JobContext`` that yields
+        once, where the handler runs: ``yield`` gives back what the handler returned,
+        and raises what it raised. App middleware wraps each task's own
+        (``@app.task(middleware=[...])``), in the order registered, the first
+        outermost; ``outermost=True`` puts it before those registered already.
+        docs/howto/middleware.md has the rules (a middleware that raises fails its
+        job with ``MiddlewareError``; it cannot swallow the handler's exception).
+
+        Example::
+
+            @app.middleware
+            def tenant(ctx: pgq.JobContext) -> Iterator[None]:
+                token = current_tenant.set(ctx.queue)
+                try:
+                    yield
+                finally:
+                    current_tenant.reset(token)
+        """
+        check(function, "app.middleware")
+        if outermost:
+            self._middleware.insert(0, function)
+        else:
+            self._middleware.append(function)
+        return function
+
+    def chain(self, task: Task) -> tuple[Middleware, ...]:
+        """The middleware around ``task``'s runs, outermost first: the app's, then its own."""
+        return (*self._middleware, *task.middleware)
 
     def periodic(
         self,
