@@ -191,7 +191,7 @@ def test_middleware_that_is_not_a_generator_function_is_refused_at_registration(
     with pytest.raises(pgq.ConfigError, match=r"plain.* is not a generator function"):
         app.middleware(plain)  # type: ignore[arg-type]
     with pytest.raises(pgq.ConfigError, match="task 'job': middleware must be a list"):
-        app.task(name="job", middleware=plain)(lambda: None)  # type: ignore[arg-type]
+        app.task(name="job", middleware=plain)(lambda: None)  # type: ignore[call-overload]
     assert app.tasks == {}
 
 

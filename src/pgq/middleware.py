@@ -46,9 +46,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from pgq.errors import ConfigError, JobSignal, MiddlewareError, shown
 from pgq.job import ClaimedJob
@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgq.middleware")
 
 #: A generator function of the job's context that yields once (see the module's docstring).
-Middleware: TypeAlias = "Callable[[JobContext], Generator[None, Any, None]]"
+#: Annotate it as returning ``Iterator[None]``, as for contextlib.contextmanager.
+Middleware: TypeAlias = "Callable[[JobContext], Iterator[None]]"
 
 #: The job whose handler this thread or task runs now, else None (pgq.logs reads it).
 CURRENT_JOB: ContextVar[ClaimedJob | None] = ContextVar("pgq_current_job", default=None)
@@ -147,7 +148,8 @@ def _enter(chain: tuple[Middleware, ...], context: JobContext) -> _Entered:
     entered: _Entered = []
     for middleware in chain:
         try:
-            generator = middleware(context)
+            # A generator: checked at registration (pgq.middleware.check).
+            generator = cast(Generator[None, Any, None], middleware(context))
             next(generator)
         except StopIteration:
             problem: BaseException = MiddlewareError(
