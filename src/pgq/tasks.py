@@ -71,6 +71,9 @@ class JobContext:
     worker: str
     enqueued_at: datetime
     control: JobControl = field(default_factory=JobControl, repr=False, compare=False)
+    #: The enqueuer's W3C trace context (``traceparent``...), stored with the job
+    #: when it was enqueued under pgq.contrib.otel; None otherwise.
+    trace_context: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def cancel_requested(self) -> bool:

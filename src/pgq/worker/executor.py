@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import threading
 import time
@@ -64,6 +65,7 @@ def job_context(job: ClaimedJob, worker: str, control: JobControl | None = None)
         job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
         max_attempts=job.max_attempts, worker=worker, enqueued_at=job.created_at,
         control=control or JobControl(),
+        trace_context=None if job.trace_context is None else json.loads(job.trace_context),
     )  # fmt: skip
 
 
