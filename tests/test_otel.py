@@ -90,7 +90,7 @@ def test_one_trace_runs_from_the_enqueuing_request_through_every_attempt(
     for run in (first, second):
         assert run.kind is SpanKind.CONSUMER
         assert run.context is not None and run.context.trace_id == request.trace_id
-        assert run.parent is not None and run.parent.span_id == send.context.span_id  # type: ignore[union-attr]
+        assert run.parent is not None and run.parent.span_id == send.context.span_id
         assert run.attributes is not None
         assert run.attributes["messaging.message.id"] == str(charged)
         assert run.attributes["messaging.destination.name"] == "billing"
@@ -104,7 +104,7 @@ def test_one_trace_runs_from_the_enqueuing_request_through_every_attempt(
     # The async handler's run continues the same trace.
     (run_notify,) = by_name(spans, "process notify")
     (send_notify,) = by_name(spans, "send notify")
-    assert run_notify.context.trace_id == request.trace_id  # type: ignore[union-attr]
+    assert run_notify.context.trace_id == request.trace_id
     assert run_notify.parent.span_id == send_notify.context.span_id  # type: ignore[union-attr]
     assert run_notify.attributes["messaging.message.id"] == str(notified)  # type: ignore[index]
 
