@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"pgq.errors"}),
     (
         "settings and policy",
-        {"pgq.config", "pgq.retry", "pgq.signature", "pgq.middleware", "pgq.logs"},
+        {"pgq.config", "pgq.retry", "pgq.signature", "pgq.logs"},
     ),
     (
         "SQL and connections",
@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "operations on jobs",
         {"pgq.enqueue", "pgq.rescue", "pgq.retention", "pgq.roles", "pgq.schedule", "pgq.admin"},
     ),
-    ("tasks", {"pgq.tasks"}),
+    ("tasks", {"pgq.tasks", "pgq.middleware"}),
     ("the OpenTelemetry integration", {"pgq.contrib.otel"}),
     ("the worker's parts", {"pgq.worker"}),  # and every pgq.worker.* module
     (

@@ -5,17 +5,22 @@ error) in the record's extras (pgq.worker.stats writes them); the JSON format
 puts them at the top level so a log pipeline can filter on them without parsing
 the message. Every other line logged while a handler runs, from any logger,
 gets the job's job_id, task and attempt from ``JobContextFilter``, which reads
-the job pgq.middleware sets for the handler's thread or task.
+``CURRENT_JOB``, which pgq.middleware sets for the handler's thread or task.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from pgq.middleware import CURRENT_JOB
+from pgq.job import ClaimedJob
+
+#: The job whose handler this thread or asyncio task runs now, else None. Set around
+#: every handler call by pgq.middleware; read by JobContextFilter.
+CURRENT_JOB: ContextVar[ClaimedJob | None] = ContextVar("pgq_current_job", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "outcome", "duration_ms", "error", "summary")

@@ -46,47 +46,19 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, cast
 
-from pgq.errors import ConfigError, JobSignal, MiddlewareError, shown
+from pgq.errors import JobSignal, MiddlewareError
 from pgq.job import ClaimedJob
+from pgq.logs import CURRENT_JOB
+from pgq.tasks import JobContext, Middleware, middleware_name
 
-if TYPE_CHECKING:
-    from pgq.tasks import JobContext
+__all__ = ["CURRENT_JOB", "Middleware", "run_async", "run_sync"]
 
 log = logging.getLogger("pgq.middleware")
 
-#: A generator function of the job's context that yields once (see the module's docstring).
-#: Annotate it as returning ``Iterator[None]``, as for contextlib.contextmanager.
-Middleware: TypeAlias = "Callable[[JobContext], Iterator[None]]"
-
-#: The job whose handler this thread or task runs now, else None (pgq.logs reads it).
-CURRENT_JOB: ContextVar[ClaimedJob | None] = ContextVar("pgq_current_job", default=None)
-
-_Entered = list[tuple["Middleware", Generator[None, Any, None]]]
-
-
-def checked(middleware: Sequence[Middleware], where: str) -> tuple[Middleware, ...]:
-    """``middleware`` as a tuple, or ConfigError naming the one that is not a generator function."""
-    if isinstance(middleware, str) or not isinstance(middleware, Sequence):
-        raise ConfigError(f"{where}: middleware must be a list, got {shown(middleware)}")
-    for item in middleware:
-        check(item, where)
-    return tuple(middleware)
-
-
-def check(middleware: object, where: str) -> None:
-    if not inspect.isgeneratorfunction(middleware):
-        raise ConfigError(
-            f"{where}: middleware {name_of(middleware)} is not a generator function: write it "
-            "as `def name(ctx): ...; result = yield; ...` (see docs/howto/middleware.md)"
-        )
-
-
-def name_of(middleware: object) -> str:
-    return str(getattr(middleware, "__qualname__", None) or shown(middleware))
+_Entered = list[tuple[Middleware, Generator[None, Any, None]]]
 
 
 def run_sync(
@@ -148,13 +120,13 @@ def _enter(chain: tuple[Middleware, ...], context: JobContext) -> _Entered:
     entered: _Entered = []
     for middleware in chain:
         try:
-            # A generator: checked at registration (pgq.middleware.check).
+            # A generator function: App checked it at registration.
             generator = cast(Generator[None, Any, None], middleware(context))
             next(generator)
         except StopIteration:
             problem: BaseException = MiddlewareError(
-                f"middleware {name_of(middleware)} returned without yielding, so the handler did "
-                "not run: a middleware yields once, where the handler runs"
+                f"middleware {middleware_name(middleware)} returned without yielding, so the "
+                "handler did not run: a middleware yields once, where the handler runs"
             )
         except BaseException as error:
             problem = _blame(middleware, "before the handler", error)
@@ -185,7 +157,7 @@ def _leave(entered: _Entered, error: BaseException | None, value: Any) -> BaseEx
                 log.warning(
                     "middleware %s swallowed %s; the job fails with it all the same "
                     "(a middleware cannot turn a failure into a success)",
-                    name_of(middleware), type(error).__name__,
+                    middleware_name(middleware), type(error).__name__,
                 )  # fmt: skip
             continue
         except BaseException as raised:
@@ -195,7 +167,7 @@ def _leave(entered: _Entered, error: BaseException | None, value: Any) -> BaseEx
         generator.close()
         error = _kept(
             error,
-            MiddlewareError(f"middleware {name_of(middleware)} yielded more than once"),
+            MiddlewareError(f"middleware {middleware_name(middleware)} yielded more than once"),
         )
     return error
 
@@ -221,7 +193,7 @@ def _blame(middleware: Middleware, when: str, raised: BaseException) -> BaseExce
     if isinstance(raised, JobSignal) or not isinstance(raised, Exception):
         return raised  # a cancel (asyncio.CancelledError) is no Exception either
     problem = MiddlewareError(
-        f"middleware {name_of(middleware)} raised {when}: {type(raised).__name__}: {raised}"
+        f"middleware {middleware_name(middleware)} raised {when}: {type(raised).__name__}: {raised}"
     )
     problem.__cause__ = raised
     return problem

@@ -8,12 +8,12 @@ import inspect
 import pkgutil
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn, Unpack, overload
+from typing import Any, NoReturn, TypeAlias, Unpack, overload
 
 from pgq.config import resolve_schema
 from pgq.contrib.sqlalchemy import AsyncConnection, SyncConnection
@@ -29,7 +29,6 @@ from pgq.job import (
     QUEUE_NAME,
     TASK_NAME,
 )
-from pgq.middleware import Middleware, check, checked
 from pgq.retry import DEFAULT_RETRY, Retry
 from pgq.schedule import Misfire, Schedule
 from pgq.signature import HandlerSignature
@@ -114,6 +113,34 @@ class JobContext:
     def give_up(self, reason: str) -> NoReturn:
         """Fail this job for good: it goes to ``dead`` now, whatever attempts remain."""
         raise GiveUp(reason)
+
+
+#: Code around every run of a handler: a generator function of the job's context that
+#: yields once, where the handler runs (pgq.middleware runs it; docs/howto/middleware.md).
+#: Annotate one as returning ``Iterator[None]``, as for contextlib.contextmanager.
+Middleware: TypeAlias = Callable[[JobContext], Iterator[None]]
+
+
+def middleware_name(middleware: object) -> str:
+    """How an error message names ``middleware``: its qualified name."""
+    return str(getattr(middleware, "__qualname__", None) or shown(middleware))
+
+
+def _check_middleware(middleware: object, where: str) -> None:
+    if not inspect.isgeneratorfunction(middleware):
+        raise ConfigError(
+            f"{where}: middleware {middleware_name(middleware)} is not a generator function: "
+            "write it as `def name(ctx): ...; result = yield; ...` (see docs/howto/middleware.md)"
+        )
+
+
+def _checked_middleware(middleware: Sequence[Middleware], where: str) -> tuple[Middleware, ...]:
+    """``middleware`` as a tuple, or ConfigError naming the one that is not a generator function."""
+    if isinstance(middleware, str) or not isinstance(middleware, Sequence):
+        raise ConfigError(f"{where}: middleware must be a list, got {shown(middleware)}")
+    for item in middleware:
+        _check_middleware(item, where)
+    return tuple(middleware)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +259,7 @@ class App:
         ``middleware`` wraps this task's runs, inside the app's (see ``App.middleware``).
         """
         where = f"task {name or getattr(handler, '__name__', '?')!r}"
-        own_middleware = checked(middleware, where)
+        own_middleware = _checked_middleware(middleware, where)
 
         def register(function: Handler) -> Task:
             if name is not None and not name:
@@ -276,7 +303,7 @@ class App:
                 finally:
                     current_tenant.reset(token)
         """
-        check(function, "app.middleware")
+        _check_middleware(function, "app.middleware")
         if outermost:
             self._middleware.insert(0, function)
         else:
