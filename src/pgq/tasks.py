@@ -7,7 +7,6 @@ import importlib
 import inspect
 import pkgutil
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,14 +38,16 @@ Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
 class JobControl:
     """What the worker and a running handler tell each other: stop, and how far it got.
 
-    Shared by a handler's thread and the event loop: a ``threading.Event`` for the
-    cancel, and ``report`` (the worker's progress buffer) takes JSON text.
+    Shared by a handler's thread and the event loop: ``cancelled`` is a plain flag
+    (the loop only ever sets it, the handler only reads it; a threading.Event per
+    job cost 2 µs to make, for a wait nobody does), and ``report`` (the worker's
+    progress buffer) takes JSON text.
     """
 
-    __slots__ = ("cancel", "report")
+    __slots__ = ("cancelled", "report")
 
     def __init__(self, report: Callable[[str], None] | None = None) -> None:
-        self.cancel = threading.Event()
+        self.cancelled = False
         self.report = report
 
 
@@ -88,7 +89,7 @@ class JobContext:
                     return
                 process(chunk)
         """
-        return self.control.cancel.is_set()
+        return self.control.cancelled
 
     def progress(self, value: Any) -> None:
         """Record how far the job got: any JSON value up to 64 KiB, the latest one wins.
@@ -103,7 +104,7 @@ class JobContext:
         """
         text = encode_value(value, "progress", MAX_PROGRESS_BYTES)
         # Once the job is cancelled its row is no longer this handler's: nothing to write.
-        if self.control.report is not None and not self.control.cancel.is_set():
+        if self.control.report is not None and not self.control.cancelled:
             self.control.report(text)
 
     def snooze(self, seconds: float) -> NoReturn:

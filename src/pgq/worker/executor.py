@@ -412,7 +412,7 @@ class Executor:
         run.lease_lost = True
         self.leases.release([run.job.lease_token])
         if run.control is not None:
-            run.control.cancel.set()
+            run.control.cancelled = True
         if self._withdraw(run):
             self._finish(run, None)
         elif run.future is not None:
