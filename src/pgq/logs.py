@@ -58,8 +58,9 @@ class JobContextFilter(logging.Filter):
         if getattr(record, "job_id", None) is not None:
             return True  # pgq's own job events carry their fields already
         job = CURRENT_JOB.get()
-        if job is None:
-            record.job_id = record.task = record.attempt = None
+        if job is None:  # keep fields a caller passed in ``extra``
+            for name in ("job_id", "task", "attempt"):
+                record.__dict__.setdefault(name, None)
         else:
             record.job_id, record.task, record.attempt = job.id, job.task, job.attempt
             record.job_context = f" [job {job.id} {job.task} attempt {job.attempt}]"
