@@ -34,6 +34,7 @@ def exporter() -> Iterator[tuple[InMemorySpanExporter, TracerProvider]]:
 def traced_app(provider: TracerProvider) -> pgq.App:
     app = pgq.App()
     otel.instrument(app, tracer_provider=provider)
+    otel.instrument(app, tracer_provider=provider)  # twice: still one span per run
 
     @app.task(queue="billing", max_attempts=2, retry=pgq.Retry(base_seconds=0.05, cap_seconds=0.05))
     def charge(order: int, ctx: pgq.JobContext) -> int:

@@ -259,8 +259,10 @@ class App:
         ``Task.enqueue``, by name, or from SQL): its workers register them.
         ``middleware`` wraps this task's runs, inside the app's (see ``App.middleware``).
         """
-        where = f"task {name or getattr(handler, '__name__', '?')!r}"
-        own_middleware = _checked_middleware(middleware, where)
+        own_middleware: tuple[Middleware, ...] = ()
+        if middleware != ():
+            label = name if name is not None else getattr(handler, "__name__", "?")
+            own_middleware = _checked_middleware(middleware, f"task {shown(label)}")
 
         def register(function: Handler) -> Task:
             if name is not None and not name:

@@ -25,6 +25,7 @@ built yet), and jobs with a dedupe key, whose enqueue runs the SQL function
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ from pgq.middleware import Middleware
 from pgq.tasks import App, JobContext
 
 SYSTEM = "pgq"
+# Apps whose runs are traced already.
+_instrumented: weakref.WeakSet[App] = weakref.WeakSet()
 
 
 def instrument(app: App | None = None, *, tracer_provider: TracerProvider | None = None) -> None:
@@ -55,7 +58,8 @@ def instrument(app: App | None = None, *, tracer_provider: TracerProvider | None
     """
     tracer = trace.get_tracer("pgq", installed_version(), tracer_provider=tracer_provider)
     set_tracing(_EnqueueTracing(tracer))
-    if app is not None:
+    if app is not None and app not in _instrumented:  # twice would nest two spans per run
+        _instrumented.add(app)
         app.middleware(run_spans(tracer), outermost=True)
 
 

@@ -139,7 +139,9 @@ class Executor:
         self.running: dict[uuid.UUID, RunningJob] = {}
         self.stuck_threads = 0
         self.prefetch = Prefetch(concurrency)
-        self._slots: Slots[RunningJob] = Slots(concurrency, self._run_in_thread)
+        self._slots: Slots[RunningJob] = Slots(
+            concurrency, self._run_in_thread, on_freed=self._slot_freed_by_thread
+        )
         self._async_waiting: deque[RunningJob] = deque()
         self._thread_ends: list[tuple[RunningJob, BaseException | None, Returned]] = []
         self._thread_ends_lock = threading.Lock()
@@ -333,6 +335,15 @@ class Executor:
             self._thread_ends.append((run, error, returned))
         if first:  # one wake-up of the loop per batch of ends, not per job
             self._call_from_thread(loop, self._thread_ends_reported)
+
+    def _slot_freed_by_thread(self) -> None:
+        """On a handler thread whose slot is free now: start a waiting async job, if any.
+
+        Its end was reported before the slot was free, so the loop may have found no
+        slot for the async jobs waiting then.
+        """
+        if self._async_waiting and self._loop is not None:
+            self._call_from_thread(self._loop, self._start_async)
 
     @staticmethod
     def _call_from_thread(
