@@ -36,7 +36,7 @@ The rules, so that one job stays the unit of failure:
 - A sync handler past its timeout: the job fails at the deadline, but its
   middleware's after-part runs when the thread really ends, with what it got.
 
-Whatever the chain, the job being run is set in ``CURRENT_JOB`` for its handler's
+Whatever the chain, the job being run is set in ``pgq.logs.CURRENT_JOB`` for its handler's
 thread or task, which is what puts job_id, task and attempt on every log line
 (pgq.logs.JobContextFilter). That is not a middleware, on purpose: every job
 needs it, and a context variable costs a fraction of a generator per job.
