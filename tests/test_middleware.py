@@ -276,3 +276,21 @@ def test_every_line_a_handler_logs_carries_its_job_id_task_and_attempt(
     last = json.loads(json_out.getvalue().splitlines()[-1])
     assert last["message"] == "after the jobs" and "job_id" not in last
     assert text_out.getvalue().splitlines()[-1] == "after the jobs"
+
+
+def test_drain_leaves_no_job_on_the_tests_own_log_lines(
+    pgq_conn: psycopg.Connection[Any], captured: tuple[io.StringIO, io.StringIO]
+) -> None:
+    json_out, _ = captured
+    pgq.enqueue(pgq_conn, "charge", {"order": 1})
+    pgq.enqueue(pgq_conn, "refund", {"order": 2})
+
+    assert drain(pgq_conn, log_app()) == {"succeeded": 2}
+    logging.getLogger("myproject.billing").warning("the test goes on")
+
+    lines = [json.loads(line) for line in json_out.getvalue().splitlines()]
+    assert [(line["message"], line.get("task")) for line in lines] == [
+        ("charging order 1", "charge"),
+        ("refunding order 2", "refund"),
+        ("the test goes on", None),
+    ]

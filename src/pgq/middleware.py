@@ -86,20 +86,27 @@ def run_sync(
         CURRENT_JOB.reset(token)
 
 
-async def run_async(
+def run_async(
     job: ClaimedJob,
     chain: tuple[Middleware, ...],
     context: JobContext | None,
     call: Awaitable[Any],
-) -> Any:
-    """Await an async handler's ``call`` in this task, through ``chain``.
+) -> Awaitable[Any]:
+    """What to await, in this task, to run an async handler's ``call`` through ``chain``.
 
-    The context variable is not reset: each job runs in an asyncio task of its own.
+    Called in the job's own asyncio task, so the context variable needs no reset.
+    With no middleware it is ``call`` itself: no coroutine of pgq's between.
     """
     CURRENT_JOB.set(job)
     if not chain:
-        return await call
+        return call
     assert context is not None, "a job with middleware gets its JobContext"
+    return _through_async(chain, context, call)
+
+
+async def _through_async(
+    chain: tuple[Middleware, ...], context: JobContext, call: Awaitable[Any]
+) -> Any:
     try:
         entered = _enter(chain, context)
     except BaseException:

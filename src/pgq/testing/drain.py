@@ -21,9 +21,10 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema
-from pgq.middleware import run_async, run_sync
+from pgq.job import ClaimedJob
+from pgq.middleware import Middleware, run_async, run_sync
 from pgq.queries import array_literal, query
-from pgq.tasks import App
+from pgq.tasks import App, JobContext
 from pgq.worker import outcome as outcomes
 from pgq.worker.executor import handler_kwargs, job_context
 from pgq.worker.outcome import Outcome
@@ -81,12 +82,19 @@ def _run(app: App, row: tuple[Any, ...]) -> Outcome:
         return kwargs
     try:
         if task.is_async:
-            value = _run_coroutine(run_async(job, chain, context, task.handler(**kwargs)))
+            value = _run_coroutine(_in_task(job, chain, context, task.handler(**kwargs)))
         else:
             value = run_sync(job, chain, context, task.handler, kwargs)
     except (Exception, SystemExit) as error:
         return outcomes.decided(job, error, task.retry)
     return outcomes.decided(job, None, task.retry, outcomes.encode_result(value))
+
+
+async def _in_task(
+    job: ClaimedJob, chain: tuple[Middleware, ...], context: JobContext | None, call: Any
+) -> Any:
+    # run_async sets the job for the task it is called in: the loop's, not this thread.
+    return await run_async(job, chain, context, call)
 
 
 def _run_coroutine(awaitable: Awaitable[Any]) -> Any:
