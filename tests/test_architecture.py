@@ -14,7 +14,10 @@ SRC = Path(pgq.__file__).resolve().parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("the job's names and limits", {"pgq.job"}),
     ("errors", {"pgq.errors"}),
-    ("settings and policy", {"pgq.config", "pgq.retry", "pgq.signature", "pgq.logs"}),
+    (
+        "settings and policy",
+        {"pgq.config", "pgq.retry", "pgq.signature", "pgq.logs"},
+    ),
     (
         "SQL and connections",
         {
@@ -30,7 +33,8 @@ LAYERS: list[tuple[str, set[str]]] = [
         "operations on jobs",
         {"pgq.enqueue", "pgq.rescue", "pgq.retention", "pgq.roles", "pgq.schedule", "pgq.admin"},
     ),
-    ("tasks", {"pgq.tasks"}),
+    ("tasks", {"pgq.tasks", "pgq.middleware"}),
+    ("the OpenTelemetry integration", {"pgq.contrib.otel"}),
     ("the worker's parts", {"pgq.worker"}),  # and every pgq.worker.* module
     ("the web app, an extra", {"pgq.web"}),  # and every pgq.web.* module
     (

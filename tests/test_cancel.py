@@ -179,7 +179,7 @@ async def test_a_job_claimed_but_not_started_is_dropped_when_cancelled() -> None
     recorded: list[Outcome] = []
     discarded: list[ClaimedJob] = []
     executor = Executor(
-        {"blocking": task}, concurrency=1, worker_name="test", leases=LeaseTable(),
+        {"blocking": task}, chains={}, concurrency=1, worker_name="test", leases=LeaseTable(),
         progress=ProgressBuffer("pgq"), record=recorded.append, discard=discarded.append,
         on_job_done=lambda: None, on_thread_freed=lambda: None,
     )  # fmt: skip

@@ -19,6 +19,7 @@ blocks in the order they appear:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -56,6 +57,9 @@ SKIPPED = {
     ("README.md", "python3 -m venv .venv"): "serves until stopped: test_docs_site builds the site",
     ("docs/quickstart.md", "cd pgq"): "the install: the suite itself runs inside it",
     ("docs/howto/deployment.md", "docker compose up"): "no Docker engine: tests/test_compose.py",
+    ("docs/howto/opentelemetry.md", 'pip install "pgq-jobs[otel]"'): (
+        "installs from PyPI: the suite's venv has the extra and the SDK (dev includes them)"
+    ),
     ("docs/howto/sqlalchemy.md", 'pip install "pgq-jobs[sqlalchemy]"'): (
         "installs from PyPI: the suite's venv has the extra (dev includes it)"
     ),
@@ -295,9 +299,30 @@ def django_outcome(reader: Reader) -> None:
     assert "SUCCESSFUL receipt sent to ada" in "".join(reader.printed)
 
 
+def middleware_outcome(reader: Reader) -> None:
+    """The handler's and the middleware's lines carry their job, as the page shows them."""
+    lines = [json.loads(line) for line in reader.worker_logs().splitlines() if line.startswith("{")]
+    mine = {(line["message"], line.get("job_id"), line.get("task"), line.get("attempt"))
+            for line in lines if line["logger"] == "tasks"}  # fmt: skip
+    assert ("sending invoice 42 to acme", 1, "send_invoice", 1) in mine
+    assert ("returned 'invoice 42 sent'", 1, "send_invoice", 1) in mine
+    assert ("attempt 1 of 1 failed: rates service is down", 2, "refresh_rates", 1) in mine
+
+
+def opentelemetry_outcome(reader: Reader) -> None:
+    """The worker's run span continues the trace the reader's script printed."""
+    printed = re.search(r"^trace ([0-9a-f]{32})$", "".join(reader.printed), re.MULTILINE)
+    assert printed is not None, reader.printed
+    logs = reader.worker_logs()
+    assert '"name": "process send_invoice"' in logs and '"name": "render pdf"' in logs
+    assert f'"trace_id": "0x{printed[1]}"' in logs
+
+
 OUTCOME: dict[str, Callable[[Reader], None]] = {
     "README.md": readme_outcome,
     "docs/quickstart.md": quickstart_outcome,
     "docs/howto/django.md": django_outcome,
+    "docs/howto/middleware.md": middleware_outcome,
+    "docs/howto/opentelemetry.md": opentelemetry_outcome,
 }
 MIGRATES_ITSELF = {"README.md", "docs/quickstart.md", "docs/howto/django.md"}

@@ -1079,3 +1079,43 @@ def test_migrate_sql_creates_0008s_view_and_cancel_for_running_jobs() -> None:
     assert script.returncode == 0, output(script)
     assert "CREATE VIEW pgq.job_results AS" in script.stdout
     assert "PERFORM pg_notify('pgq_cancel', job_id || ' ' || found_token);" in script.stdout
+
+
+# --- revision 0009: the enqueuer's trace context -------------------------------------------
+
+
+def test_0009_goes_down_and_up_again_keeping_every_job(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:  # commits at exit
+        seed_job(conn, "queued")
+        traced = seed_job(conn, "queued")
+        conn.execute(
+            "UPDATE pgq.jobs SET trace_context = %s WHERE id = %s",
+            ['{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}', traced],
+        )
+        seed_job(conn, "succeeded")
+        seed_job(conn, "dead")
+    before = jobs_by_status(dsn)
+
+    pgq.migrate.migrate(dsn, downgrade_to="0008")
+
+    assert jobs_by_status(dsn) == before
+    assert pgq.migrate.current_revision(dsn) == "0008"
+    with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.UndefinedColumn):
+        conn.execute("SELECT trace_context FROM pgq.jobs")
+
+    pgq.migrate.migrate(dsn)
+
+    assert jobs_by_status(dsn) == before
+    with psycopg.connect(dsn) as conn:
+        # The downgrade dropped the stored contexts: those jobs now run in traces of their own.
+        rows = conn.execute("SELECT count(*) FROM pgq.jobs WHERE trace_context IS NOT NULL")
+        assert rows.fetchone() == (0,)
+        assert pgq.enqueue(conn, "after", {"n": 1}).created
+
+
+def test_migrate_sql_adds_0009s_trace_context_column() -> None:
+    script = run_pgq("migrate", "--sql")
+
+    assert script.returncode == 0, output(script)
+    assert "ALTER TABLE pgq.jobs ADD COLUMN trace_context jsonb;" in script.stdout
+    assert "GRANT INSERT (trace_context) ON pgq.jobs TO pgq_producer;" in script.stdout

@@ -240,10 +240,11 @@ def token_of(job: ClaimedJob) -> uuid.UUID:
 
 def claimed_job(row: tuple[Any, ...]) -> ClaimedJob:
     """A claim_jobs row as the worker reads it (args come back as JSON text)."""
-    job_id, queue, task, args_json, attempt, max_attempts, lease_token, created_at = row
+    job_id, queue, task, args_json, attempt, max_attempts, lease_token, created_at, trace = row
     return ClaimedJob(
-        job_id, queue, task, json.loads(args_json), attempt, max_attempts, lease_token, created_at
-    )
+        job_id, queue, task, json.loads(args_json), attempt, max_attempts, lease_token,
+        created_at, trace,
+    )  # fmt: skip
 
 
 def write_outcomes(conn: Conn, batch: list[Outcome]) -> set[int]:

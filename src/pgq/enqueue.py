@@ -175,7 +175,9 @@ class PlannedJob(NamedTuple):
             "declared_priority": self.declared_priority,
         }
         if self.dedupe_key is None:
-            return query("insert_job", schema), {**params, "channel": wakeup_channel(schema)}
+            params["channel"] = wakeup_channel(schema)
+            params["trace_context"] = None  # set by tracing (_traced), if on
+            return query("insert_job", schema), params
         return query("enqueue_job", schema), params
 
 
@@ -455,6 +457,45 @@ def _plan_enqueue(
     return plan_job(task, args, options).statement(resolve_schema(schema))
 
 
+class TracedEnqueue(Protocol):
+    """One single enqueue, traced: its span is current until ``end``."""
+
+    #: The trace context to store with the job (JSON text), or None.
+    trace_context: str | None
+
+    def end(self, result: EnqueueResult | None, error: BaseException | None) -> None: ...
+
+
+class EnqueueTracing(Protocol):
+    """What pgq.contrib.otel plugs in (``set_tracing``) to trace each single enqueue."""
+
+    def start(self, task: str, queue: str) -> TracedEnqueue: ...
+
+
+# None (the default): enqueue does not trace, and pays one check for it.
+_tracing: EnqueueTracing | None = None
+
+
+def set_tracing(tracing: EnqueueTracing | None) -> None:
+    """Trace every ``enqueue`` and ``enqueue_async`` in this process with ``tracing``.
+
+    Only a job without a dedupe key stores its trace context: the dedupe path runs
+    the SQL function ``enqueue()``, whose signature is public and has no place for it.
+    """
+    global _tracing
+    _tracing = tracing
+
+
+def _traced(params: dict[str, Any]) -> TracedEnqueue | None:
+    """Start tracing this enqueue, if tracing is on, and put its context in ``params``."""
+    if _tracing is None:
+        return None
+    traced = _tracing.start(params["task"], params["queue"] or params["declared_queue"])
+    if "trace_context" in params:  # insert_job's: enqueue_job has no place for it
+        params["trace_context"] = traced.trace_context
+    return traced
+
+
 def _result(row: tuple[Any, ...] | None) -> EnqueueResult:
     assert row is not None, "pgq.enqueue() always returns a row"
     return EnqueueResult(id=int(row[0]), created=bool(row[1]))
@@ -483,9 +524,21 @@ def enqueue(
             pgq.enqueue(conn, "send_confirmation", {"order_id": order_id})
     """
     statement, params = _plan_enqueue(task, args, options, schema, "enqueue")
-    # A cursor of our own: the caller's connection may use dict_row or another factory.
-    with _schema_errors(schema), psycopg_connection(conn).cursor(row_factory=tuple_row) as cursor:
-        return _result(cursor.execute(statement, params).fetchone())
+    traced = _traced(params)
+    try:
+        # A cursor of our own: the caller's connection may use dict_row or another factory.
+        with (
+            _schema_errors(schema),
+            psycopg_connection(conn).cursor(row_factory=tuple_row) as cursor,
+        ):
+            result = _result(cursor.execute(statement, params).fetchone())
+    except BaseException as error:
+        if traced is not None:
+            traced.end(None, error)
+        raise
+    if traced is not None:
+        traced.end(result, None)
+    return result
 
 
 async def enqueue_async(
@@ -499,10 +552,19 @@ async def enqueue_async(
     """``enqueue`` for an ``AsyncConnection``: same arguments, same contract."""
     statement, params = _plan_enqueue(task, args, options, schema, "enqueue_async")
     aconn = await psycopg_async_connection(conn)
-    with _schema_errors(schema):
-        async with aconn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(statement, params)
-            return _result(await cursor.fetchone())
+    traced = _traced(params)
+    try:
+        with _schema_errors(schema):
+            async with aconn.cursor(row_factory=tuple_row) as cursor:
+                await cursor.execute(statement, params)
+                result = _result(await cursor.fetchone())
+    except BaseException as error:
+        if traced is not None:
+            traced.end(None, error)
+        raise
+    if traced is not None:
+        traced.end(result, None)
+    return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,3 +89,12 @@ class GiveUp(JobSignal):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class MiddlewareError(PgqError):
+    """A job's middleware broke: it raised, did not yield, or yielded twice.
+
+    The job fails with it (retried like any failure); the worker and the other
+    jobs go on. Its message names the middleware, and its ``__cause__`` is what
+    the middleware raised.
+    """

@@ -84,3 +84,5 @@ class ClaimedJob:
     max_attempts: int
     lease_token: uuid.UUID
     created_at: datetime
+    #: The enqueuer's trace context as JSON text (pgq.contrib.otel), None if it did not trace.
+    trace_context: str | None = None

@@ -3,15 +3,24 @@
 Job events carry fields (job_id, task, queue, attempt, outcome, duration_ms,
 error) in the record's extras (pgq.worker.stats writes them); the JSON format
 puts them at the top level so a log pipeline can filter on them without parsing
-the message.
+the message. Every other line logged while a handler runs, from any logger,
+gets the job's job_id, task and attempt from ``JobContextFilter``, which reads
+``CURRENT_JOB``, which pgq.middleware sets for the handler's thread or task.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+from pgq.job import ClaimedJob
+
+#: The job whose handler this thread or asyncio task runs now, else None. Set around
+#: every handler call by pgq.middleware; read by JobContextFilter.
+CURRENT_JOB: ContextVar[ClaimedJob | None] = ContextVar("pgq_current_job", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "outcome", "duration_ms", "error", "summary")
@@ -25,6 +34,46 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     if count == 1:
         return f"{count} {noun}"
     return f"{count} {nouns or noun + 's'}"
+
+
+class JobContextFilter(logging.Filter):
+    """Adds the running job's ``job_id``, ``task`` and ``attempt`` to each record logged
+    while a handler runs (in its thread or asyncio task); other records pass unchanged.
+
+    Put it on a handler, as pgq's own log set-up does, so that it sees records from
+    every logger. With your own logging configuration::
+
+        handler.addFilter(pgq.logs.JobContextFilter())
+
+    or, in a ``logging.config.dictConfig``::
+
+        "filters": {"pgq_job": {"()": "pgq.logs.JobContextFilter"}},
+        "handlers": {"console": {..., "filters": ["pgq_job"]}},
+
+    A format string can then use ``%(job_id)s``; the fields are set on every record
+    (None outside a job), so such a format never fails.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "job_id", None) is not None:
+            return True  # pgq's own job events carry their fields already
+        job = CURRENT_JOB.get()
+        if job is None:  # keep fields a caller passed in ``extra``
+            for name in ("job_id", "task", "attempt"):
+                record.__dict__.setdefault(name, None)
+        else:
+            record.job_id, record.task, record.attempt = job.id, job.task, job.attempt
+            record.job_context = f" [job {job.id} {job.task} attempt {job.attempt}]"
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, with the job's id, task and attempt after a line a handler logged."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        suffix = getattr(record, "job_context", None)
+        return text if suffix is None else text + suffix
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,10 +99,11 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "info", log_format: str = "text") -> None:
     """Log to stderr at ``level`` in ``text`` or ``json`` format."""
     handler = logging.StreamHandler()
+    handler.addFilter(JobContextFilter())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -35,12 +35,15 @@ VERSION_TABLE = "alembic_version"
 #: The revisions in migrations/versions, oldest first (a test checks them against
 #: Alembic's own walk). Listed here so that a worker checking the schema at start-up
 #: does not import Alembic and SQLAlchemy: that took 0.4 s of a 1.3 s start.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+REVISIONS: tuple[str, ...] = (
+    "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009",
+)  # fmt: skip
 #: The oldest revision this pgq runs on. Raise it only when the code needs what a
 #: revision adds: 0006's task registry and workers table are read by every enqueue
-#: and claim of this pgq, 0007 adds the schedules table that periodic tasks need, and
-#: 0008 the result column that every success now writes.
-REQUIRED_REVISION = "0008"
+#: and claim of this pgq, 0007 adds the schedules table that periodic tasks need,
+#: 0008 the result column that every success now writes, and 0009 the trace_context
+#: column that every enqueue and claim names.
+REQUIRED_REVISION = "0009"
 MIGRATION_LOCK_POLL_SECONDS = 0.2
 
 

@@ -32,6 +32,7 @@ FROM {schema}.enqueue(
 -- that a worker registering another default moves the job along. One lookup of the
 -- task's row serves both options (measured: 4 us a statement, where a subquery per
 -- option cost 9 us). A NULL max_attempts is resolved by the first claim.
+-- trace_context is the enqueuer's (pgq.contrib.otel), NULL when it does not trace.
 WITH registered AS (
     SELECT t.queue, t.priority
     FROM {schema}.tasks AS t
@@ -39,12 +40,14 @@ WITH registered AS (
 ),
 job AS (
     INSERT INTO {schema}.jobs
-        (task, args, queue, priority, run_at, max_attempts, queue_from_task, priority_from_task)
+        (task, args, queue, priority, run_at, max_attempts, queue_from_task, priority_from_task,
+         trace_context)
     SELECT %(task)s, %(args)s::jsonb,
            coalesce(%(queue)s, registered.queue, %(declared_queue)s),
            coalesce(%(priority)s, registered.priority, %(declared_priority)s),
            {schema}.resolve_run_at(%(run_at)s, %(delay_seconds)s),
-           %(max_attempts)s, %(queue)s IS NULL, %(priority)s IS NULL
+           %(max_attempts)s, %(queue)s IS NULL, %(priority)s IS NULL,
+           %(trace_context)s::jsonb
     FROM (SELECT) AS one
     LEFT JOIN registered ON true
     RETURNING id, queue
@@ -159,9 +162,10 @@ WITH claimed AS (
             FOR UPDATE SKIP LOCKED
     ))
     RETURNING j.id, j.queue, j.task, j.args::text AS args, j.attempts, j.max_attempts,
-              j.lease_token, j.created_at, j.priority, j.run_at
+              j.lease_token, j.created_at, j.trace_context::text AS trace_context,
+              j.priority, j.run_at
 )
-SELECT id, queue, task, args, attempts, max_attempts, lease_token, created_at
+SELECT id, queue, task, args, attempts, max_attempts, lease_token, created_at, trace_context
 FROM claimed
 ORDER BY priority DESC, run_at, id;
 
@@ -191,9 +195,10 @@ WITH claimed AS (
             FOR UPDATE SKIP LOCKED
     ))
     RETURNING j.id, j.queue, j.task, j.args::text AS args, j.attempts, j.max_attempts,
-              j.lease_token, j.created_at, j.priority, j.run_at
+              j.lease_token, j.created_at, j.trace_context::text AS trace_context,
+              j.priority, j.run_at
 )
-SELECT id, queue, task, args, attempts, max_attempts, lease_token, created_at
+SELECT id, queue, task, args, attempts, max_attempts, lease_token, created_at, trace_context
 FROM claimed
 ORDER BY priority DESC, run_at, id;
 
@@ -777,7 +782,7 @@ GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamp
 GRANT EXECUTE ON FUNCTION {schema}.resolve_run_at(timestamptz, float8) TO {producer}, {operator};
 GRANT EXECUTE ON FUNCTION {schema}.run_at_in_range(timestamptz) TO {producer}, {operator};
 -- Only the columns enqueue sets: no chosen id, status, lease or history.
-GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task)
+GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task, trace_context)
     ON {schema}.jobs TO {producer};
 -- The task defaults an enqueue reads are readable by PUBLIC (migrations/0006).
 GRANT SELECT (id, queue, status, dedupe_key) ON {schema}.jobs TO {producer};
@@ -808,7 +813,7 @@ GRANT EXECUTE ON FUNCTION {schema}.cancel(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.retry_now(bigint) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.prune(text, interval, integer) TO {operator};
 GRANT EXECUTE ON FUNCTION {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text) TO {operator};
-GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task)
+GRANT INSERT (task, args, queue, priority, run_at, max_attempts, dedupe_key, queue_from_task, priority_from_task, trace_context)
     ON {schema}.jobs TO {operator};
 -- Functions that later migrations add are not executable by everyone either.
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;

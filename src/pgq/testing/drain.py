@@ -1,6 +1,7 @@
 """``drain``: run a test's due jobs through the worker's own claim and finish statements.
 
-It claims on the test's connection, runs each handler in this thread, decides
+It claims on the test's connection, runs each handler in this thread, through
+the app's and its task's middleware as a worker does (pgq.middleware), decides
 each outcome as a worker does and writes it with the worker's fenced finish
 statements, all inside the test's transaction: what a test drains is rolled
 back with it. What it does not do: timeouts (a handler runs to its end), and
@@ -20,10 +21,12 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema
+from pgq.job import ClaimedJob
+from pgq.middleware import Middleware, run_async, run_sync
 from pgq.queries import array_literal, query
-from pgq.tasks import App
+from pgq.tasks import App, JobContext
 from pgq.worker import outcome as outcomes
-from pgq.worker.executor import handler_kwargs
+from pgq.worker.executor import handler_kwargs, job_context
 from pgq.worker.outcome import Outcome
 from pgq.worker.outcome_writer import finish_statements
 from pgq.worker.producer import claimed_job
@@ -72,17 +75,26 @@ def _run(app: App, row: tuple[Any, ...]) -> Outcome:
     if problem is not None:
         return outcomes.refused(job, problem)
     task = app.tasks[job.task]
-    kwargs = handler_kwargs(job, task, WORKER_NAME)
+    chain = app.chain(task)
+    context = job_context(job, WORKER_NAME) if chain or task.wants_context else None
+    kwargs = handler_kwargs(job, task, context)
     if isinstance(kwargs, Outcome):
         return kwargs
     try:
         if task.is_async:
-            value = _run_coroutine(task.handler(**kwargs))
+            value = _run_coroutine(_in_task(job, chain, context, task.handler(**kwargs)))
         else:
-            value = task.handler(**kwargs)
+            value = run_sync(job, chain, context, task.handler, kwargs)
     except (Exception, SystemExit) as error:
         return outcomes.decided(job, error, task.retry)
     return outcomes.decided(job, None, task.retry, outcomes.encode_result(value))
+
+
+async def _in_task(
+    job: ClaimedJob, chain: tuple[Middleware, ...], context: JobContext | None, call: Any
+) -> Any:
+    # run_async sets the job for the task it is called in: the loop's, not this thread.
+    return await run_async(job, chain, context, call)
 
 
 def _run_coroutine(awaitable: Awaitable[Any]) -> Any:

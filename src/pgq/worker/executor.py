@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import threading
 import time
@@ -35,8 +36,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pgq import middleware
 from pgq.job import ClaimedJob
 from pgq.logs import plural
+from pgq.middleware import Middleware
 from pgq.retry import DEFAULT_RETRY
 from pgq.signature import CONTEXT_PARAMETER
 from pgq.tasks import JobContext, JobControl, Task
@@ -55,22 +58,28 @@ SHED_AFTER_SECONDS = 1.0
 REVIEW_SECONDS = 0.05
 
 
+def job_context(job: ClaimedJob, worker: str, control: JobControl | None = None) -> JobContext:
+    """The ``ctx`` of ``job``'s run: what its handler and its middleware see. ``control``
+    carries the handler's progress reports and cancel."""
+    return JobContext(
+        job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+        max_attempts=job.max_attempts, worker=worker, enqueued_at=job.created_at,
+        control=control or JobControl(),
+        trace_context=None if job.trace_context is None else json.loads(job.trace_context),
+    )  # fmt: skip
+
+
 def handler_kwargs(
-    job: ClaimedJob, task: Task, worker: str, control: JobControl | None = None
+    job: ClaimedJob, task: Task, context: JobContext | None
 ) -> dict[str, Any] | Outcome:
     """The keyword arguments ``task``'s handler gets for ``job``, or the job's outcome if
-    its args cannot bind (dead now: retrying cannot help). ``control`` carries the
-    handler's progress reports and cancel to its ``ctx``."""
+    its args cannot bind (dead now: retrying cannot help)."""
     # The same rule refused such args at enqueue, unless the job came by name or by SQL.
     if (problem := task.signature.problem_with(job.args)) is not None:
         return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
     if not task.signature.takes_context:
         return job.args
-    context = JobContext(
-        job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
-        max_attempts=job.max_attempts, worker=worker, enqueued_at=job.created_at,
-        control=control or JobControl(),
-    )  # fmt: skip
+    assert context is not None, "a handler that takes ctx gets one"
     return {**job.args, CONTEXT_PARAMETER: context}
 
 
@@ -94,7 +103,9 @@ class RunningJob:
     handing_back: bool = False
     lease_lost: bool = False
     cancelled: bool = False  # by an operator: the row is cancelled already
-    control: JobControl | None = None  # the handler's ctx, if it takes one
+    control: JobControl | None = None  # its ctx's, if its handler or middleware has one
+    chain: tuple[Middleware, ...] = ()  # the middleware around its handler
+    context: JobContext | None = None  # its ctx, if its handler or middleware takes one
 
 
 class Executor:
@@ -104,6 +115,7 @@ class Executor:
         self,
         tasks: Mapping[str, Task],
         *,
+        chains: Mapping[str, tuple[Middleware, ...]],
         concurrency: int,
         worker_name: str,
         leases: LeaseTable,
@@ -114,6 +126,7 @@ class Executor:
         on_thread_freed: Callable[[], None],
     ) -> None:
         self.tasks = tasks
+        self.chains = chains
         self.concurrency = concurrency
         self.worker_name = worker_name
         self.leases = leases
@@ -126,7 +139,9 @@ class Executor:
         self.running: dict[uuid.UUID, RunningJob] = {}
         self.stuck_threads = 0
         self.prefetch = Prefetch(concurrency)
-        self._slots: Slots[RunningJob] = Slots(concurrency, self._run_in_thread)
+        self._slots: Slots[RunningJob] = Slots(
+            concurrency, self._run_in_thread, on_freed=self._slot_freed_by_thread
+        )
         self._async_waiting: deque[RunningJob] = deque()
         self._thread_ends: list[tuple[RunningJob, BaseException | None, Returned]] = []
         self._thread_ends_lock = threading.Lock()
@@ -164,14 +179,18 @@ class Executor:
         """Run ``job``'s handler when a slot is free; its lease is held until its outcome."""
         task = self.tasks[job.task]
         self.leases.hold(job)
-        control = None
-        if task.signature.takes_context:
+        chain = self.chains.get(job.task, ())
+        control = context = None
+        if chain or task.signature.takes_context:
             control = JobControl(report=functools.partial(self.progress.record, job))
-        kwargs = handler_kwargs(job, task, self.worker_name, control)
+            context = job_context(job, self.worker_name, control)
+        kwargs = handler_kwargs(job, task, context)
         if isinstance(kwargs, Outcome):
             self._record(RunningJob(job, task, job.args, time.monotonic(), decided=True), kwargs)
             return
-        run = RunningJob(job, task, kwargs, time.monotonic(), control=control)
+        run = RunningJob(
+            job, task, kwargs, time.monotonic(), control=control, chain=chain, context=context
+        )
         self.running[job.lease_token] = run
         self._idle.clear()
         if task.is_async:
@@ -261,15 +280,10 @@ class Executor:
         job, task = run.job, run.task
         try:
             if task.timeout_seconds is None:
-                value = await task.handler(**run.kwargs)
+                call = task.handler(**run.kwargs)
             else:
-                try:
-                    async with asyncio.timeout(task.timeout_seconds):
-                        value = await task.handler(**run.kwargs)
-                except TimeoutError as error:
-                    raise HandlerTimeout(
-                        f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
-                    ) from error
+                call = self._within_timeout(task, run.kwargs)
+            value = await middleware.run_async(job, run.chain, run.context, call)
         except asyncio.CancelledError as error:
             if run.handing_back:
                 return outcomes.handed_back(job)
@@ -288,6 +302,17 @@ class Executor:
             return self._decide(run, error)
         return self._decide(run, None, encode_result(value))
 
+    @staticmethod
+    async def _within_timeout(task: Task, kwargs: dict[str, Any]) -> Any:
+        """Await the handler, cancelled at its timeout (its middleware sees HandlerTimeout)."""
+        try:
+            async with asyncio.timeout(task.timeout_seconds):
+                return await task.handler(**kwargs)
+        except TimeoutError as error:
+            raise HandlerTimeout(
+                f"task {task.name} exceeded its timeout of {task.timeout_seconds:g}s"
+            ) from error
+
     # -- sync handlers ---------------------------------------------------------
 
     def _run_in_thread(self, run: RunningJob) -> None:
@@ -299,7 +324,10 @@ class Executor:
         error: BaseException | None = None
         returned = RETURNED_NONE
         try:
-            returned = encode_result(run.task.handler(**run.kwargs))
+            value = middleware.run_sync(
+                run.job, run.chain, run.context, run.task.handler, run.kwargs
+            )
+            returned = encode_result(value)
         except BaseException as raised:  # the thread must live on; the outcome says why
             error = raised
         with self._thread_ends_lock:
@@ -307,6 +335,15 @@ class Executor:
             self._thread_ends.append((run, error, returned))
         if first:  # one wake-up of the loop per batch of ends, not per job
             self._call_from_thread(loop, self._thread_ends_reported)
+
+    def _slot_freed_by_thread(self) -> None:
+        """On a handler thread whose slot is free now: start a waiting async job, if any.
+
+        Its end was reported before the slot was free, so the loop may have found no
+        slot for the async jobs waiting then.
+        """
+        if self._async_waiting and self._loop is not None:
+            self._call_from_thread(self._loop, self._start_async)
 
     @staticmethod
     def _call_from_thread(
@@ -386,7 +423,7 @@ class Executor:
         run.lease_lost = True
         self.leases.release([run.job.lease_token])
         if run.control is not None:
-            run.control.cancel.set()
+            run.control.cancelled = True
         if self._withdraw(run):
             self._finish(run, None)
         elif run.future is not None:

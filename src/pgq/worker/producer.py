@@ -46,12 +46,14 @@ def claimed_job(row: tuple[Any, ...]) -> tuple[ClaimedJob, str | None]:
     written straight into the table skips pgq's checks) makes one job dead, never
     the claim of its batch or the worker.
     """
-    job_id, queue, task, args_json, attempt, max_attempts, lease_token, created_at = row
+    job_id, queue, task, args_json, attempt, max_attempts, lease_token, created_at, trace = row
     try:
         args, problem = json.loads(args_json), None
     except (ValueError, RecursionError) as error:
         args, problem = {}, f"its args cannot be decoded by Python: {describe_error(error)}"
-    job = ClaimedJob(job_id, queue, task, args, attempt, max_attempts, lease_token, created_at)
+    job = ClaimedJob(
+        job_id, queue, task, args, attempt, max_attempts, lease_token, created_at, trace
+    )
     return job, problem
 
 

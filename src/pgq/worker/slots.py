@@ -36,9 +36,12 @@ class Slots(Generic[Run]):
         run_sync: Callable[[Run], None],
         *,
         thread_name: str = "pgq-handler",
+        on_freed: Callable[[], None] = lambda: None,
     ) -> None:
         self.concurrency = concurrency
         self._run_sync = run_sync  # on a handler thread: run the handler, report its end
+        # On the handler thread, once its slot is free: an async job may be waiting for it.
+        self._on_freed = on_freed
         self._thread_name = thread_name
         self._lock = threading.Condition()
         self._waiting: deque[Run] = deque()
@@ -118,3 +121,4 @@ class Slots(Generic[Run]):
             finally:
                 with self._lock:
                     self._in_use -= 1
+                self._on_freed()

@@ -94,7 +94,8 @@ class Worker:
         self.leases = LeaseTable()
         self.progress = ProgressBuffer(settings.schema)
         self.executor = Executor(
-            app.tasks, concurrency=settings.concurrency, worker_name=settings.name,
+            app.tasks, chains={name: app.chain(task) for name, task in app.tasks.items()},
+            concurrency=settings.concurrency, worker_name=settings.name,
             leases=self.leases, progress=self.progress, record=self._record,
             discard=lambda _: self.stats.discarded(),
             on_job_done=lambda: self.producer.job_done(),
