@@ -802,3 +802,20 @@ def test_dsn_comes_from_pgq_dsn_in_the_environment(dsn: str, db: Conn) -> None:
 
     assert result.exit_code == 0, result.output
     assert [q["queue"] for q in json.loads(result.stdout)["queues"]] == ["from-env"]
+
+
+def test_a_stored_error_cannot_drive_the_operators_terminal(dsn: str) -> None:
+    # An error message from outside (a fetched page) with a title-setting OSC, a
+    # clear-screen CSI and a forged line of its own.
+    hostile = "boom \x1b]0;PWNED\x07\x1b[2J\n2026-12-01 CRITICAL forged\r"
+    with psycopg.connect(dsn) as db:
+        job_id = seed_job(db, "dead", last_error=hostile)
+
+    shown = run_pgq("job", str(job_id), "--dsn", dsn)
+    listed = run_pgq("jobs", "--status", "dead", "--dsn", dsn)
+
+    for done in (shown, listed):
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "\x07" not in done.stdout and "\r" not in done.stdout
+    assert "boom \\x1b]0;PWNED\\x07\\x1b[2J\\n2026-12-01 CRITICAL forged\\x0d" in shown.stdout
+    assert "\n2026-12-01 CRITICAL forged" not in shown.stdout

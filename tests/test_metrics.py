@@ -417,3 +417,17 @@ def test_a_metrics_port_in_use_fails_the_worker_with_a_clear_message(
     assert worker.popen.returncode == 1
     assert f"error: --metrics-port {port}" in worker.log()
     assert "Traceback" not in worker.log()
+
+
+def test_a_text_log_line_is_one_line_whatever_the_error_holds() -> None:
+    import logging
+
+    from pgq.logs import TEXT_FORMAT, TextFormatter
+
+    record = logging.LogRecord(
+        "pgq.worker", logging.ERROR, __file__, 1, "job %s failed: %s", (7, "x\x1b[2J\nFORGED"), None
+    )
+    line = TextFormatter(TEXT_FORMAT).format(record)
+
+    assert "\n" not in line and "\x1b" not in line
+    assert line.endswith("job 7 failed: x\\x1b[2J\\nFORGED")

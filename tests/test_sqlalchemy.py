@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import Session
 
 import pgq
+import pgq.admin
 
 
 def url(dsn: str) -> sqlalchemy.engine.URL:
@@ -115,3 +116,18 @@ def test_an_async_session_commits_and_rolls_back_the_job(
 def test_something_else_than_a_connection_is_a_type_error(engine: Engine) -> None:
     with pytest.raises(TypeError, match="expected a psycopg Connection or a SQLAlchemy Session"):
         pgq.enqueue(engine, "ship", {})  # type: ignore[arg-type]
+
+
+def test_the_operators_functions_take_a_session_too(engine: Engine, dsn: str) -> None:
+    with Session(engine) as session:
+        job = pgq.enqueue(session, "ship", {"order_id": 9})
+        session.commit()
+        pgq.cancel(session, job.id)
+        session.commit()
+        assert pgq.get_job(session, job.id).status is pgq.JobStatus.CANCELLED
+        pgq.admin.requeue(session, job.id)
+        pgq.admin.retry_now(session, job.id)
+        session.commit()
+
+    with psycopg.connect(dsn) as conn:
+        assert pgq.get_job(conn, job.id).status is pgq.JobStatus.QUEUED

@@ -22,7 +22,12 @@ import psycopg.errors
 from psycopg.rows import tuple_row
 
 from pgq.config import MAX_DURATION_SECONDS, finished_channel, resolve_schema
-from pgq.contrib.sqlalchemy import SyncConnection, psycopg_connection
+from pgq.contrib.sqlalchemy import (
+    AsyncConnection,
+    SyncConnection,
+    psycopg_async_connection,
+    psycopg_connection,
+)
 from pgq.errors import InvalidJobError, JobNotFoundError, JobStateError, WaitTimeout, shown
 from pgq.job import FINISHED_STATUSES, MAX_JOB_ID, JobStatus
 from pgq.queries import query
@@ -440,9 +445,10 @@ def get_job(conn: SyncConnection, job_id: int, *, schema: str | None = None) -> 
 
 
 async def get_job_async(
-    conn: psycopg.AsyncConnection[Any], job_id: int, *, schema: str | None = None
+    conn: AsyncConnection, job_id: int, *, schema: str | None = None
 ) -> JobDetail:
     """``get_job`` for an AsyncConnection."""
+    conn = await psycopg_async_connection(conn)
     _check_id(job_id)
     async with conn.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(query("get_job", resolve_schema(schema)), {"id": job_id})
@@ -525,7 +531,7 @@ class _Waiting:
 
 
 def wait(
-    conn: psycopg.Connection[Any],
+    conn: SyncConnection,
     job_id: int,
     *,
     timeout: float | None = None,
@@ -543,6 +549,7 @@ def wait(
         job = pgq.wait(conn, job_id, timeout=30)
         job.result  # 3
     """
+    conn = psycopg_connection(conn)
     waiting = _Waiting(job_id, timeout, schema)
     waiting.check_connection(conn)
     listen = query("listen_for_finishes", waiting.schema, finished_channel=waiting.channel)
@@ -566,13 +573,14 @@ def wait(
 
 
 async def wait_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: AsyncConnection,
     job_id: int,
     *,
     timeout: float | None = None,
     schema: str | None = None,
 ) -> JobDetail:
     """``wait`` for an AsyncConnection."""
+    conn = await psycopg_async_connection(conn)
     waiting = _Waiting(job_id, timeout, schema)
     waiting.check_connection(conn)
     listen = query("listen_for_finishes", waiting.schema, finished_channel=waiting.channel)
@@ -595,12 +603,13 @@ async def wait_async(
                 await conn.execute(unlisten)
 
 
-def requeue(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
+def requeue(conn: SyncConnection, job_id: int, *, schema: str | None = None) -> None:
     """Requeue one dead or cancelled job (attempts restart; error history kept).
 
     Raises JobStateError for a job that is queued, running or succeeded: it
     would run twice.
     """
+    conn = psycopg_connection(conn)
     with _job_errors(job_id), conn.transaction():
         _fetch(conn, "requeue_job", schema, {"id": job_id})
 
@@ -681,7 +690,7 @@ def requeue_dead(
             return requeued
 
 
-def cancel(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
+def cancel(conn: SyncConnection, job_id: int, *, schema: str | None = None) -> None:
     """Cancel a queued or running job: it is ``cancelled`` at once (committed here).
 
     A running job's worker hears of it within a moment (a NOTIFY; behind PgBouncer
@@ -691,12 +700,14 @@ def cancel(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = N
 
         pgq.cancel(conn, 42)
     """
+    conn = psycopg_connection(conn)
     with _job_errors(job_id), conn.transaction():
         _fetch(conn, "cancel_job", schema, {"id": job_id})
 
 
-def retry_now(conn: psycopg.Connection[Any], job_id: int, *, schema: str | None = None) -> None:
+def retry_now(conn: SyncConnection, job_id: int, *, schema: str | None = None) -> None:
     """Make a queued job (waiting for its backoff or schedule) due now."""
+    conn = psycopg_connection(conn)
     with _job_errors(job_id), conn.transaction():
         _fetch(conn, "retry_job_now", schema, {"id": job_id})
 

@@ -39,7 +39,7 @@ from pgq.cli_shared import (
 from pgq.config import parse_duration
 from pgq.errors import ConfigError, PgqError
 from pgq.job import JobStatus
-from pgq.logs import plural
+from pgq.logs import plural, printable
 from pgq.schedule import local_time
 
 admin_commands = Commands()
@@ -265,7 +265,12 @@ def _job_table(title: str, columns: tuple[str, ...]) -> Table:
 
 def _one_line(text: str) -> Text:
     """``text`` on one line, cut with an ellipsis at the terminal's width: `pgq job` has it all."""
-    return Text(" ".join(text.split()), no_wrap=True, overflow="ellipsis")
+    return Text(" ".join(printable(text).split()), no_wrap=True, overflow="ellipsis")
+
+
+def _shown(text: str) -> str:
+    """Stored text as rich prints it: no markup, and no control character reaches the terminal."""
+    return escape(printable(text))
 
 
 @admin_commands.command()
@@ -288,14 +293,14 @@ def job(
     for key, value in detail.items():
         if key in ("errors", "args", "progress", "result"):
             continue
-        table.add_row(key, escape("" if value is None else str(value)))
+        table.add_row(key, _shown("" if value is None else str(value)))
     for key in ("args", "progress", "result"):
         value = detail[key]
         # Args Python cannot decode come as their text; a result's text is a JSON string.
         undecodable = key == "args" and isinstance(value, str)
         text = value if undecodable else json.dumps(value, ensure_ascii=False)
         if key == "args" or value is not None:
-            table.add_row(key, escape(text[:2_000]))
+            table.add_row(key, _shown(text[:2_000]))
     out.print(table)
     if found.errors:
         history = Table(title="error history, oldest first")
@@ -305,8 +310,8 @@ def job(
             history.add_row(
                 str(entry.get("attempt", "")),
                 str(entry.get("at", "")),
-                escape(str(entry.get("worker") or entry.get("by") or "")),
-                escape(str(entry.get("error") or entry.get("event") or "")),
+                _shown(str(entry.get("worker") or entry.get("by") or "")),
+                _shown(str(entry.get("error") or entry.get("event") or "")),
             )
         out.print(history)
 

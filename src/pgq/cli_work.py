@@ -59,6 +59,8 @@ def parse_queues(values: list[str] | None) -> dict[str, int | None] | None:
                     f"--queues {item!r}: invalid queue name {name!r}: use 1 to 128 letters, "
                     "digits, '_', '.', ':' or '-'"
                 )
+            if name in queues:
+                raise ConfigError(f"--queues names {name!r} twice: name each queue once")
             if not sep:
                 queues[name] = None
                 continue
@@ -81,8 +83,11 @@ def parse_queue_weights(values: list[str] | None) -> dict[str, int] | None:
     for value in values:
         for item in filter(None, (part.strip(ASCII_SPACE) for part in value.split(","))):
             name, _, weight = item.partition("=")
+            name = name.strip(ASCII_SPACE)
+            if name in weights:
+                raise ConfigError(f"--queue-weights names {name!r} twice: weigh each queue once")
             try:
-                weights[name.strip(ASCII_SPACE)] = int(weight)
+                weights[name] = int(weight)
             except ValueError:
                 raise ConfigError(
                     f"--queue-weights {item!r}: write QUEUE=W with a whole weight, e.g. low=1"

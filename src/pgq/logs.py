@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -67,11 +68,33 @@ class JobContextFilter(logging.Filter):
         return True
 
 
+# C0 and C1 control characters but tab and newline: ESC, BEL, CR and the like.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``).
+
+    Error messages and args come from outside (a fetched page, a user's input):
+    shown raw, an ESC sequence would drive the operator's terminal, and a newline
+    would forge a log line. ``newlines=True`` keeps line breaks (a traceback's).
+    """
+    if not newlines:
+        text = text.replace("\n", "\\n")
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 class TextFormatter(logging.Formatter):
-    """``TEXT_FORMAT``, with the job's id, task and attempt after a line a handler logged."""
+    """``TEXT_FORMAT``, with the job's id, task and attempt after a line a handler logged.
+
+    One event is one line: control characters and line breaks in a message are
+    written as escapes (a traceback keeps its own lines).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.msg, safe.args = printable(record.getMessage()), None
+        text = printable(super().format(safe), newlines=True)
         suffix = getattr(record, "job_context", None)
         return text if suffix is None else text + suffix
 

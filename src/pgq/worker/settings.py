@@ -101,6 +101,8 @@ class WorkerSettings:
         if queue_weights is not None:
             queue_weights = _check_queue_weights(queue_weights, queues, strict_queue_order)
             queues = queues or dict.fromkeys(queue_weights)
+        if strict_queue_order is True and not queues:
+            raise ConfigError("strict queue order needs the queues in their order: name them")
         if name is not None and not (isinstance(name, str) and _WORKER_NAME.match(name)):
             raise ConfigError(
                 f"invalid worker name {shown(name)}: 1 to 200 characters, no control characters"
