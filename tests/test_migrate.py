@@ -641,9 +641,10 @@ def drop_roles(dsn: str, roles: list[str]) -> None:
 def roles_script_of_0002(conn: Conn, schema: str) -> str:
     """What `pgq roles` applied before revision 0003: today's script without later functions."""
     script = roles_sql(schema).as_string(conn)
-    # Revision 0006's tables and columns: its own grants, on lines of their own, or appended.
+    # Revision 0006's tables and columns (and 0009's column): their grants, on lines of their
+    # own, or appended.
     script = "\n".join(
-        line.replace(", queue_from_task, priority_from_task", "")
+        line.replace(", queue_from_task, priority_from_task", "").replace(", trace_context", "")
         for line in script.splitlines()
         if not any(f".{name}" in line for name in ("tasks", "workers", "live_workers"))
     )
