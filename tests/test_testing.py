@@ -103,12 +103,13 @@ def test_drain_records_failures_as_a_worker_does(pgq_conn: Conn) -> None:
 
     counts = drain(pgq_conn, app)
 
-    assert counts == {"retried": 1, "dead": 1, "gave_up": 1}
+    assert counts == {"retried": 2, "dead": 1}
     found = pgq_conn.execute("SELECT id, status::text, attempts, last_error FROM pgq.jobs")
     rows = {job_id: (status, attempts, error) for job_id, status, attempts, error in found}
     assert rows[first.id][:2] == ("queued", 1) and "attempt 1 fails" in rows[first.id][2]
     assert rows[dead.id][:2] == ("dead", 1)
-    assert rows[unbound.id][0] == "dead" and "args do not match send_welcome" in rows[unbound.id][2]
+    assert rows[unbound.id][0] == "queued"  # retried: another version may take these args
+    assert rows[unbound.id][2].startswith("InvalidJobError: args do not match send_welcome")
 
 
 def test_drain_runs_async_handlers_from_an_async_test_too(pgq_conn: Conn) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgq import middleware
+from pgq.errors import InvalidJobError
 from pgq.job import ClaimedJob
 from pgq.logs import plural
 from pgq.middleware import Middleware
@@ -73,10 +74,14 @@ def handler_kwargs(
     job: ClaimedJob, task: Task, context: JobContext | None
 ) -> dict[str, Any] | Outcome:
     """The keyword arguments ``task``'s handler gets for ``job``, or the job's outcome if
-    its args cannot bind (dead now: retrying cannot help)."""
+    its args cannot bind (a failed attempt: the handler is not called)."""
     # The same rule refused such args at enqueue, unless the job came by name or by SQL.
+    # Retried like any failure, not dead at once: in a rolling deploy the other version
+    # of the task may take these args (a job for the new signature claimed by an old
+    # worker, or the other way round).
     if (problem := task.signature.problem_with(job.args)) is not None:
-        return outcomes.gave_up(job, f"args do not match {task.name}'s signature: {problem}")
+        mismatch = InvalidJobError(f"args do not match {task.name}'s signature: {problem}")
+        return outcomes.failed(job, mismatch, task.retry)
     if not task.signature.takes_context:
         return job.args
     assert context is not None, "a handler that takes ctx gets one"
