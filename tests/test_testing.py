@@ -187,3 +187,26 @@ def test_without_a_database_the_plugin_says_what_to_set(tmp_path: Path) -> None:
 
     assert done.returncode != 0
     assert "set $PGQ_TEST_DSN (or $PGQ_DSN) to a test database" in done.stdout
+
+
+@pytest.mark.parametrize("max_jobs", [0, -1, 1.5, True, "5", None])
+def test_drain_refuses_a_max_jobs_that_is_not_a_count(pgq_conn: Conn, max_jobs: Any) -> None:
+    with pytest.raises(pgq.ConfigError, match="max_jobs must be a whole number >= 1"):
+        drain(pgq_conn, app, max_jobs=max_jobs)
+
+
+def test_drain_records_a_handler_raising_a_base_exception_as_a_worker_does(
+    pgq_conn: Conn,
+) -> None:
+    class Escaped(BaseException):
+        pass
+
+    weird = pgq.App()
+
+    @weird.task()
+    def escape_hatch() -> None:
+        raise Escaped("not an Exception")
+
+    escape_hatch.enqueue(pgq_conn, {}, max_attempts=1)
+
+    assert drain(pgq_conn, weird) == {"dead": 1}

@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from pgq.config import resolve_schema
+from pgq.errors import ConfigError, shown
 from pgq.job import ClaimedJob
 from pgq.middleware import Middleware, run_async, run_sync
 from pgq.queries import array_literal, query
@@ -49,6 +50,8 @@ def drain(
     At most ``max_jobs`` runs, so that a job that keeps snoozing for 0 s cannot
     loop forever.
     """
+    if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+        raise ConfigError(f"max_jobs must be a whole number >= 1, got {shown(max_jobs)}")
     schema = resolve_schema(schema)
     params = {
         "tasks": array_literal(sorted(app.tasks)),
@@ -85,7 +88,9 @@ def _run(app: App, row: tuple[Any, ...]) -> Outcome:
             value = _run_coroutine(_in_task(job, chain, context, task.handler(**kwargs)))
         else:
             value = run_sync(job, chain, context, task.handler, kwargs)
-    except (Exception, SystemExit) as error:
+    except KeyboardInterrupt:
+        raise  # Ctrl-C stops the test run, as anywhere else in a test
+    except BaseException as error:  # as a worker does: one job is the unit of failure
         return outcomes.decided(job, error, task.retry)
     return outcomes.decided(job, None, task.retry, outcomes.encode_result(value))
 
