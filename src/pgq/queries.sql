@@ -268,7 +268,7 @@ FROM locked
 JOIN outcome ON outcome.id = locked.id AND outcome.lease_token = locked.lease_token
 WHERE j.id = locked.id
   AND (SELECT true FROM pg_notify(%(finished_channel)s, %(finished_ids)s))
-RETURNING j.id;
+RETURNING j.id, locked.lease_token;
 
 -- finish_succeeded_jobs: record a batch of successes and their results, each fenced by its lease token: three parameters where finish_jobs takes seven (edge: running -> succeeded)
 -- The same fence, the same id-order locking and the same NOTIFY as finish_jobs.
@@ -280,7 +280,7 @@ WITH outcome AS (
         AS outcome(id, lease_token, result)
 ),
 locked AS (
-    SELECT j.id, outcome.result
+    SELECT j.id, j.lease_token, outcome.result
     FROM {schema}.jobs AS j
     JOIN outcome ON j.id = outcome.id AND j.lease_token = outcome.lease_token
     WHERE j.status = 'running'
@@ -296,7 +296,7 @@ SET status = 'succeeded',
 FROM locked
 WHERE j.id = locked.id
   AND (SELECT true FROM pg_notify(%(finished_channel)s, %(finished_ids)s))
-RETURNING j.id;
+RETURNING j.id, locked.lease_token;
 
 -- record_progress: store the latest progress each running job reported, fenced by its lease token (not an edge: the job stays running)
 -- Rows are locked in id order, as extend_leases and the finish statements lock them.

@@ -147,7 +147,9 @@ class OutcomeWriter:
     async def _write(self, batch: list[Outcome]) -> None:
         """Write outcomes in fenced batch statements; log those the fence refused."""
         statements = finish_statements(batch, self.schema)
-        applied: set[int] = set()
+        # By id and lease token: a job rescued from this worker and claimed by it again can
+        # have its fenced old outcome and its stored new one in the same batch.
+        applied: set[tuple[int, uuid.UUID]] = set()
         # A finishing job's last progress report goes first: after the finish, the fence refuses it.
         reports = self.progress.take(o.job.lease_token for o in batch)
         async with self.pool.connection() as conn:
@@ -155,10 +157,10 @@ class OutcomeWriter:
                 await self.progress.write(conn, reports)
             for statement, params in statements:
                 cursor = await conn.execute(statement, params)
-                applied.update(row[0] for row in await cursor.fetchall())
+                applied.update((row[0], row[1]) for row in await cursor.fetchall())
         self.release([o.job.lease_token for o in batch])
         for o in batch:
-            if o.job.id in applied:
+            if (o.job.id, o.job.lease_token) in applied:
                 self.applied(o)
             else:
                 self.discarded()
