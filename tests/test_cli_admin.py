@@ -817,5 +817,6 @@ def test_a_stored_error_cannot_drive_the_operators_terminal(dsn: str) -> None:
     for done in (shown, listed):
         assert done.returncode == 0, done.stderr
         assert "\x1b" not in done.stdout and "\x07" not in done.stdout and "\r" not in done.stdout
-    assert "boom \\x1b]0;PWNED\\x07\\x1b[2J\\n2026-12-01 CRITICAL forged\\x0d" in shown.stdout
-    assert "\n2026-12-01 CRITICAL forged" not in shown.stdout
+    # In the table cell a line break stays one (a traceback keeps its lines); in the list,
+    # where each job is one line, it becomes a space.
+    assert "boom \\x1b]0;PWNED\\x07\\x1b[2J" in shown.stdout and "forged\\x0d" in shown.stdout

@@ -233,8 +233,9 @@ def test_a_duration_too_long_for_a_float_is_refused() -> None:
 
 queue_names = st.from_regex(re.compile(r"[A-Za-z0-9_.:-]{1,20}", re.ASCII), fullmatch=True)
 queue_items = st.lists(
-    st.tuples(queue_names, st.none() | st.integers(-(10**6), 10**6)), min_size=1, max_size=6
-)
+    st.tuples(queue_names, st.none() | st.integers(-(10**6), 10**6)),
+    min_size=1, max_size=6, unique_by=lambda item: item[0],
+)  # fmt: skip
 
 
 @PURE_SETTINGS
@@ -246,10 +247,18 @@ def test_queues_parse_to_their_names_and_limits_however_they_are_split(
     # Some items in one comma-separated value, the rest each in a repeated option.
     values = [",".join(rendered[:split]), *rendered[split:]] if split else rendered
 
-    expected: dict[str, int | None] = {}
-    for name, limit in items:
-        expected[name] = limit  # the last mention of a queue wins
-    assert parse_queues(values) == expected
+    assert parse_queues(values) == dict(items)
+
+
+@PURE_SETTINGS
+@given(items=queue_items, pad=spaces)
+def test_a_queue_named_twice_is_refused_however_it_is_written(
+    items: list[tuple[str, int | None]], pad: str
+) -> None:
+    twice = items[0][0]
+    rendered = [f"{pad}{name}{'' if limit is None else f'={limit}'}{pad}" for name, limit in items]
+    with pytest.raises(pgq.ConfigError, match=f"names {re.escape(repr(twice))} twice"):
+        parse_queues([*rendered, f"{pad}{twice}{pad}"])
 
 
 @PURE_SETTINGS

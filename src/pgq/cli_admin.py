@@ -269,8 +269,9 @@ def _one_line(text: str) -> Text:
 
 
 def _shown(text: str) -> str:
-    """Stored text as rich prints it: no markup, and no control character reaches the terminal."""
-    return escape(printable(text))
+    """Stored text as rich prints it in a table cell: no markup, and no control character
+    reaches the terminal (a line break stays one: a traceback keeps its lines)."""
+    return escape(printable(text, newlines=True))
 
 
 @admin_commands.command()
