@@ -101,6 +101,7 @@ class RunningJob:
     kwargs: dict[str, Any]
     claimed_at: float  # time.monotonic() at claim
     future: asyncio.Task[None] | None = None  # an async handler's run
+    entered: bool = False  # its task took its first step (see _cancel_task)
     started: bool = False
     started_at: float = 0.0  # time.monotonic() when the handler began
     decided: bool = False  # its outcome is decided; a thread may still run its handler
@@ -266,6 +267,12 @@ class Executor:
             run.future = asyncio.create_task(self._execute(run))
 
     async def _execute(self, run: RunningJob) -> None:
+        run.entered = True
+        if run.lease_lost or run.handing_back:  # stopped before this task took its first step
+            self._slots.give_back()
+            self._finish(run, outcomes.handed_back(run.job) if run.handing_back else None)
+            self._start_async()
+            return
         try:
             result = await self._run_async(run)
         except asyncio.CancelledError:
@@ -432,6 +439,19 @@ class Executor:
         if self._withdraw(run):
             self._finish(run, None)
         elif run.future is not None:
+            self._cancel_task(run)
+
+    @staticmethod
+    def _cancel_task(run: RunningJob) -> None:
+        """Cancel an async handler's task, unless it has not taken its first step yet.
+
+        A task cancelled before its first step never runs its coroutine's body: no
+        ``finally`` frees its slot and nothing records its job (the job stayed in
+        hand for good, its slot lost). Such a task finds the run's flags when it
+        starts, and ends the job there.
+        """
+        assert run.future is not None
+        if run.entered:
             run.future.cancel()
 
     def _withdraw(self, run: RunningJob) -> bool:
@@ -451,7 +471,7 @@ class Executor:
         if self._withdraw(run):
             self._finish(run, outcomes.handed_back(run.job))
         elif run.future is not None:
-            run.future.cancel()  # its task records the hand back
+            self._cancel_task(run)  # its task records the hand back
         else:  # a thread runs its handler: the job goes back now, the thread runs on
             self.stuck_threads += 1
             self._finish(run, outcomes.handed_back(run.job))
