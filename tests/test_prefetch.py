@@ -7,12 +7,11 @@ import asyncio
 import threading
 import time
 
-import psycopg
-
 import pgq
 from worker_helpers import (
     AsyncConn,
     connect,
+    enqueue_jobs,
     eventually,
     make_worker,
     running,
@@ -30,11 +29,6 @@ async def count(db: AsyncConn, where: str) -> int:
     return int(await value(db, f"SELECT count(*) FROM pgq.jobs WHERE {where}"))  # noqa: S608
 
 
-def enqueue_batch(dsn: str, specs: list[pgq.JobSpec]) -> None:
-    with psycopg.connect(dsn) as conn:  # one transaction, one wake-up
-        pgq.enqueue_many(conn, specs)
-
-
 def test_quick_handlers_let_one_claim_carry_more_jobs_than_the_concurrency(dsn: str) -> None:
     app = pgq.App()
 
@@ -47,11 +41,11 @@ def test_quick_handlers_let_one_claim_carry_more_jobs_than_the_concurrency(dsn: 
         peak = 0
         async with await connect(dsn) as db, running(worker) as task:
             # A first few jobs teach the worker how long its handlers take.
-            enqueue_batch(dsn, [pgq.JobSpec("tick", {"n": n}) for n in range(20)])
+            enqueue_jobs(dsn, [pgq.JobSpec("tick", {"n": n}) for n in range(20)])
             await eventually(
                 lambda: worker.stats.counts["succeeded"] == 20, "warm", worker_task=task
             )
-            enqueue_batch(dsn, [pgq.JobSpec("tick", {"n": n}) for n in range(2_000)])
+            enqueue_jobs(dsn, [pgq.JobSpec("tick", {"n": n}) for n in range(2_000)])
             while worker.stats.counts["succeeded"] < 2_020:
                 peak = max(peak, await held_by(db, "quick"))
                 await asyncio.sleep(0.01)
@@ -76,7 +70,7 @@ def test_slow_handlers_hold_no_job_beyond_those_they_run(dsn: str) -> None:
         second = make_worker(app, dsn, concurrency=2, name="second")
         peak = 0
         async with await connect(dsn) as db, running(first), running(second):
-            enqueue_batch(dsn, [pgq.JobSpec("slow", {"n": n}) for n in range(16)])
+            enqueue_jobs(dsn, [pgq.JobSpec("slow", {"n": n}) for n in range(16)])
             while await count(db, "status = 'succeeded'") < 16:
                 # In hand: claimed and undecided (a finished job whose outcome is being
                 # written still shows as running in the table, but holds no slot).
@@ -108,12 +102,12 @@ def test_jobs_held_behind_a_handler_turned_slow_go_to_another_worker(dsn: str) -
         holder = make_worker(app, dsn, concurrency=1, name="holder")
         helper = make_worker(app, dsn, concurrency=1, name="helper")
         async with await connect(dsn) as db, running(holder) as holding:
-            enqueue_batch(dsn, [pgq.JobSpec("quick", {"n": n}) for n in range(50)])
+            enqueue_jobs(dsn, [pgq.JobSpec("quick", {"n": n}) for n in range(50)])
             await eventually(
                 lambda: holder.stats.counts["succeeded"] == 50, "warm", worker_task=holding
             )
             # Quick jobs have been quick: the holder takes the stuck job and 40 more in one claim.
-            enqueue_batch(
+            enqueue_jobs(
                 dsn, [pgq.JobSpec("stuck")] + [pgq.JobSpec("quick", {"n": n}) for n in range(40)]
             )
             try:
@@ -165,11 +159,11 @@ def test_stopping_hands_back_prefetched_jobs_at_once_with_their_attempts(dsn: st
         async with await connect(dsn) as db:
             task = asyncio.create_task(worker.run())
             try:
-                enqueue_batch(dsn, [pgq.JobSpec("quick", {"n": n}) for n in range(50)])
+                enqueue_jobs(dsn, [pgq.JobSpec("quick", {"n": n}) for n in range(50)])
                 await eventually(
                     lambda: worker.stats.counts["succeeded"] == 50, "warm", worker_task=task
                 )
-                enqueue_batch(
+                enqueue_jobs(
                     dsn,
                     [pgq.JobSpec("stuck")] + [pgq.JobSpec("quick", {"n": n}) for n in range(40)],
                 )

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 import pgq
-from worker_helpers import make_worker, running
+from worker_helpers import enqueue_jobs, make_worker, running
 
 
 def slow_app(seconds: float) -> tuple[pgq.App, list[str]]:
@@ -30,10 +30,11 @@ def slow_app(seconds: float) -> tuple[pgq.App, list[str]]:
 
 
 def fill(dsn: str, jobs_per_queue: dict[str, int]) -> None:
-    with psycopg.connect(dsn) as conn:
-        for queue, count in jobs_per_queue.items():
-            specs = [pgq.JobSpec("work", {"n": n}, queue=queue) for n in range(count)]
-            pgq.enqueue_many(conn, specs, return_ids=False)
+    enqueue_jobs(dsn, [
+        pgq.JobSpec("work", {"n": n}, queue=queue)
+        for queue, count in jobs_per_queue.items()
+        for n in range(count)
+    ])  # fmt: skip
 
 
 def run_for(worker: pgq.Worker, seconds: float) -> None:
@@ -137,14 +138,12 @@ def test_a_worker_starts_the_jobs_it_claimed_together_highest_priority_first(dsn
     async def scenario() -> None:
         async with running(worker):
             # Quick jobs first, so that the next claim carries many jobs (the prefetch).
-            with psycopg.connect(dsn) as conn:
-                pgq.enqueue_many(conn, [pgq.JobSpec("note", {"priority": -1})] * 30)
+            enqueue_jobs(dsn, [pgq.JobSpec("note", {"priority": -1})] * 30)
             while len(started) < 30:
                 await asyncio.sleep(0.01)
-            with psycopg.connect(dsn) as conn:
-                low = [pgq.JobSpec("note", {"priority": 0}, priority=0)] * 20
-                high = [pgq.JobSpec("note", {"priority": 5}, priority=5)] * 3
-                pgq.enqueue_many(conn, low + high)  # the high ones have the larger ids
+            low = [pgq.JobSpec("note", {"priority": 0}, priority=0)] * 20
+            high = [pgq.JobSpec("note", {"priority": 5}, priority=5)] * 3
+            enqueue_jobs(dsn, low + high)  # one transaction; the high ones have the larger ids
             while len(started) < 53:
                 await asyncio.sleep(0.01)
 
